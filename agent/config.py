@@ -1,0 +1,338 @@
+"""Strict, typed configuration read from one TOML file.
+
+Every key has a default that suits an AudioMoth (USB microphone firmware) on a Raspberry Pi 4,
+so an empty file is a valid config. Unknown keys are rejected, and every problem in a file
+is reported at once, each naming the key, the bad value and what is allowed.
+
+Each stage receives only its own section (``CaptureConfig`` to capture, ``SyncConfig`` to
+sync, ...), never the whole :class:`Config`.
+
+The sources and classifier backends are chosen by a ``type`` key (a pydantic discriminated
+union); see ``agent.capture.SOURCES`` and ``agent.analysis.classifier.BACKENDS`` for the
+registries that map a ``type`` to its implementation.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from agent.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("/etc/soundscape-agent/config.toml")
+DEFAULT_MODEL_ID = "MIT/ast-finetuned-audioset-10-10-0.4593"
+
+# Link profiles: what a sync batch and its timeouts look like on each kind of link.
+# ethernet: results reach the server within half a minute.
+# gsm: one connection an hour (a 2G/3G modem costs power and data per session), batches small
+# enough to finish inside a ~64 kbit/s link's statement timeout, long timeouts for 600 ms RTT.
+LINK_PROFILES: dict[str, dict[str, float]] = {
+    "ethernet": {
+        "interval_s": 30.0,
+        "batch_size": 500,
+        "connect_timeout_s": 10.0,
+        "statement_timeout_s": 30.0,
+    },
+    "gsm": {
+        "interval_s": 3600.0,
+        "batch_size": 50,
+        "connect_timeout_s": 60.0,
+        "statement_timeout_s": 120.0,
+    },
+}
+
+
+class _Section(BaseModel):
+    """Base of every config section: unknown keys are errors, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AgentSection(_Section):
+    """Identity of this recorder.
+
+    Attributes:
+        device_id: identifier stored with every window and used as the ``device`` column in
+            PostgreSQL; letters, digits, ``-``, ``_``, ``.`` (default: ``audiomoth-01``).
+    """
+
+    device_id: str = Field("audiomoth-01", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+class _AlsaLike(_Section):
+    """Keys shared by the live ALSA sources (``alsa`` and ``arecord``).
+
+    Attributes:
+        device: substring of the card name as ``arecord -l`` lists it (default ``AudioMoth``,
+            the name the AudioMoth USB Microphone firmware reports). Ignored when ``pcm`` is set.
+        pcm: an explicit ALSA PCM name (e.g. ``plughw:CARD=AudioMoth,DEV=0`` or a PCM defined in
+            an asoundrc); overrides ``device``.
+        sample_rate: capture rate, Hz (default 48000; the AudioMoth USB firmware's default).
+        period_frames: frames per ALSA period, i.e. per read (default 4800 = 100 ms at 48 kHz).
+        periods: periods in the ALSA ring buffer (default 8, ~0.8 s of slack before an xrun).
+        buffer_s: seconds of audio the capture thread may hold while the event loop is busy
+            before it stops reading (then the ALSA ring overruns and xruns are counted).
+    """
+
+    device: str = Field("AudioMoth", min_length=1)
+    pcm: str | None = None
+    sample_rate: int = Field(48000, ge=8000, le=384000)
+    period_frames: int = Field(4800, ge=32, le=262144)
+    periods: int = Field(8, ge=2, le=64)
+    buffer_s: float = Field(30.0, ge=1.0, le=600.0)
+
+
+class AlsaCaptureConfig(_AlsaLike):
+    """``type = "alsa"``: pyalsaaudio reading periods in a dedicated thread (default source)."""
+
+    type: Literal["alsa"] = "alsa"
+
+
+class ArecordCaptureConfig(_AlsaLike):
+    """``type = "arecord"``: one long-lived ``arecord`` process streaming raw S16_LE to a pipe."""
+
+    type: Literal["arecord"] = "arecord"
+
+
+class FileCaptureConfig(_Section):
+    """``type = "file"``: replay WAV/FLAC recordings through the same pipeline.
+
+    Attributes:
+        path: a file, a directory (its ``*.wav``/``*.flac``, sorted) or a glob pattern.
+            Each file is a separate segment anchored at the time in its name
+            (``YYYYMMDD_HHMMSS``, as AudioMoth and Song Meter name files, read as UTC),
+            else at its modification time.
+        realtime: pace the replay at the recording's own rate (default false: as fast as
+            analysis allows).
+        loop: replay the files again and again until stopped (default false).
+        chunk_s: seconds per chunk delivered to the pipeline (default 0.1).
+    """
+
+    type: Literal["file"] = "file"
+    path: str = Field(min_length=1)
+    realtime: bool = False
+    loop: bool = False
+    chunk_s: float = Field(0.1, gt=0.0, le=10.0)
+
+
+CaptureConfig = Annotated[
+    AlsaCaptureConfig | ArecordCaptureConfig | FileCaptureConfig, Field(discriminator="type")
+]
+
+
+class WindowsConfig(_Section):
+    """How the continuous stream is cut into analysis windows.
+
+    Attributes:
+        length_s: window length, s (default 10, allowed 1-60). AST sees 10.24 s at a time;
+            longer windows are classified in 10 s segments and scores max-pooled.
+        hop_s: distance between window starts, s (default = ``length_s``: consecutive,
+            non-overlapping). Smaller than ``length_s`` overlaps windows; larger leaves gaps.
+    """
+
+    length_s: float = Field(10.0, ge=1.0, le=60.0)
+    hop_s: float | None = Field(None, ge=0.1, le=3600.0)
+
+    @property
+    def effective_hop_s(self) -> float:
+        """The hop in seconds, ``length_s`` when ``hop_s`` is unset."""
+        return self.hop_s if self.hop_s is not None else self.length_s
+
+
+class LevelsConfig(_Section):
+    """Calibration chain for dB SPL, as scikit-maad's ``wav2pressure`` takes it.
+
+    Defaults describe an AudioMoth 1.2 at its default *medium* gain:
+
+    Attributes:
+        gain_db: total analogue gain, dB (default 44.3 = 20·log10(11 × 15): the fixed ×11
+            pre-amplifier and the ×15 *medium* gain stage; Open Acoustic Devices, AudioMoth
+            gain application note). Low 20·log10(11×1)… high 20·log10(11×30).
+        sensitivity_dbv: microphone sensitivity, dB re 1 V/Pa at 1 kHz (default -38: Knowles
+            SPU0410LR5H-QB MEMS microphone datasheet).
+        vadc: ADC full-scale range, V peak-to-peak (default 3.3: the AudioMoth's regulated
+            3.3 V rail used as the ADC reference). A nominal value: a calibration against an
+            acoustic calibrator supersedes it.
+        series_interval_s: length of each Leq in the per-window series, s (default 1).
+    """
+
+    gain_db: float = Field(44.3, ge=-20.0, le=100.0)
+    sensitivity_dbv: float = Field(-38.0, ge=-80.0, le=0.0)
+    vadc: float = Field(3.3, gt=0.0, le=20.0)
+    series_interval_s: float = Field(1.0, ge=0.125, le=60.0)
+
+
+class _ClassifierBase(_Section):
+    """Keys shared by every classifier backend.
+
+    Attributes:
+        model: Hugging Face model id or a local model directory, loaded through the same
+            ``from_pretrained`` path (default ``MIT/ast-finetuned-audioset-10-10-0.4593``).
+        top_k: labels kept per window, highest sigmoid score first (default 5).
+        min_score: drop labels whose sigmoid score is below this (default 0: keep all top-k).
+        threads: CPU threads for inference (default 1: leaves a core of the Pi 4 for capture,
+            levels and sync).
+        queue_size: windows waiting for classification before new ones are stored with levels
+            only and counted as skipped (default 3).
+        enabled: set false to store levels only.
+    """
+
+    model: str = Field(DEFAULT_MODEL_ID, min_length=1)
+    top_k: int = Field(5, ge=1, le=527)
+    min_score: float = Field(0.0, ge=0.0, le=1.0)
+    threads: int = Field(1, ge=1, le=64)
+    queue_size: int = Field(3, ge=1, le=1000)
+    enabled: bool = True
+
+
+class TorchClassifierConfig(_ClassifierBase):
+    """``type = "torch"``: transformers ``ASTForAudioClassification`` on PyTorch (default)."""
+
+    type: Literal["torch"] = "torch"
+
+
+class OnnxClassifierConfig(_ClassifierBase):
+    """``type = "onnx"``: optimum ``ORTModelForAudioClassification`` on onnxruntime.
+
+    Attributes:
+        file_name: the ONNX file inside the model directory (default ``model.onnx``;
+            ``model_quantized.onnx`` for an int8 export).
+    """
+
+    type: Literal["onnx"] = "onnx"
+    file_name: str = Field("model.onnx", min_length=1)
+
+
+ClassifierConfig = Annotated[
+    TorchClassifierConfig | OnnxClassifierConfig, Field(discriminator="type")
+]
+
+
+class StoreConfig(_Section):
+    """The local SQLite outbox.
+
+    Attributes:
+        path: the queue database (default ``/var/lib/soundscape-agent/queue.db``; systemd's
+            ``StateDirectory``). Its directory is created if missing.
+    """
+
+    path: Path = Path("/var/lib/soundscape-agent/queue.db")
+
+
+class SyncConfig(_Section):
+    """Store-and-forward to the central PostgreSQL.
+
+    Unset numeric keys take the value of the ``link`` profile (see ``LINK_PROFILES``).
+
+    Attributes:
+        dsn: libpq connection string or URI; empty = keep results local only.
+        link: ``ethernet`` (sync every 30 s) or ``gsm`` (hourly, small batches, long timeouts).
+        interval_s: seconds between sync rounds.
+        batch_size: windows per transaction.
+        connect_timeout_s: libpq connect timeout, s.
+        statement_timeout_s: server-side statement timeout, s.
+        backoff_initial_s, backoff_max_s: exponential backoff with full jitter after a failed
+            round, s (defaults 5 and 600).
+        final_timeout_s: bound on the last sync attempt at shutdown, s (default 10).
+    """
+
+    dsn: str = ""
+    link: Literal["ethernet", "gsm"] = "ethernet"
+    interval_s: float | None = Field(None, ge=0.1, le=86400.0)
+    batch_size: int | None = Field(None, ge=1, le=100000)
+    connect_timeout_s: float | None = Field(None, ge=1.0, le=600.0)
+    statement_timeout_s: float | None = Field(None, ge=1.0, le=3600.0)
+    backoff_initial_s: float = Field(5.0, ge=0.01, le=3600.0)
+    backoff_max_s: float = Field(600.0, ge=0.01, le=86400.0)
+    final_timeout_s: float = Field(10.0, ge=0.0, le=600.0)
+
+    @model_validator(mode="after")
+    def _fill_from_profile(self) -> "SyncConfig":
+        profile = LINK_PROFILES[self.link]
+        for key, value in profile.items():
+            if getattr(self, key) is None:
+                object.__setattr__(self, key, type(value)(value) if key != "batch_size" else int(value))
+        return self
+
+
+class Config(_Section):
+    """The whole configuration file; one attribute per TOML table."""
+
+    agent: AgentSection = AgentSection()
+    capture: CaptureConfig = Field(default_factory=AlsaCaptureConfig)
+    windows: WindowsConfig = WindowsConfig()
+    levels: LevelsConfig = LevelsConfig()
+    classifier: ClassifierConfig = Field(default_factory=TorchClassifierConfig)
+    store: StoreConfig = StoreConfig()
+    sync: SyncConfig = SyncConfig()
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: {err.error_count()} invalid setting(s):"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if not (isinstance(p, str) and p in {"alsa", "arecord", "file", "torch", "onnx"}))
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling against config.example.toml)"
+        value = e.get("input")
+        shown = "" if e["type"] in ("missing", "extra_forbidden") or isinstance(value, dict) else f" (got {value!r})"
+        lines.append(f"  {loc or '<top>'}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def parse_config(data: dict, source: str = "<config>") -> Config:
+    """Validate a parsed TOML document into a :class:`Config`.
+
+    Args:
+        data: the TOML tables as a dict (``tomllib.loads`` output).
+        source: name used in error messages (usually the file path).
+
+    Raises:
+        ConfigError: listing every invalid key at once, each with key, value and rule.
+    """
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(
+            _format_errors(err, source),
+            "fix the keys above; config.example.toml documents every key and its default",
+        ) from None
+
+
+def load_config(path: Path | None) -> Config:
+    """Read and validate the TOML config file.
+
+    Args:
+        path: the file; ``None`` means ``/etc/soundscape-agent/config.toml`` if it exists,
+            otherwise the built-in defaults.
+
+    Raises:
+        ConfigError: the file is missing, not valid TOML, or has invalid settings.
+    """
+    if path is None:
+        if not DEFAULT_CONFIG_PATH.exists():
+            return Config()
+        path = DEFAULT_CONFIG_PATH
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist", "pass --config with an existing TOML file") from None
+    except OSError as e:
+        raise ConfigError(f"config file {path} cannot be read: {e.strerror}", "check its permissions") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path} is not valid TOML: {e}", "see https://toml.io for the syntax") from None
+    return parse_config(data, str(path))
+
+
+__all__ = [
+    "AlsaCaptureConfig", "ArecordCaptureConfig", "CaptureConfig", "ClassifierConfig", "Config",
+    "FileCaptureConfig", "LevelsConfig", "OnnxClassifierConfig", "StoreConfig", "SyncConfig",
+    "TorchClassifierConfig", "WindowsConfig", "AgentSection", "LINK_PROFILES",
+    "load_config", "parse_config", "DEFAULT_MODEL_ID",
+]
+
