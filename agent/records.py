@@ -127,6 +127,7 @@ class Status(str, enum.Enum):
     CLASSIFIED = "classified"
     SKIPPED_BACKLOG = "skipped_backlog"  # analysis queue full: classification skipped, counted
     FAILED = "failed"  # the model raised; the window's levels are still kept
+    DISABLED = "disabled"  # classifier.enabled = false: levels only
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,286 @@
+"""Command-line interface: ``soundscape-agent run | demo | db init | sync --once | model scaffold``.
+
+Every user error is an :class:`~agent.errors.AgentError`: it is printed as one message with
+a hint, and the process exits with the error's sysexits code (78 config, 69 device,
+66 input/model, 74 local queue, 75 server). No traceback reaches the user for those.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from agent import __version__
+from agent.config import Config, load_config, parse_config
+from agent.errors import AgentError, EX_SOFTWARE, ModelError, SyncError
+
+log = logging.getLogger("agent.cli")
+
+#: Where ``demo`` finds the bundled real recordings (scikit-maad's data, BSD-3-Clause).
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BUNDLED_RECORDINGS = REPO_ROOT / "data" / "recordings"
+DEMO_SCAFFOLD_DIR = REPO_ROOT / "models" / "scaffold-ast-audioset"
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "huggingface_hub", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _with_overrides(cfg: Config, **sections: dict) -> Config:
+    """A copy of ``cfg`` with some keys replaced, validated like the file itself."""
+    data = cfg.model_dump(mode="python")
+    for section, values in sections.items():
+        data[section] = {**data[section], **{k: v for k, v in values.items() if v is not None}}
+    return parse_config(data, "command-line options")
+
+
+# ------------------------------------------------------------------------------ output
+
+
+def format_result(result) -> str:
+    """One line per window for the console: time, level, status and top labels.
+
+    Args:
+        result: a :class:`~agent.records.WindowResult`.
+    """
+    from agent.records import Status
+
+    t = result.start_time.strftime("%Y-%m-%d %H:%M:%S")
+    head = (f"window {result.index:5d}  {t} UTC  {result.duration_s:4.1f} s  "
+            f"Leq {result.levels.leq_db:5.1f} dB SPL")
+    if result.status is Status.CLASSIFIED:
+        labels = ", ".join(f"{d.label} {d.score:.2f}" for d in result.detections)
+        tag = "  [SCAFFOLD model: labels meaningless]" if result.model and result.model.is_scaffold else ""
+        return f"{head}  {labels}{tag}"
+    return f"{head}  ({result.status.value})"
+
+
+def _announce_model(info) -> None:
+    print(f"model: {info.model_id}  backend {info.backend}  sha256 {info.model_hash[:16]}…", flush=True)
+    if info.is_scaffold:
+        print("WARNING: this is a SCAFFOLD test model with random weights: its labels and scores are "
+              "meaningless. Every result is stored with this model id.", flush=True)
+
+
+# ------------------------------------------------------------------------------ run
+
+
+async def run_pipeline(cfg: Config, *, max_windows: int | None = None, quiet: bool = False,
+                       classifier=None) -> int:
+    """Open every stage, run the pipeline until stopped, shut down cleanly.
+
+    Args:
+        cfg: the whole configuration; each stage receives only its own section.
+        max_windows: stop after this many windows (``None``: until SIGTERM/SIGINT or the
+            source ends).
+        quiet: do not print one line per window.
+        classifier: an already loaded classifier (``demo`` loads its own); else loaded here.
+
+    Returns:
+        0 on a clean stop.
+
+    Raises:
+        AgentError: any stage could not start or capture failed.
+    """
+    from agent.analysis.classifier import load_classifier
+    from agent.capture import make_source
+    from agent.pipeline import Pipeline
+    from agent.store import Outbox
+    from agent.sync import Syncer
+
+    async with Outbox(cfg.store) as outbox:
+        if classifier is None and cfg.classifier.enabled:
+            classifier = await asyncio.to_thread(load_classifier, cfg.classifier)
+        if classifier is not None:
+            _announce_model(classifier.info)
+        source = make_source(cfg.capture)
+        await asyncio.to_thread(source.open)
+        syncer = Syncer(cfg.sync, outbox) if cfg.sync.dsn else None
+        pipeline = Pipeline(
+            device_id=cfg.agent.device_id, source=source, windows=cfg.windows, levels=cfg.levels,
+            classifier=classifier, queue_size=cfg.classifier.queue_size, outbox=outbox, syncer=syncer,
+            on_result=None if quiet else (lambda r: print(format_result(r), flush=True)),
+            max_windows=max_windows, final_sync_timeout_s=cfg.sync.final_timeout_s,
+        )
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, pipeline.request_stop)
+        try:
+            stats = await pipeline.run()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+        queue = await outbox.stats()
+    print(f"done: {stats.windows} windows ({stats.classified} classified, {stats.skipped} skipped, "
+          f"{stats.failed} failed), {stats.xruns} xruns; queue: {queue.unsynced} of "
+          f"{queue.windows_total} windows not yet synced", flush=True)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """``run``: the main job."""
+    cfg = load_config(args.config)
+    if args.dsn is not None:
+        cfg = _with_overrides(cfg, sync={"dsn": args.dsn})
+    return asyncio.run(run_pipeline(cfg, max_windows=args.max_windows, quiet=args.quiet))
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """``demo``: the main job on the bundled real recordings, with the real pipeline.
+
+    Uses the configured model (default: the real AST from the Hugging Face hub or its local
+    cache). When that cannot be loaded, it says so and builds a scaffold test model instead,
+    announced as such: the explicit, loud fallback that ``run`` never makes.
+    """
+    from agent.analysis.classifier import load_classifier
+    from agent.analysis.models import scaffold
+
+    base = load_config(args.config) if args.config else Config()
+    state = Path(args.state_dir).resolve()
+    data = base.model_dump(mode="python")
+    data["capture"] = {"type": "file", "path": str(args.recordings), "realtime": False}
+    data["store"] = {"path": str(state / "queue.db")}
+    dsn = args.dsn if args.dsn is not None else os.environ.get("SOUNDSCAPE_DSN", base.sync.dsn)
+    data["sync"] = {**data["sync"], "dsn": dsn}
+    cfg = parse_config(data, "demo settings")
+    print(f"demo: replaying the bundled real recordings in {args.recordings} through the real pipeline")
+    print(f"demo: local queue {cfg.store.path}; PostgreSQL sync: "
+          f"{'on' if cfg.sync.dsn else 'off (set SOUNDSCAPE_DSN or --dsn to sync)'}")
+    try:
+        classifier = load_classifier(cfg.classifier)
+    except ModelError as err:
+        print(f"demo: the real model could not be loaded:\n  {err}")
+        target = Path(args.scaffold_dir).resolve()
+        print(f"demo: FALLING BACK to a SCAFFOLD test model (real AST architecture and 527 AudioSet "
+              f"labels, RANDOM weights) in {target}. Its labels are meaningless.")
+        if not (target / "config.json").exists():
+            scaffold(target, tiny=False)
+        scfg = _with_overrides(cfg, classifier={"model": str(target), "type": "torch"})
+        classifier = load_classifier(scfg.classifier)
+        cfg = scfg
+    if cfg.sync.dsn:
+        from agent.sync import migrate
+
+        migrate(cfg.sync.dsn, cfg.sync.connect_timeout_s)
+    return asyncio.run(run_pipeline(cfg, classifier=classifier))
+
+
+def cmd_db_init(args: argparse.Namespace) -> int:
+    """``db init``: create or upgrade the PostgreSQL schema (idempotent)."""
+    from agent.sync import migrate, redact_dsn
+
+    cfg = load_config(args.config)
+    dsn = args.dsn or cfg.sync.dsn
+    if not dsn:
+        raise SyncError("no PostgreSQL DSN given", "pass --dsn or set sync.dsn in the config")
+    version = migrate(dsn, cfg.sync.connect_timeout_s)
+    print(f"schema at version {version} on {redact_dsn(dsn)}")
+    return 0
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    """``sync --once``: push every unsynced window now, then exit."""
+    from agent.store import Outbox
+    from agent.sync import Syncer
+
+    cfg = load_config(args.config)
+    if args.dsn is not None:
+        cfg = _with_overrides(cfg, sync={"dsn": args.dsn})
+    if not cfg.sync.dsn:
+        raise SyncError("no PostgreSQL DSN configured", "set sync.dsn in the config or pass --dsn")
+
+    async def once() -> int:
+        async with Outbox(cfg.store) as outbox:
+            sent = await Syncer(cfg.sync, outbox).sync_once()
+            left = (await outbox.stats()).unsynced
+        print(f"synced {sent} windows; {left} left in the queue")
+        return 0
+
+    return asyncio.run(once())
+
+
+def cmd_model_scaffold(args: argparse.Namespace) -> int:
+    """``model scaffold``: write a random-weight AST test model from the real AudioSet config."""
+    from agent.analysis.models import scaffold
+
+    info = scaffold(Path(args.out), tiny=args.tiny, onnx=args.onnx)
+    print(f"wrote SCAFFOLD test model (random weights, labels meaningless) to {args.out}: {info}")
+    return 0
+
+
+# ------------------------------------------------------------------------------ parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (sub-commands and their options)."""
+    p = argparse.ArgumentParser(prog="soundscape-agent", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"soundscape-agent {__version__}")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="-v info, -vv debug logging")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_config(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sp.add_argument("--config", type=Path, default=None,
+                        help="TOML config file (default /etc/soundscape-agent/config.toml if present)")
+        return sp
+
+    run = with_config(sub.add_parser("run", help="capture and analyse continuously (the main job)"))
+    run.add_argument("--dsn", default=None, help="PostgreSQL DSN (overrides sync.dsn)")
+    run.add_argument("--max-windows", type=int, default=None, help="stop after N windows")
+    run.add_argument("--quiet", action="store_true", help="do not print a line per window")
+    run.set_defaults(func=cmd_run)
+
+    demo = with_config(sub.add_parser("demo", help="run the main job on the bundled real recordings"))
+    demo.add_argument("--recordings", type=Path, default=BUNDLED_RECORDINGS)
+    demo.add_argument("--state-dir", default="var", help="where the demo's SQLite queue goes (default ./var)")
+    demo.add_argument("--scaffold-dir", default=str(DEMO_SCAFFOLD_DIR))
+    demo.add_argument("--dsn", default=None, help="PostgreSQL DSN (default: $SOUNDSCAPE_DSN)")
+    demo.set_defaults(func=cmd_demo)
+
+    db = sub.add_parser("db", help="central PostgreSQL database")
+    dbsub = db.add_subparsers(dest="db_command", required=True, metavar="DB_COMMAND")
+    init = with_config(dbsub.add_parser("init", help="create or upgrade the schema (idempotent)"))
+    init.add_argument("--dsn", default=None, help="PostgreSQL DSN (default: sync.dsn)")
+    init.set_defaults(func=cmd_db_init)
+
+    sync = with_config(sub.add_parser("sync", help="push queued windows to PostgreSQL"))
+    sync.add_argument("--once", action="store_true", required=True, help="one round, then exit")
+    sync.add_argument("--dsn", default=None)
+    sync.set_defaults(func=cmd_sync)
+
+    model = sub.add_parser("model", help="model utilities")
+    msub = model.add_subparsers(dest="model_command", required=True, metavar="MODEL_COMMAND")
+    sc = msub.add_parser("scaffold", help="write a random-weight AST test model (real config, 527 labels)")
+    sc.add_argument("--out", required=True, help="output directory")
+    sc.add_argument("--tiny", action="store_true", help="a small variant for fast tests")
+    sc.add_argument("--onnx", action="store_true", help="also export model.onnx (needs the onnx extra)")
+    sc.set_defaults(func=cmd_model_scaffold)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``soundscape-agent`` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        return args.func(args)
+    except AgentError as err:
+        print(f"soundscape-agent: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except Exception:  # a bug, not a user error: keep the traceback for the report
+        log.exception("internal error")
+        return EX_SOFTWARE
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,532 @@
+"""The local SQLite outbox: every :class:`~agent.records.WindowResult` is stored here first.
+
+Results are written as soon as a window is analysed and stay until the sync stage has
+delivered them to PostgreSQL (and after, marked as synced). Raw audio is never stored:
+a :class:`WindowResult` holds none.
+
+Design, in short:
+
+* ONE ``sqlite3`` connection, created, used and closed by ONE dedicated thread (a
+  single-worker executor); the ``async`` methods hand their work to that thread, so the
+  event loop never blocks on disk I/O and no two connections ever touch the file at once.
+  Debian Bookworm ships SQLite 3.40.1, inside the range (3.7.0 - 3.51.2) of the
+  *WAL-reset bug*: a database in WAL mode can be corrupted when two connections (threads or
+  processes) write or checkpoint at the same moment. One connection cannot race itself.
+* WAL journal, ``synchronous=FULL``, explicit ``BEGIN IMMEDIATE`` / ``COMMIT`` transactions
+  (``isolation_level=None``: the sqlite3 module never opens or commits one by itself).
+* Schema versioned with ``PRAGMA user_version``; migrations run at :meth:`Outbox.open`.
+* Timestamps are ISO-8601 UTC text with microseconds (``2024-05-01T12:00:00.000000+00:00``),
+  so text order is time order; they are read back as timezone-aware UTC datetimes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import sqlite3
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, TypeVar
+
+from agent.config import StoreConfig
+from agent.errors import StoreError
+from agent.records import Detection, Levels, ModelInfo, Status, WindowResult
+
+log = logging.getLogger("agent.store")
+
+T = TypeVar("T")
+
+#: Milliseconds a statement waits for a lock held by another process (e.g. a read-only
+#: ``status`` query holding a snapshot while we checkpoint) before SQLITE_BUSY.
+BUSY_TIMEOUT_MS = 5000
+
+# Schema migrations, applied in order; index i brings the file from user_version i to i+1.
+# Never edit a released entry: append a new one.
+_MIGRATIONS: tuple[str, ...] = (
+    # 1: initial schema
+    """
+    CREATE TABLE windows (
+        key                 TEXT PRIMARY KEY,
+        device_id           TEXT NOT NULL,
+        window_index        INTEGER NOT NULL,
+        start_time          TEXT NOT NULL,              -- ISO-8601 UTC, microseconds
+        duration_s          REAL NOT NULL CHECK (duration_s > 0),
+        sample_rate         INTEGER NOT NULL CHECK (sample_rate > 0),
+        clock_synchronised  INTEGER NOT NULL CHECK (clock_synchronised IN (0, 1)),
+        xruns               INTEGER NOT NULL CHECK (xruns >= 0),
+        leq_db              REAL,                       -- NULL stands for NaN
+        leq_series_db       TEXT NOT NULL,              -- JSON array of floats
+        peak_dbfs           REAL,                       -- NULL stands for NaN
+        status              TEXT NOT NULL
+                            CHECK (status IN ('classified', 'skipped_backlog', 'failed')),
+        model_id            TEXT,
+        model_hash          TEXT,
+        model_backend       TEXT,
+        model_is_scaffold   INTEGER CHECK (model_is_scaffold IN (0, 1)),
+        stored_at           TEXT NOT NULL,              -- ISO-8601 UTC, when put() ran
+        sync_id             TEXT,                       -- NULL until synced
+        synced_at           TEXT                        -- server commit time, NULL until synced
+    );
+    CREATE INDEX windows_unsynced ON windows (start_time, key) WHERE synced_at IS NULL;
+    CREATE TABLE detections (
+        window_key   TEXT NOT NULL REFERENCES windows (key) ON DELETE CASCADE,
+        rank         INTEGER NOT NULL CHECK (rank >= 1),
+        label        TEXT NOT NULL,
+        label_index  INTEGER NOT NULL CHECK (label_index >= 0),
+        score        REAL NOT NULL CHECK (score >= 0.0 AND score <= 1.0),
+        PRIMARY KEY (window_key, rank)
+    ) WITHOUT ROWID;
+    """,
+)
+
+#: Schema version this code writes and reads (``PRAGMA user_version``).
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+_WINDOW_COLUMNS = (
+    "key, device_id, window_index, start_time, duration_s, sample_rate, clock_synchronised,"
+    " xruns, leq_db, leq_series_db, peak_dbfs, status, model_id, model_hash, model_backend,"
+    " model_is_scaffold"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """A snapshot of the outbox, for ``status`` output and health logs.
+
+    Attributes:
+        windows_total: windows stored (synced or not).
+        unsynced: windows not yet confirmed by the server.
+        oldest_unsynced_start: start time (UTC, tz-aware) of the oldest unsynced window,
+            ``None`` when everything is synced.
+        skipped_total: stored windows whose classification was skipped (analysis backlog).
+        xruns_total: capture overruns summed over the stored windows.
+    """
+
+    windows_total: int
+    unsynced: int
+    oldest_unsynced_start: datetime | None
+    skipped_total: int
+    xruns_total: int
+
+
+# ---------------------------------------------------------------------------------------------
+# value conversions (SQLite <-> records)
+
+
+def _to_text(t: datetime) -> str:
+    if t.tzinfo is None or t.utcoffset() is None:
+        raise ValueError(f"naive datetime {t.isoformat()} cannot be stored: records hold UTC times")
+    return t.astimezone(timezone.utc).isoformat(timespec="microseconds")
+
+
+def _from_text(s: str) -> datetime:
+    return datetime.fromisoformat(s).astimezone(timezone.utc)
+
+
+def _real(x: float) -> float | None:
+    # SQLite turns NaN into NULL on its own; make it explicit (and read NULL back as NaN).
+    x = float(x)
+    return None if math.isnan(x) else x
+
+
+def _unreal(x: float | None) -> float:
+    return math.nan if x is None else float(x)
+
+
+def _window_row(r: WindowResult, stored_at: str) -> tuple[Any, ...]:
+    m = r.model
+    return (
+        r.key,
+        r.device_id,
+        int(r.index),
+        _to_text(r.start_time),
+        float(r.duration_s),
+        int(r.sample_rate),
+        int(bool(r.clock_synchronised)),
+        int(r.xruns),
+        _real(r.levels.leq_db),
+        # allow_nan: json writes NaN / Infinity tokens, which json.loads reads back.
+        json.dumps([float(v) for v in r.levels.leq_series_db], allow_nan=True),
+        _real(r.levels.peak_dbfs),
+        Status(r.status).value,
+        m.model_id if m else None,
+        m.model_hash if m else None,
+        m.backend if m else None,
+        int(bool(m.is_scaffold)) if m else None,
+        stored_at,
+    )
+
+
+def _result_from_row(row: tuple[Any, ...], detections: tuple[Detection, ...]) -> WindowResult:
+    (key, device_id, index, start_time, duration_s, sample_rate, clock_sync, xruns, leq_db,
+     leq_series, peak_dbfs, status, model_id, model_hash, model_backend, model_is_scaffold) = row
+    model = None
+    if model_id is not None:
+        model = ModelInfo(
+            model_id=model_id,
+            model_hash=model_hash,
+            backend=model_backend,
+            is_scaffold=bool(model_is_scaffold),
+        )
+    return WindowResult(
+        key=key,
+        device_id=device_id,
+        index=int(index),
+        start_time=_from_text(start_time),
+        duration_s=float(duration_s),
+        sample_rate=int(sample_rate),
+        clock_synchronised=bool(clock_sync),
+        xruns=int(xruns),
+        levels=Levels(
+            leq_db=_unreal(leq_db),
+            leq_series_db=tuple(float(v) for v in json.loads(leq_series)),
+            peak_dbfs=_unreal(peak_dbfs),
+        ),
+        status=Status(status),
+        detections=detections,
+        model=model,
+    )
+
+
+def _store_error(path: Path, action: str, err: BaseException) -> StoreError:
+    """Translate an sqlite3/OS error into a StoreError naming the file and a fix."""
+    name = getattr(err, "sqlite_errorname", "") or ""
+    text = str(err) or type(err).__name__
+    if isinstance(err, OSError):
+        text = err.strerror or text
+        hint = (
+            f"check that {path.parent} can be created and is writable by the agent's user "
+            "(systemd: StateDirectory=soundscape-agent), or set [store] path"
+        )
+    elif name == "SQLITE_FULL":
+        hint = f"the filesystem holding {path} is full: free space (journalctl --vacuum-size, old recordings)"
+    elif name.startswith(("SQLITE_CANTOPEN", "SQLITE_READONLY", "SQLITE_PERM", "SQLITE_AUTH")):
+        hint = f"check that {path} and its directory are writable by the agent's user"
+    elif name.startswith(("SQLITE_NOTADB", "SQLITE_CORRUPT")):
+        hint = (
+            f"the queue file is damaged: stop the agent, move {path} (and its -wal/-shm files) "
+            "aside and start again; windows not yet synced from it are lost"
+        )
+    elif name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+        hint = f"another process holds {path} locked: is a second agent running on the same queue?"
+    elif name.startswith("SQLITE_IOERR"):
+        hint = f"the storage holding {path} reported an I/O error: check the SD card / disk (dmesg)"
+    elif isinstance(err, sqlite3.IntegrityError):
+        hint = "the result violates the queue's constraints (a bug in the producing stage): report it"
+    else:
+        hint = f"check the file {path} and the free space on its filesystem"
+    detail = f"{text} [{name}]" if name else text
+    return StoreError(f"outbox {path}: cannot {action}: {detail}", hint)
+
+
+# ---------------------------------------------------------------------------------------------
+# the outbox
+
+
+class Outbox:
+    """Async facade over the SQLite queue file; one connection on one dedicated thread.
+
+    Every method is a coroutine whose SQLite work runs on the ``outbox`` thread (a
+    ``ThreadPoolExecutor(max_workers=1)``), one call after the other, in call order. The
+    single connection is deliberate: Debian Bookworm's SQLite 3.40.1 has the WAL-reset bug
+    (SQLite 3.7.0 to 3.51.2): a WAL database may be corrupted when two connections write or
+    checkpoint concurrently. Other processes (a ``status`` command) may only *read* the file.
+
+    Durability: ``synchronous=FULL``. With WAL, ``NORMAL`` survives a crash of the process
+    but a power cut may roll back the last commits; an unattended Pi on a field battery or
+    solar supply loses power routinely, and one fsync per 10 s window is negligible, so a
+    result acknowledged by :meth:`put` survives a power cut.
+
+    Args:
+        cfg: the ``[store]`` section (``cfg.path``: the queue file; its directory is created).
+
+    Usage::
+
+        async with Outbox(cfg) as ob:
+            await ob.put(result)
+            batch = await ob.pending(500)
+
+    Raises (from every method):
+        StoreError: the file cannot be created, opened, read or written (unwritable
+            directory, damaged file, disk full, newer schema), or the outbox is not open;
+            the message names the path, the hint says what to do.
+    """
+
+    def __init__(self, cfg: StoreConfig) -> None:
+        self._path = Path(cfg.path)
+        self._executor: ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None  # touched only on the outbox thread
+
+    @property
+    def path(self) -> Path:
+        """The queue file."""
+        return self._path
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    async def _submit(self, fn: Callable[[sqlite3.Connection], T], action: str) -> T:
+        """Run ``fn(connection)`` on the outbox thread; map sqlite/OS errors to StoreError."""
+        if self._executor is None:
+            raise StoreError(f"outbox {self._path} is not open", "call Outbox.open() first (or use 'async with')")
+
+        def job() -> T:
+            if self._conn is None:
+                raise StoreError(f"outbox {self._path} is not open", "call Outbox.open() first")
+            try:
+                return fn(self._conn)
+            except (sqlite3.Error, OSError) as err:
+                raise _store_error(self._path, action, err) from err
+
+        return await asyncio.get_running_loop().run_in_executor(self._executor, job)
+
+    @staticmethod
+    def _in_transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` inside BEGIN IMMEDIATE ... COMMIT, rolling back on any error."""
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            out = fn(conn)
+            conn.execute("COMMIT")
+            return out
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Create the directory if needed, open the file, set pragmas and migrate the schema.
+
+        Idempotent: calling it on an open outbox does nothing.
+
+        Raises:
+            StoreError: directory not creatable/writable, file damaged or not an SQLite
+                database, schema newer than this agent knows, disk full.
+        """
+        if self._executor is not None:
+            return
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._open_sync)
+        except BaseException:
+            self._executor.shutdown(wait=False)
+            self._executor = None
+            raise
+
+    def _open_sync(self) -> None:
+        path = self._path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise _store_error(path, f"create directory {path.parent}", err) from err
+        conn: sqlite3.Connection | None = None
+        try:
+            conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                log.warning("outbox %s: journal_mode is %s, not wal (filesystem without shared memory?)", path, mode)
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            self._migrate(conn)
+        except (sqlite3.Error, OSError) as err:
+            if conn is not None:
+                conn.close()
+            raise _store_error(path, "open the queue", err) from err
+        except BaseException:
+            if conn is not None:
+                conn.close()
+            raise
+        self._conn = conn
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"outbox {self._path} has schema version {version}, this agent knows up to {SCHEMA_VERSION}",
+                "it was written by a newer soundscape-agent: upgrade the agent, or set [store] path to a new file",
+            )
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            # executescript() commits any open transaction first, so the whole migration,
+            # its BEGIN and the version bump go into one script.
+            script = f"BEGIN IMMEDIATE;\n{_MIGRATIONS[target - 1]}\nPRAGMA user_version = {target};\nCOMMIT;"
+            try:
+                conn.executescript(script)
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            log.info("outbox %s: schema migrated to version %d", self._path, target)
+
+    async def close(self) -> None:
+        """Checkpoint the WAL into the main file (``wal_checkpoint(TRUNCATE)``), close, stop the thread.
+
+        Safe to call twice or on an outbox that never opened. A failing checkpoint is
+        logged, not raised (the WAL is replayed at the next open).
+        """
+        executor = self._executor
+        if executor is None:
+            return
+
+        def job() -> None:
+            conn = self._conn
+            self._conn = None
+            if conn is None:
+                return
+            try:
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error as err:
+                log.warning("outbox %s: checkpoint at close failed: %s", self._path, err)
+            finally:
+                conn.close()
+
+        try:
+            await asyncio.get_running_loop().run_in_executor(executor, job)
+        finally:
+            self._executor = None
+            executor.shutdown(wait=False)  # the queue is empty: the thread exits at once
+
+    async def __aenter__(self) -> Outbox:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- queue operations -----------------------------------------------------------------
+
+    async def put(self, result: WindowResult) -> bool:
+        """Store one window and its detections in one transaction.
+
+        Args:
+            result: the analysed window; ``start_time`` must be timezone-aware.
+
+        Returns:
+            True if stored, False if a window with the same ``key`` was already there (then
+            nothing changes: the first version wins).
+
+        Raises:
+            StoreError: disk full, I/O error, or a value violating the queue's constraints
+                (e.g. duplicate detection ranks, a score outside [0, 1]); nothing of the window
+                is stored then.
+            ValueError: ``result.start_time`` is naive.
+        """
+        row = _window_row(result, _to_text(datetime.now(timezone.utc)))
+        dets = [(result.key, int(d.rank), d.label, int(d.label_index), float(d.score)) for d in result.detections]
+
+        def work(conn: sqlite3.Connection) -> bool:
+            # ON CONFLICT (key) DO NOTHING, not INSERT OR IGNORE: OR IGNORE would also
+            # silently drop rows violating NOT NULL / CHECK constraints.
+            cur = conn.execute(
+                f"INSERT INTO windows ({_WINDOW_COLUMNS}, stored_at) VALUES ({', '.join('?' * 17)})"
+                " ON CONFLICT (key) DO NOTHING",
+                row,
+            )
+            if cur.rowcount == 0:
+                return False
+            conn.executemany(
+                "INSERT INTO detections (window_key, rank, label, label_index, score) VALUES (?, ?, ?, ?, ?)",
+                dets,
+            )
+            return True
+
+        return await self._submit(lambda conn: self._in_transaction(conn, work), f"store window {result.key}")
+
+    async def pending(self, limit: int) -> list[WindowResult]:
+        """The oldest unsynced windows, fully reconstructed.
+
+        Args:
+            limit: at most this many windows (>= 1).
+
+        Returns:
+            Up to ``limit`` results ordered by ``start_time`` (then key), each with its
+            detections in rank order, levels and model provenance, equal to what was put.
+
+        Raises:
+            StoreError: the file cannot be read.
+        """
+        limit = int(limit)
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+
+        def work(conn: sqlite3.Connection) -> list[WindowResult]:
+            conn.execute("BEGIN")  # one snapshot for both queries
+            try:
+                rows = conn.execute(
+                    f"SELECT {_WINDOW_COLUMNS} FROM windows WHERE synced_at IS NULL"
+                    " ORDER BY start_time, key LIMIT ?",
+                    (limit,),
+                ).fetchall()
+                dets: dict[str, list[Detection]] = {}
+                for key, rank, label, label_index, score in conn.execute(
+                    "SELECT window_key, rank, label, label_index, score FROM detections WHERE window_key IN"
+                    " (SELECT key FROM windows WHERE synced_at IS NULL ORDER BY start_time, key LIMIT ?)"
+                    " ORDER BY window_key, rank",
+                    (limit,),
+                ):
+                    dets.setdefault(key, []).append(Detection(int(rank), label, int(label_index), float(score)))
+            finally:
+                conn.execute("COMMIT")
+            return [_result_from_row(row, tuple(dets.get(row[0], ()))) for row in rows]
+
+        return await self._submit(work, "read pending windows")
+
+    async def mark_synced(self, keys: Iterable[str], sync_id: str, sync_time: datetime) -> int:
+        """Record that the server has committed these windows. Call only after the server commit.
+
+        Args:
+            keys: window keys of the committed batch.
+            sync_id: the batch's id (UUID text) as sent to the server.
+            sync_time: the server's commit-transaction time (tz-aware).
+
+        Returns:
+            Number of windows newly marked (keys unknown or already synced are ignored).
+
+        Raises:
+            StoreError: the file cannot be written.
+            ValueError: ``sync_time`` is naive.
+        """
+        when = _to_text(sync_time)
+        params = [(str(sync_id), when, k) for k in keys]
+
+        def work(conn: sqlite3.Connection) -> int:
+            cur = conn.executemany(
+                "UPDATE windows SET sync_id = ?, synced_at = ? WHERE key = ? AND synced_at IS NULL", params
+            )
+            return max(cur.rowcount, 0)
+
+        return await self._submit(lambda conn: self._in_transaction(conn, work), "mark windows synced")
+
+    async def stats(self) -> QueueStats:
+        """Counts over the queue; see :class:`QueueStats`.
+
+        Raises:
+            StoreError: the file cannot be read.
+        """
+
+        def work(conn: sqlite3.Connection) -> QueueStats:
+            total, unsynced, oldest, skipped, xruns = conn.execute(
+                "SELECT count(*),"
+                " count(*) FILTER (WHERE synced_at IS NULL),"
+                " min(start_time) FILTER (WHERE synced_at IS NULL),"
+                " count(*) FILTER (WHERE status = 'skipped_backlog'),"
+                " coalesce(sum(xruns), 0)"
+                " FROM windows"
+            ).fetchone()
+            return QueueStats(
+                windows_total=int(total),
+                unsynced=int(unsynced),
+                oldest_unsynced_start=_from_text(oldest) if oldest is not None else None,
+                skipped_total=int(skipped),
+                xruns_total=int(xruns),
+            )
+
+        return await self._submit(work, "read queue statistics")
+
+
+__all__ = ["Outbox", "QueueStats", "SCHEMA_VERSION"]
