@@ -18,7 +18,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from agent.errors import ConfigError
 
@@ -118,8 +118,21 @@ class FileCaptureConfig(_Section):
     chunk_s: float = Field(0.1, gt=0.0, le=10.0)
 
 
+def _default_type(default: str):
+    """A before-validator giving a section without a ``type`` key the default type."""
+
+    def fill(value: object) -> object:
+        if isinstance(value, dict) and "type" not in value:
+            return {"type": default, **value}
+        return value
+
+    return BeforeValidator(fill)
+
+
 CaptureConfig = Annotated[
-    AlsaCaptureConfig | ArecordCaptureConfig | FileCaptureConfig, Field(discriminator="type")
+    AlsaCaptureConfig | ArecordCaptureConfig | FileCaptureConfig,
+    Field(discriminator="type"),
+    _default_type("alsa"),
 ]
 
 
@@ -207,7 +220,7 @@ class OnnxClassifierConfig(_ClassifierBase):
 
 
 ClassifierConfig = Annotated[
-    TorchClassifierConfig | OnnxClassifierConfig, Field(discriminator="type")
+    TorchClassifierConfig | OnnxClassifierConfig, Field(discriminator="type"), _default_type("torch")
 ]
 
 
