@@ -99,6 +99,10 @@ class ThreadedSource:
         queue_chunks: capacity of the hand-over queue, in chunks (bounded buffer).
     """
 
+    #: True for a live device: if analysis falls behind, classification is skipped rather than
+    #: capture stalled. A non-real-time file replay is not live: it waits for analysis instead.
+    live: bool = True
+
     def __init__(self, queue_chunks: int) -> None:
         self._queue_chunks = max(2, queue_chunks)
         self._stopping = threading.Event()
@@ -538,6 +542,7 @@ class FileSource(ThreadedSource):
     def __init__(self, cfg: FileCaptureConfig, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__(queue_chunks=int(30 / cfg.chunk_s) + 1)
         self.cfg = cfg
+        self.live = cfg.realtime
         self._clock = clock
         self._files: list[Path] = []
         self._iter = None

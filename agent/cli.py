@@ -17,7 +17,7 @@ from pathlib import Path
 
 from agent import __version__
 from agent.config import Config, load_config, parse_config
-from agent.errors import AgentError, EX_SOFTWARE, ModelError, SyncError
+from agent.errors import EX_SOFTWARE, EX_USAGE, AgentError, ModelError, SyncError
 
 log = logging.getLogger("agent.cli")
 
@@ -220,12 +220,20 @@ def cmd_model_scaffold(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------ parser
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the sysexits usage status (64) instead of 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(EX_USAGE, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (sub-commands and their options)."""
-    p = argparse.ArgumentParser(prog="soundscape-agent", description=__doc__.splitlines()[0])
+    p = _Parser(prog="soundscape-agent", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"soundscape-agent {__version__}")
     p.add_argument("-v", "--verbose", action="count", default=0, help="-v info, -vv debug logging")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     def with_config(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
         sp.add_argument("--config", type=Path, default=None,
@@ -246,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     db = sub.add_parser("db", help="central PostgreSQL database")
-    dbsub = db.add_subparsers(dest="db_command", required=True, metavar="DB_COMMAND")
+    dbsub = db.add_subparsers(dest="db_command", required=True, metavar="DB_COMMAND", parser_class=_Parser)
     init = with_config(dbsub.add_parser("init", help="create or upgrade the schema (idempotent)"))
     init.add_argument("--dsn", default=None, help="PostgreSQL DSN (default: sync.dsn)")
     init.set_defaults(func=cmd_db_init)
@@ -257,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     sync.set_defaults(func=cmd_sync)
 
     model = sub.add_parser("model", help="model utilities")
-    msub = model.add_subparsers(dest="model_command", required=True, metavar="MODEL_COMMAND")
+    msub = model.add_subparsers(dest="model_command", required=True, metavar="MODEL_COMMAND", parser_class=_Parser)
     sc = msub.add_parser("scaffold", help="write a random-weight AST test model (real config, 527 labels)")
     sc.add_argument("--out", required=True, help="output directory")
     sc.add_argument("--tiny", action="store_true", help="a small variant for fast tests")

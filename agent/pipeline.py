@@ -67,7 +67,9 @@ class Pipeline:
         windows: the ``[windows]`` section.
         levels: the ``[levels]`` section.
         classifier: a loaded classifier, or ``None`` to store levels only.
-        queue_size: windows that may wait for classification before new ones skip it.
+        queue_size: windows that may wait for classification; when it is full, a live source's
+            new windows skip classification (counted; SPL is still stored), while a
+            non-real-time file replay waits instead.
         outbox: an opened SQLite outbox.
         syncer: the PostgreSQL syncer, or ``None`` when no DSN is configured.
         on_result: called in the event loop with each stored result (e.g. to print it).
@@ -148,6 +150,9 @@ class Pipeline:
         self.stats.windows += 1
         if self.classifier is None:
             await self._store(window, levels, Status.DISABLED)
+            return
+        if not self.source.live:  # offline replay: wait for the classifier, skip nothing
+            await self._classify_q.put((window, levels))
             return
         try:
             self._classify_q.put_nowait((window, levels))

@@ -22,7 +22,9 @@ Design, in short:
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
+import os
 import logging
 import math
 import sqlite3
@@ -62,8 +64,8 @@ _MIGRATIONS: tuple[str, ...] = (
         leq_db              REAL,                       -- NULL stands for NaN
         leq_series_db       TEXT NOT NULL,              -- JSON array of floats
         peak_dbfs           REAL,                       -- NULL stands for NaN
-        status              TEXT NOT NULL
-                            CHECK (status IN ('classified', 'skipped_backlog', 'failed')),
+        status              TEXT NOT NULL,              -- records.Status value (not CHECKed:
+                                                        -- new statuses need no migration)
         model_id            TEXT,
         model_hash          TEXT,
         model_backend       TEXT,
@@ -204,7 +206,7 @@ def _store_error(path: Path, action: str, err: BaseException) -> StoreError:
             "(systemd: StateDirectory=soundscape-agent), or set [store] path"
         )
     elif name == "SQLITE_FULL":
-        hint = f"the filesystem holding {path} is full: free space (journalctl --vacuum-size, old recordings)"
+        hint = f"the filesystem holding {path} is full: free space on it (old logs, recordings)"
     elif name.startswith(("SQLITE_CANTOPEN", "SQLITE_READONLY", "SQLITE_PERM", "SQLITE_AUTH")):
         hint = f"check that {path} and its directory are writable by the agent's user"
     elif name.startswith(("SQLITE_NOTADB", "SQLITE_CORRUPT")):
@@ -235,7 +237,11 @@ class Outbox:
     ``ThreadPoolExecutor(max_workers=1)``), one call after the other, in call order. The
     single connection is deliberate: Debian Bookworm's SQLite 3.40.1 has the WAL-reset bug
     (SQLite 3.7.0 to 3.51.2): a WAL database may be corrupted when two connections write or
-    checkpoint concurrently. Other processes (a ``status`` command) may only *read* the file.
+    checkpoint concurrently. To keep it at one connection across processes too, an open
+    outbox holds an exclusive ``flock`` on ``<path>.lock``; a second :meth:`open` of the same
+    file (another process, or another ``Outbox`` here) fails with :class:`StoreError`.
+    A viewer that must not stop the service may read the file through its own read-only
+    connection (``file:...?mode=ro``), never write or checkpoint it.
 
     Durability: ``synchronous=FULL``. With WAL, ``NORMAL`` survives a crash of the process
     but a power cut may roll back the last commits; an unattended Pi on a field battery or
@@ -261,6 +267,7 @@ class Outbox:
         self._path = Path(cfg.path)
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None  # touched only on the outbox thread
+        self._lock_fd: int | None = None  # flock on <path>.lock while open
 
     @property
     def path(self) -> Path:
@@ -306,7 +313,8 @@ class Outbox:
 
         Raises:
             StoreError: directory not creatable/writable, file damaged or not an SQLite
-                database, schema newer than this agent knows, disk full.
+                database, schema newer than this agent knows, disk full, or the file already
+                open in another process / another ``Outbox`` (``<path>.lock`` held).
         """
         if self._executor is not None:
             return
@@ -322,8 +330,14 @@ class Outbox:
         path = self._path
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise StoreError(
+                f"outbox {path}: cannot create directory {path.parent}: a file in the way is not a directory",
+                "remove or rename the file, or set [store] path to a writable directory",
+            ) from None
         except OSError as err:
             raise _store_error(path, f"create directory {path.parent}", err) from err
+        self._lock_fd = self._acquire_lock()
         conn: sqlite3.Connection | None = None
         try:
             conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
@@ -334,15 +348,45 @@ class Outbox:
             conn.execute("PRAGMA synchronous = FULL")
             conn.execute("PRAGMA foreign_keys = ON")
             self._migrate(conn)
-        except (sqlite3.Error, OSError) as err:
+        except BaseException as err:
             if conn is not None:
                 conn.close()
-            raise _store_error(path, "open the queue", err) from err
-        except BaseException:
-            if conn is not None:
-                conn.close()
+            self._release_lock()
+            if isinstance(err, (sqlite3.Error, OSError)):
+                raise _store_error(path, "open the queue", err) from err
             raise
         self._conn = conn
+
+    def _acquire_lock(self) -> int:
+        """Hold ``<path>.lock`` exclusively (flock) while open: one connection per file, ever.
+
+        A second opener, in this or another process (a second agent, ``sync --once`` while the
+        service runs), would be a second writer/checkpointer: the WAL-reset bug's condition.
+        The kernel drops the lock when the process dies, even by SIGKILL.
+        """
+        lock_path = self._path.with_name(self._path.name + ".lock")
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as err:
+            raise _store_error(self._path, f"create the lock file {lock_path}", err) from err
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StoreError(
+                f"outbox {self._path} is in use by another soundscape-agent (lock {lock_path} is held)",
+                "only one process may open the queue: stop the running agent first "
+                "(systemctl stop soundscape-agent); the running agent syncs by itself",
+            ) from None
+        except OSError as err:
+            os.close(fd)
+            raise _store_error(self._path, f"lock {lock_path}", err) from err
+        return fd
+
+    def _release_lock(self) -> None:
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            os.close(fd)  # closing the descriptor releases the flock
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -384,6 +428,7 @@ class Outbox:
                 log.warning("outbox %s: checkpoint at close failed: %s", self._path, err)
             finally:
                 conn.close()
+                self._release_lock()
 
         try:
             await asyncio.get_running_loop().run_in_executor(executor, job)

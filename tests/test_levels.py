@@ -13,7 +13,8 @@ import soundfile as sf
 from agent.analysis.levels import P_RMS_FLOOR_PA, compute_levels
 from agent.config import LevelsConfig
 
-AUDIO = Path("/work/shared/audio")
+# bundled copies of the scikit-maad recordings (/work/shared/audio, byte-identical)
+AUDIO = Path(__file__).resolve().parent.parent / "data" / "recordings"
 
 
 def expected_sine_leq_db(amplitude_fs: float, cfg: LevelsConfig) -> float:

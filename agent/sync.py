@@ -1,0 +1,551 @@
+"""Store-and-forward: deliver the outbox's windows to the central PostgreSQL (psycopg 3).
+
+Delivery is *at least once* from the device and *exactly once* in the database: every row
+carries the device-generated ``window_key`` as its primary key and every insert is
+``ON CONFLICT DO NOTHING``, so a batch replayed after a lost acknowledgement (network drop,
+power cut or kill between the server commit and the local mark) inserts nothing new. Local
+rows are marked synced only after the server's COMMIT has returned.
+
+Schema management is :func:`migrate` (``soundscape-agent db init``): versioned SQL files in
+``agent/sql/NNNN_name.sql``, each applied once, in its own transaction, under an advisory
+lock. The device itself may use an INSERT-only role (see :func:`send_batch`).
+
+All database I/O here is asyncio (``psycopg.AsyncConnection``) except :func:`migrate`, a
+one-shot command; SQLite work happens on the :class:`~agent.store.Outbox` thread. The
+connection string's password is never logged: see :func:`redact_dsn`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import importlib.resources
+import logging
+import math
+import random
+import re
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+
+import psycopg
+from psycopg import errors as pgerrors
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from agent.config import SyncConfig
+from agent.errors import AgentError, StoreError, SyncError
+from agent.records import Status, WindowResult
+from agent.store import Outbox
+
+log = logging.getLogger("agent.sync")
+
+#: Key of the transaction-level advisory lock serialising concurrent ``db init`` runs.
+MIGRATION_LOCK_KEY = 7_370_636_117_110_100  # arbitrary constant, unique to this project
+
+_MIGRATION_FILE = re.compile(r"^(\d{4})_([A-Za-z0-9_]+)\.sql$")
+
+_CREATE_MIGRATIONS_TABLE = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version     int PRIMARY KEY,
+    applied_at  timestamptz NOT NULL DEFAULT now()
+)
+"""
+
+# Target-less ON CONFLICT DO NOTHING: it swallows a duplicate window_key (a replayed batch)
+# and needs only the INSERT privilege. "ON CONFLICT (window_key) DO NOTHING" would also need
+# SELECT on the conflict columns, which an INSERT-only device role does not have.
+# No RETURNING either (it needs SELECT): new rows are counted with the cursor's rowcount.
+_INSERT_WINDOW = """
+INSERT INTO windows (
+    window_key, device, window_index, start_time, duration_s, sample_rate, clock_synchronised,
+    xruns, leq_db, leq_series_db, peak_dbfs, status, model_id, model_hash, model_backend,
+    model_is_scaffold, sync_id
+) VALUES (
+    %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::double precision[], %s, %s, %s, %s, %s, %s, %s::uuid
+) ON CONFLICT DO NOTHING
+"""
+
+_INSERT_DETECTION = """
+INSERT INTO detections (window_key, rank, label, label_index, score)
+VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING
+"""
+
+
+# ---------------------------------------------------------------------------------------------
+# DSN helpers
+
+
+def redact_dsn(dsn: str) -> str:
+    """The connection string with its password replaced by ``***``, safe to log.
+
+    Args:
+        dsn: a libpq key/value string or ``postgresql://`` URI.
+
+    Returns:
+        A key/value conninfo string (``host=db.example port=5432 password=*** ...``), or
+        ``<invalid connection string>`` if it cannot be parsed (the text itself is never
+        echoed then, as it may hold a password).
+    """
+    try:
+        params = conninfo_to_dict(dsn)
+    except psycopg.Error:
+        return "<invalid connection string>"
+    if "password" in params:
+        params["password"] = "***"
+    return make_conninfo("", **params)
+
+
+def _params(dsn: str) -> dict[str, str]:
+    try:
+        return {k: str(v) for k, v in conninfo_to_dict(dsn).items()}
+    except psycopg.Error:
+        raise SyncError(
+            "[sync] dsn is not a valid libpq connection string",
+            "use 'host=... port=5432 dbname=... user=... password=...' or "
+            "'postgresql://user:password@host:5432/dbname'",
+        ) from None
+
+
+def _where(params: dict[str, str]) -> str:
+    """``user@host:port/dbname`` of a parsed DSN (no password), for messages."""
+    host = params.get("host") or params.get("hostaddr") or "local socket"
+    port = params.get("port") or "5432"
+    db = params.get("dbname") or params.get("user") or "?"
+    user = params.get("user")
+    return f"{user + '@' if user else ''}{host}:{port}/{db}"
+
+
+def _scrub(text: str, params: dict[str, str]) -> str:
+    """A driver message on one line, without the password should it ever contain it."""
+    pw = params.get("password")
+    text = " ".join(text.split())  # libpq messages span lines; ours are one line
+    return text.replace(pw, "***") if pw else text
+
+
+def _connect_hint(err_text: str) -> str:
+    low = err_text.lower()
+    if "password authentication failed" in low or "no password supplied" in low:
+        return "check the user and password in [sync] dsn (and pg_hba.conf on the server)"
+    if "does not exist" in low and "database" in low:
+        return "create the database on the server, then run 'soundscape-agent db init'"
+    if "timeout" in low or "timed out" in low:
+        return "the server did not answer in time: check the network link; raise [sync] connect_timeout_s on slow links"
+    return (
+        "check that the server is running and reachable from this device and that [sync] dsn "
+        "is right; results stay in the local outbox and are retried"
+    )
+
+
+def _server_hint(err: BaseException) -> str:
+    if isinstance(err, pgerrors.InsufficientPrivilege):
+        return "grant the device role USAGE on the schema and INSERT on windows and detections"
+    if isinstance(err, pgerrors.QueryCanceled):
+        return "the batch exceeded statement_timeout: lower [sync] batch_size or raise statement_timeout_s"
+    if isinstance(err, (pgerrors.UndefinedTable, pgerrors.UndefinedColumn)):
+        return "the server schema is missing or old: run 'soundscape-agent db init'"
+    return "results stay in the local outbox and are retried; check the server log"
+
+
+def _connect_timeout_arg(seconds: float) -> int:
+    # libpq takes whole seconds and treats 1 as 2; never pass 0 (= wait forever).
+    return max(2, math.ceil(seconds))
+
+
+# ---------------------------------------------------------------------------------------------
+# migrations
+
+
+@functools.cache
+def _migrations() -> tuple[tuple[int, str, str], ...]:
+    """``(version, file name, sql)`` of every ``agent/sql/NNNN_*.sql``, by version."""
+    folder = importlib.resources.files("agent").joinpath("sql")
+    found = []
+    for entry in folder.iterdir():
+        m = _MIGRATION_FILE.match(entry.name)
+        if m:
+            found.append((int(m.group(1)), entry.name, entry.read_text(encoding="utf-8")))
+    found.sort()
+    versions = [v for v, _, _ in found]
+    if versions != list(range(1, len(found) + 1)):
+        raise RuntimeError(f"agent/sql migrations must be numbered 0001, 0002, ... without gaps: {versions}")
+    return tuple(found)
+
+
+def known_schema_version() -> int:
+    """The newest server schema version this agent ships migrations for (int >= 1)."""
+    return _migrations()[-1][0]
+
+
+def migrate(dsn: str, connect_timeout_s: float = 10) -> int:
+    """Create or upgrade the central schema (``soundscape-agent db init``). Idempotent.
+
+    Each pending ``agent/sql/NNNN_*.sql`` runs in its own transaction holding
+    ``pg_advisory_xact_lock(MIGRATION_LOCK_KEY)``, so concurrent runs queue up and each
+    version is applied exactly once; a second run changes nothing. ``schema_migrations``
+    is readable by PUBLIC so that an INSERT-only device role can check the version.
+
+    Args:
+        dsn: libpq string or URI of a role allowed to create tables (the database owner).
+        connect_timeout_s: bound on establishing the connection, s.
+
+    Returns:
+        The schema version now in the database (the highest applied version).
+
+    Raises:
+        SyncError: the server is unreachable or refused a statement (e.g. no CREATE
+            privilege); the message names the server (never the password).
+    """
+    params = _params(dsn)
+    where = _where(params)
+    try:
+        conn = psycopg.connect(dsn, connect_timeout=_connect_timeout_arg(connect_timeout_s), autocommit=True)
+    except psycopg.Error as err:
+        text = _scrub(str(err), params)
+        raise SyncError(f"cannot connect to PostgreSQL at {where}: {text}", _connect_hint(text)) from None
+    try:
+        with conn:
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
+                existed = conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL").fetchone()[0]
+                if not existed:
+                    conn.execute(_CREATE_MIGRATIONS_TABLE)
+                    conn.execute("GRANT SELECT ON schema_migrations TO PUBLIC")
+            for version, name, sql in _migrations():
+                with conn.transaction():
+                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
+                    done = conn.execute("SELECT 1 FROM schema_migrations WHERE version = %s", (version,)).fetchone()
+                    if done:
+                        continue
+                    conn.execute(sql)  # no parameters: several statements are allowed
+                    conn.execute("INSERT INTO schema_migrations (version, applied_at) VALUES (%s, now())", (version,))
+                log.info("PostgreSQL %s: applied migration %s", where, name)
+            current = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()[0]
+    except psycopg.Error as err:
+        text = _scrub(str(err), params)
+        hint = (
+            "run 'soundscape-agent db init' as the database owner or a role with CREATE on the schema"
+            if isinstance(err, pgerrors.InsufficientPrivilege)
+            else "check the server log; nothing of the failed migration was applied"
+        )
+        raise SyncError(f"migrating the schema at {where} failed: {text}", hint) from None
+    if current > known_schema_version():
+        log.warning("PostgreSQL %s has schema version %d, newer than this agent's %d", where, current, known_schema_version())
+    return int(current)
+
+
+# ---------------------------------------------------------------------------------------------
+# one batch
+
+
+def _window_params(r: WindowResult, sync_id: uuid.UUID) -> tuple:
+    m = r.model
+    return (
+        r.key,
+        r.device_id,
+        int(r.index),
+        r.start_time,
+        float(r.duration_s),
+        int(r.sample_rate),
+        bool(r.clock_synchronised),
+        int(r.xruns),
+        float(r.levels.leq_db),
+        [float(v) for v in r.levels.leq_series_db],
+        float(r.levels.peak_dbfs),
+        Status(r.status).value,
+        m.model_id if m else None,
+        m.model_hash if m else None,
+        m.backend if m else None,
+        bool(m.is_scaffold) if m else None,
+        sync_id,
+    )
+
+
+async def send_batch(conn: psycopg.AsyncConnection, results: Sequence[WindowResult], sync_id: str) -> int:
+    """Insert a batch of windows and their detections in the connection's current transaction.
+
+    Nothing is committed here: the caller commits (``await conn.commit()``), then marks the
+    windows synced locally. Rows whose ``window_key`` is already on the server are skipped
+    (target-less ``ON CONFLICT DO NOTHING``; works for a role with only INSERT), so replaying
+    a batch inserts nothing new. ``sync_time`` is the server's ``now()``: the transaction's
+    start time, the same for the whole batch.
+
+    Args:
+        conn: an open connection NOT in autocommit mode (the batch must be one transaction).
+        results: the windows, any order, at most a few thousand (one round trip per pipeline).
+        sync_id: UUID text identifying this batch; stored in every new window row.
+
+    Returns:
+        Number of window rows newly inserted (0 for a replayed batch).
+
+    Raises:
+        ValueError: ``conn`` is in autocommit mode, or ``sync_id`` is not a UUID.
+        psycopg.Error: the server refused the batch (the transaction is then failed: roll back).
+    """
+    if conn.autocommit:
+        raise ValueError("send_batch needs a connection with autocommit off: a batch is one transaction")
+    sid = uuid.UUID(str(sync_id))
+    if not results:
+        return 0
+    windows = [_window_params(r, sid) for r in results]
+    detections = [
+        (r.key, int(d.rank), d.label, int(d.label_index), float(d.score)) for r in results for d in r.detections
+    ]
+    async with conn.cursor() as cur:
+        await cur.executemany(_INSERT_WINDOW, windows)
+        inserted = max(cur.rowcount, 0)
+        if detections:
+            await cur.executemany(_INSERT_DETECTION, detections)
+    return inserted
+
+
+# ---------------------------------------------------------------------------------------------
+# the syncer
+
+
+class Syncer:
+    """Moves windows from the :class:`~agent.store.Outbox` to PostgreSQL, batch by batch.
+
+    Args:
+        cfg: the ``[sync]`` section (dsn, batch size, timeouts, interval, backoff). An empty
+            ``dsn`` means "keep results local": :meth:`run` then returns at once.
+        outbox: an open outbox shared with the pipeline (its calls are serialised on its
+            own thread, so sharing is safe).
+    """
+
+    def __init__(self, cfg: SyncConfig, outbox: Outbox) -> None:
+        self._cfg = cfg
+        self._outbox = outbox
+        self._lock = asyncio.Lock()  # one round at a time (run() vs final())
+
+    @property
+    def enabled(self) -> bool:
+        """False when no DSN is configured."""
+        return bool(self._cfg.dsn.strip())
+
+    def backoff_delay(self, failures: int) -> float:
+        """Seconds to wait after the ``failures``-th consecutive failed round (>= 1).
+
+        Exponential backoff with jitter: uniform between ``backoff_initial_s`` and
+        ``min(backoff_max_s, backoff_initial_s * 2**(failures - 1))``.
+        """
+        lo = min(self._cfg.backoff_initial_s, self._cfg.backoff_max_s)
+        hi = min(self._cfg.backoff_max_s, self._cfg.backoff_initial_s * 2.0 ** min(max(failures, 1) - 1, 60))
+        return random.uniform(lo, max(lo, hi))
+
+    async def _connect(self, params: dict[str, str], where: str) -> psycopg.AsyncConnection:
+        cfg = self._cfg
+        statement_ms = int(cfg.statement_timeout_s * 1000)
+        options = f"-c statement_timeout={statement_ms}"
+        if params.get("options"):
+            options = f"{params['options']} {options}"
+        extra: dict[str, str] = {}
+        if "application_name" not in params:
+            extra["application_name"] = "soundscape-agent"
+        bound = cfg.connect_timeout_s + cfg.statement_timeout_s
+        try:
+            return await asyncio.wait_for(
+                psycopg.AsyncConnection.connect(
+                    cfg.dsn,
+                    connect_timeout=_connect_timeout_arg(cfg.connect_timeout_s),
+                    options=options,
+                    autocommit=False,
+                    **extra,
+                ),
+                timeout=bound,
+            )
+        except TimeoutError:
+            raise SyncError(
+                f"cannot connect to PostgreSQL at {where}: no answer within {bound:g} s",
+                _connect_hint("timeout"),
+            ) from None
+        except psycopg.Error as err:
+            text = _scrub(str(err), params)
+            raise SyncError(f"cannot connect to PostgreSQL at {where}: {text}", _connect_hint(text)) from None
+
+    async def _check_schema(self, conn: psycopg.AsyncConnection, params: dict[str, str], where: str) -> None:
+        try:
+            cur = await conn.execute("SELECT max(version) FROM schema_migrations")
+            row = await cur.fetchone()
+            await conn.rollback()  # read only; each batch gets a transaction of its own
+        except pgerrors.UndefinedTable:
+            raise SyncError(
+                f"PostgreSQL {where} has no soundscape schema (table schema_migrations is missing)",
+                "run 'soundscape-agent db init' against this database as its owner",
+            ) from None
+        except pgerrors.InsufficientPrivilege as err:
+            raise SyncError(
+                f"PostgreSQL {where}: cannot read schema_migrations: {_scrub(str(err), params)}",
+                "GRANT SELECT ON schema_migrations TO the device role ('db init' grants it to PUBLIC)",
+            ) from None
+        except psycopg.Error as err:
+            text = _scrub(str(err), params)
+            raise SyncError(f"PostgreSQL {where}: reading the schema version failed: {text}", _server_hint(err)) from None
+        version = int(row[0]) if row and row[0] is not None else 0
+        known = known_schema_version()
+        if version < known:
+            raise SyncError(
+                f"PostgreSQL {where} has schema version {version}, this agent needs {known}",
+                "run 'soundscape-agent db init' against this database as its owner",
+            )
+        if version > known:
+            raise SyncError(
+                f"PostgreSQL {where} has schema version {version}, newer than this agent knows ({known})",
+                "upgrade soundscape-agent on this device (or run its 'db init' if the server was rolled back)",
+            )
+
+    async def _send_and_commit(
+        self, conn: psycopg.AsyncConnection, batch: Sequence[WindowResult], sync_id: str
+    ) -> tuple[int, datetime]:
+        inserted = await send_batch(conn, batch, sync_id)
+        cur = await conn.execute("SELECT now()")  # = the rows' sync_time default (transaction start)
+        row = await cur.fetchone()
+        await conn.commit()
+        return inserted, row[0]
+
+    async def sync_once(self) -> int:
+        """Deliver every pending window, batch after batch, over one connection.
+
+        Per batch: ``outbox.pending(batch_size)`` -> :func:`send_batch` -> COMMIT ->
+        ``outbox.mark_synced(keys, sync_id, server time)``. Stops when the outbox has no more
+        pending windows (a short batch ends the round).
+
+        Returns:
+            Number of windows delivered and marked synced in this round (replayed ones
+            included; they were on the server already).
+
+        Raises:
+            SyncError: no DSN, server unreachable or too slow (connect bound
+                ``connect_timeout_s + statement_timeout_s``; the same bound per batch),
+                unknown schema version, or the server refused a batch. Windows of a failed
+                batch stay pending; earlier batches of the round stay delivered.
+            StoreError: the outbox cannot be read or written.
+        """
+        if not self.enabled:
+            raise SyncError("no PostgreSQL server configured ([sync] dsn is empty)", "set [sync] dsn to sync results")
+        cfg = self._cfg
+        params = _params(cfg.dsn)
+        where = _where(params)
+        batch_size = int(cfg.batch_size)
+        bound = cfg.statement_timeout_s + cfg.connect_timeout_s
+        async with self._lock:
+            conn = await self._connect(params, where)
+            delivered = inserted_total = 0
+            try:
+                try:
+                    await asyncio.wait_for(self._check_schema(conn, params, where), timeout=bound)
+                except TimeoutError:
+                    raise SyncError(f"PostgreSQL {where} did not answer within {bound:g} s", _connect_hint("timeout")) from None
+                while True:
+                    batch = await self._outbox.pending(batch_size)
+                    if not batch:
+                        break
+                    sync_id = str(uuid.uuid4())
+                    try:
+                        inserted, sync_time = await asyncio.wait_for(
+                            self._send_and_commit(conn, batch, sync_id), timeout=bound
+                        )
+                    except TimeoutError:
+                        raise SyncError(
+                            f"PostgreSQL {where}: a batch of {len(batch)} windows did not complete within {bound:g} s",
+                            "slow link: lower [sync] batch_size or raise statement_timeout_s",
+                        ) from None
+                    except psycopg.Error as err:
+                        text = _scrub(str(err), params)
+                        raise SyncError(
+                            f"PostgreSQL {where} refused a batch of {len(batch)} windows: {text}", _server_hint(err)
+                        ) from None
+                    # Only now, after the server's COMMIT returned, mark them locally.
+                    marked = await self._outbox.mark_synced([r.key for r in batch], sync_id, sync_time)
+                    delivered += len(batch)
+                    inserted_total += inserted
+                    log.debug("batch %s: %d windows sent, %d new on the server", sync_id, len(batch), inserted)
+                    if len(batch) < batch_size or marked == 0:
+                        break
+            finally:
+                await conn.close()
+        if delivered:
+            log.info(
+                "synced %d windows to %s (%d new, %d already there)",
+                delivered, where, inserted_total, delivered - inserted_total,
+            )
+        return delivered
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Sync every ``interval_s`` until ``stop`` is set; back off after failures.
+
+        A failed round (server down, refused batch, outbox error) is logged at WARNING with
+        the delay before the next attempt (``sync failed (...); retrying in 7.3 s``), the
+        delay growing per :meth:`backoff_delay`. Returns promptly once ``stop`` is set, also
+        in the middle of a round (which is cancelled; its uncommitted batch is rolled back by
+        the server and stays pending). Returns at once if no DSN is configured.
+
+        Args:
+            stop: set it to end the loop.
+
+        Raises:
+            Nothing for server, network or outbox errors (they are logged and retried).
+        """
+        if not self.enabled:
+            log.info("sync disabled ([sync] dsn is empty): results are kept in the local outbox")
+            return
+        failures = 0
+        while not stop.is_set():
+            round_task = asyncio.ensure_future(self.sync_once())
+            stop_task = asyncio.ensure_future(stop.wait())
+            try:
+                await asyncio.wait({round_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                # stop set, or run() itself cancelled: abandon the round (its open
+                # transaction is rolled back by the server; its windows stay pending).
+                stop_task.cancel()
+                if not round_task.done():
+                    round_task.cancel()
+                    await asyncio.gather(round_task, return_exceptions=True)
+            if round_task.cancelled():
+                return
+            try:
+                round_task.result()
+                failures = 0
+                delay = self._cfg.interval_s
+            except AgentError as err:
+                failures += 1
+                delay = self.backoff_delay(failures)
+                log.warning("sync failed (%s); retrying in %.1f s", err.message, delay)
+            except Exception as err:  # a bug: keep the agent recording, but say so loudly
+                failures += 1
+                delay = self.backoff_delay(failures)
+                log.error("sync failed unexpectedly (%r); retrying in %.1f s", err, delay, exc_info=True)
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=delay)
+            except TimeoutError:
+                pass
+
+    async def final(self, timeout_s: float | None = None) -> int:
+        """One last bounded sync attempt at shutdown; never raises for sync problems.
+
+        Args:
+            timeout_s: bound, s (default ``cfg.final_timeout_s``; 0 skips the attempt).
+
+        Returns:
+            Windows delivered (0 if disabled, skipped, failed or timed out; the rest stays in
+            the outbox for the next start).
+
+        Note:
+            If the bound expires while a statement is executing, psycopg first asks the
+            server to cancel it (up to ~10 s on a dead link) before the attempt ends.
+        """
+        timeout = self._cfg.final_timeout_s if timeout_s is None else timeout_s
+        if not self.enabled or timeout <= 0:
+            return 0
+        try:
+            return await asyncio.wait_for(self.sync_once(), timeout=timeout)
+        except TimeoutError:
+            log.warning("final sync did not finish within %g s; pending windows stay in the outbox", timeout)
+        except (SyncError, StoreError) as err:
+            log.warning("final sync failed (%s); pending windows stay in the outbox", err.message)
+        except Exception as err:
+            log.error("final sync failed unexpectedly (%r)", err, exc_info=True)
+        return 0
+
+
+__all__ = ["MIGRATION_LOCK_KEY", "Syncer", "known_schema_version", "migrate", "redact_dsn", "send_batch"]

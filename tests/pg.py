@@ -1,0 +1,173 @@
+"""A throwaway PostgreSQL cluster for the tests: real ``initdb`` + ``pg_ctl``, no mocks.
+
+The server binaries come from ``$PG_BINDIR``, ``pg_config --bindir`` or
+``/usr/lib/postgresql/<newest>/bin`` (Debian's layout). PostgreSQL refuses to run as root,
+so when the tests run as root the cluster belongs to the ``postgres`` OS user and every
+server command runs through ``runuser -u postgres --``.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+from pathlib import Path
+
+import psycopg
+from psycopg.conninfo import make_conninfo
+
+ADMIN_USER = "admin"
+ADMIN_PASSWORD = "admin-secret-pw"
+
+
+class PgServerUnavailable(RuntimeError):
+    """No PostgreSQL server binaries (initdb, pg_ctl, postgres) were found on this machine."""
+
+
+def find_bindir() -> Path:
+    """The directory holding ``initdb``, ``pg_ctl`` and ``postgres``.
+
+    Raises:
+        PgServerUnavailable: none found (install Debian's ``postgresql`` package).
+    """
+    candidates: list[str] = []
+    if os.environ.get("PG_BINDIR"):
+        candidates.append(os.environ["PG_BINDIR"])
+    pg_config = shutil.which("pg_config")
+    if pg_config:
+        try:
+            out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, timeout=10)
+            if out.returncode == 0:
+                candidates.append(out.stdout.strip())
+        except (OSError, subprocess.SubprocessError):
+            pass
+
+    def version_key(path: str) -> tuple[int, ...]:
+        name = Path(path).parent.name
+        return tuple(int(p) for p in name.split(".") if p.isdigit())
+
+    candidates += sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=version_key, reverse=True)
+    for c in candidates:
+        d = Path(c)
+        if all((d / exe).is_file() for exe in ("initdb", "pg_ctl", "postgres")):
+            return d
+    raise PgServerUnavailable(
+        "PostgreSQL server binaries (initdb, pg_ctl, postgres) not found in "
+        f"{candidates or ['$PG_BINDIR', 'pg_config --bindir', '/usr/lib/postgresql/*/bin']}; "
+        "install them (Debian: apt-get install -y postgresql) or set PG_BINDIR"
+    )
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class PgServer:
+    """A PostgreSQL cluster in a temporary directory, listening on 127.0.0.1:<free port>.
+
+    The bootstrap superuser is ``admin`` / ``admin-secret-pw``; TCP connections use
+    scram-sha-256 passwords, the Unix socket (in the cluster's directory) trusts local users.
+    ``fsync=off``: durability of test data is irrelevant, speed is not.
+
+    Args:
+        bindir: server binaries (default :func:`find_bindir`).
+
+    Raises:
+        PgServerUnavailable: no server binaries.
+        RuntimeError: initdb or start failed (the message holds the server log's tail).
+    """
+
+    def __init__(self, bindir: Path | None = None) -> None:
+        self.bindir = bindir or find_bindir()
+        self.port = free_port()
+        self.base = Path(tempfile.mkdtemp(prefix="soundscape-pg-"))
+        self.datadir = self.base / "data"
+        self.sockdir = self.base / "sock"
+        self.logfile = self.base / "server.log"
+        self.running = False
+        self._as_postgres = os.geteuid() == 0
+        self._db_counter = 0
+        self.sockdir.mkdir()
+        pwfile = self.base / "pwfile"
+        pwfile.write_text(ADMIN_PASSWORD + "\n")
+        if self._as_postgres:
+            pw = pwd.getpwnam("postgres")
+            for p in (self.base, self.sockdir, pwfile):
+                os.chown(p, pw.pw_uid, pw.pw_gid)
+        try:
+            self._run(
+                "initdb", "-D", str(self.datadir), "-U", ADMIN_USER, f"--pwfile={pwfile}",
+                "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C",
+                "--no-sync",
+            )
+        except BaseException:
+            self.cleanup()
+            raise
+        pwfile.unlink()
+
+    def _run(self, exe: str, *args: str, timeout: float = 60) -> str:
+        cmd = [str(self.bindir / exe), *args]
+        if self._as_postgres:
+            cmd = ["runuser", "-u", "postgres", "--", *cmd]
+        proc = subprocess.run(cmd, cwd=self.base, capture_output=True, text=True, timeout=timeout)
+        if proc.returncode != 0:
+            log_tail = ""
+            if self.logfile.exists():
+                log_tail = "\n".join(self.logfile.read_text(errors="replace").splitlines()[-20:])
+            raise RuntimeError(
+                f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}\n{log_tail}"
+            )
+        return proc.stdout
+
+    def start(self) -> None:
+        """Start the server (on the same port as before) and wait until it accepts connections."""
+        if self.running:
+            return
+        opts = (
+            f"-p {self.port} -k {self.sockdir} -c listen_addresses=127.0.0.1 -c fsync=off"
+            " -c synchronous_commit=off -c full_page_writes=off"
+        )
+        self._run("pg_ctl", "-D", str(self.datadir), "-l", str(self.logfile), "-o", opts, "-w", "-t", "60", "start")
+        self.running = True
+
+    def stop(self) -> None:
+        """Stop the server (``-m fast``: disconnect clients) and wait until it is down."""
+        if not self.running:
+            return
+        self._run("pg_ctl", "-D", str(self.datadir), "-m", "fast", "-w", "-t", "60", "stop")
+        self.running = False
+
+    def dsn(self, dbname: str = "postgres", user: str = ADMIN_USER, password: str = ADMIN_PASSWORD) -> str:
+        """A libpq key/value DSN for ``dbname`` over TCP on 127.0.0.1."""
+        return make_conninfo(host="127.0.0.1", port=self.port, dbname=dbname, user=user, password=password)
+
+    def create_database(self, name: str | None = None) -> str:
+        """Create an empty database (a fresh name if ``name`` is None) and return its DSN."""
+        if name is None:
+            self._db_counter += 1
+            name = f"test_{os.getpid()}_{self._db_counter}"
+        with psycopg.connect(self.dsn("postgres"), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return self.dsn(name)
+
+    def cleanup(self) -> None:
+        """Stop the server if running and delete the cluster directory."""
+        try:
+            if self.running:
+                self.stop()
+        finally:
+            shutil.rmtree(self.base, ignore_errors=True)
+
+    def __enter__(self) -> PgServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()

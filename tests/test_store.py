@@ -1,0 +1,304 @@
+"""The SQLite outbox on real files: round trips, atomicity, WAL, queue semantics, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import sqlite3
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from agent.config import StoreConfig
+from agent.errors import StoreError
+from agent.records import Detection, Levels, ModelInfo, Status
+from agent.store import SCHEMA_VERSION, Outbox, QueueStats
+from tests.factories import T0, make_result, make_results
+
+
+def outbox(tmp_path, name="queue.db") -> Outbox:
+    return Outbox(StoreConfig(path=tmp_path / name))
+
+
+def test_round_trip_is_exact_including_times_detections_and_model(tmp_path):
+    cest = timezone(timedelta(hours=2))
+    scaffold = ModelInfo("SCAFFOLD-random-weights-ast-tiny", "ab" * 32, "onnx", True)
+    results = [
+        make_result(0, k=5),
+        # a tz-aware time in another zone: stored and read back as the same instant, in UTC
+        make_result(1, start=datetime(2024, 5, 1, 6, 30, 10, 500001, tzinfo=cest), model=scaffold),
+        make_result(2, status=Status.SKIPPED_BACKLOG, xruns=3),
+        make_result(3, status=Status.FAILED),
+        make_result(4, status=Status.DISABLED),
+        make_result(5, k=0),  # classified, every label under min_score
+    ]
+
+    async def main():
+        async with outbox(tmp_path) as ob:
+            for r in results:
+                assert await ob.put(r) is True
+            return await ob.pending(100)
+
+    got = asyncio.run(main())
+    assert got == sorted(results, key=lambda r: r.start_time)
+    by_key = {r.key: r for r in got}
+    for r in got:
+        assert r.start_time.utcoffset() == timedelta(0)
+    assert by_key["s1-1"].start_time == datetime(2024, 5, 1, 4, 30, 10, 500001, tzinfo=timezone.utc)
+    assert by_key["s1-1"].model == scaffold and by_key["s1-1"].model.is_scaffold is True
+    assert [d.rank for d in by_key["s1-0"].detections] == [1, 2, 3, 4, 5]
+    assert by_key["s1-2"].status is Status.SKIPPED_BACKLOG and by_key["s1-2"].model is None
+    assert isinstance(by_key["s1-0"].levels.leq_series_db, tuple)
+
+
+def test_silence_levels_minus_infinity_and_nan_survive(tmp_path):
+    r = replace(make_result(0),
+                levels=Levels(leq_db=math.nan, leq_series_db=(-math.inf, 3.0, math.nan), peak_dbfs=-math.inf))
+
+    async def main():
+        async with outbox(tmp_path) as ob:
+            await ob.put(r)
+            return (await ob.pending(1))[0]
+
+    got = asyncio.run(main())
+    assert math.isnan(got.levels.leq_db)
+    assert got.levels.peak_dbfs == -math.inf
+    assert got.levels.leq_series_db[:2] == (-math.inf, 3.0) and math.isnan(got.levels.leq_series_db[2])
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        (Detection(1, "Speech", 0, 0.9), Detection(1, "Rain", 1, 0.5)),  # duplicate rank: primary key
+        (Detection(1, "Speech", 0, 0.9), Detection(2, "Rain", 1, 1.5)),  # score > 1: CHECK constraint
+    ],
+    ids=["duplicate-rank", "score-out-of-range"],
+)
+def test_put_is_atomic_a_rejected_detection_rolls_back_the_window(tmp_path, bad):
+    good = make_result(1)
+    broken = replace(make_result(0), detections=bad)
+
+    async def main():
+        async with outbox(tmp_path) as ob:
+            with pytest.raises(StoreError) as ei:
+                await ob.put(broken)
+            # the connection is not left inside a transaction: the next put works
+            assert await ob.put(good) is True
+            return ei.value, await ob.pending(10), await ob.stats()
+
+    err, pending, stats = asyncio.run(main())
+    assert str(tmp_path / "queue.db") in err.message and "s1-0" in err.message
+    assert err.hint
+    assert [r.key for r in pending] == ["s1-1"]
+    assert stats.windows_total == 1
+    with sqlite3.connect(tmp_path / "queue.db") as con:
+        assert con.execute("SELECT count(*) FROM detections WHERE window_key = 's1-0'").fetchone()[0] == 0
+
+
+def test_putting_an_existing_key_is_a_no_op_first_version_wins(tmp_path):
+    first = make_result(0, k=2)
+    second = make_result(0, k=5, xruns=9)  # same key, different content
+
+    async def main():
+        async with outbox(tmp_path) as ob:
+            assert await ob.put(first) is True
+            assert await ob.put(second) is False
+            return await ob.pending(10), await ob.stats()
+
+    pending, stats = asyncio.run(main())
+    assert pending == [first]
+    assert stats.windows_total == 1 and stats.xruns_total == 0
+
+
+def test_wal_mode_schema_version_and_checkpoint_on_close(tmp_path):
+    path = tmp_path / "sub" / "dir" / "queue.db"  # missing directories are created
+
+    async def main():
+        async with Outbox(StoreConfig(path=path)) as ob:
+            await ob.put(make_result(0))
+            assert path.with_name("queue.db-wal").exists()  # writes go to the WAL
+        return ob
+
+    asyncio.run(main())
+    wal = path.with_name("queue.db-wal")
+    assert not wal.exists() or wal.stat().st_size == 0  # TRUNCATE checkpoint at close
+    con = sqlite3.connect(path)
+    try:
+        assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"  # persistent in the file
+        assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert con.execute("SELECT count(*) FROM windows").fetchone()[0] == 1
+    finally:
+        con.close()
+
+
+def test_pending_is_oldest_first_and_mark_synced_removes_from_queue(tmp_path):
+    results = make_results(6)
+    sync_time = datetime(2024, 5, 2, 0, 0, tzinfo=timezone.utc)
+
+    async def main():
+        async with outbox(tmp_path) as ob:
+            for r in reversed(results):  # stored newest first
+                await ob.put(r)
+            first = await ob.pending(3)
+            assert [r.key for r in first] == ["s1-0", "s1-1", "s1-2"]
+            assert await ob.mark_synced([r.key for r in first], "11111111-1111-1111-1111-111111111111", sync_time) == 3
+            assert await ob.mark_synced(["s1-0", "no-such-key"], "x", sync_time) == 0  # already / unknown
+            stats = await ob.stats()
+            assert stats == QueueStats(windows_total=6, unsynced=3, oldest_unsynced_start=results[3].start_time,
+                                       skipped_total=0, xruns_total=0)
+            assert [r.key for r in await ob.pending(10)] == ["s1-3", "s1-4", "s1-5"]
+            await ob.mark_synced(["s1-3", "s1-4", "s1-5"], "22222222-2222-2222-2222-222222222222", sync_time)
+            assert await ob.pending(10) == []
+            return await ob.stats()
+
+    stats = asyncio.run(main())
+    assert stats.unsynced == 0 and stats.oldest_unsynced_start is None and stats.windows_total == 6
+    with sqlite3.connect(tmp_path / "queue.db") as con:
+        rows = con.execute("SELECT key, sync_id, synced_at FROM windows ORDER BY key").fetchall()
+    assert rows[0] == ("s1-0", "11111111-1111-1111-1111-111111111111", "2024-05-02T00:00:00.000000+00:00")
+
+
+def test_stats_count_skipped_windows_and_xruns(tmp_path):
+    async def main():
+        async with outbox(tmp_path) as ob:
+            await ob.put(make_result(0, xruns=2))
+            await ob.put(make_result(1, status=Status.SKIPPED_BACKLOG))
+            await ob.put(make_result(2, status=Status.SKIPPED_BACKLOG, xruns=5))
+            return await ob.stats()
+
+    stats = asyncio.run(main())
+    assert stats == QueueStats(windows_total=3, unsynced=3, oldest_unsynced_start=T0, skipped_total=2, xruns_total=7)
+    assert stats.oldest_unsynced_start.tzinfo is not None
+
+
+def test_reopen_after_close_keeps_windows_and_sync_marks(tmp_path):
+    results = make_results(4)
+
+    async def write():
+        async with outbox(tmp_path) as ob:
+            for r in results:
+                await ob.put(r)
+            await ob.mark_synced(["s1-0"], "33333333-3333-3333-3333-333333333333", T0)
+
+    async def read():
+        ob = outbox(tmp_path)
+        await ob.open()
+        try:
+            return await ob.pending(10), await ob.stats()
+        finally:
+            await ob.close()
+            await ob.close()  # twice is harmless
+
+    asyncio.run(write())
+    pending, stats = asyncio.run(read())
+    assert pending == results[1:]
+    assert stats.windows_total == 4 and stats.unsynced == 3
+
+
+def test_many_concurrent_puts_are_serialised_without_loss(tmp_path):
+    results = make_results(200)
+
+    async def main():
+        async with outbox(tmp_path) as ob:
+            stored = await asyncio.gather(*(ob.put(r) for r in results))
+            return stored, await ob.pending(1000)
+
+    stored, pending = asyncio.run(main())
+    assert all(stored) and pending == results
+
+
+def test_unwritable_directory_raises_store_error_naming_path_and_hint(tmp_path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a regular file where the state directory should be")
+    path = blocker / "state" / "queue.db"
+
+    async def main():
+        await Outbox(StoreConfig(path=path)).open()
+
+    with pytest.raises(StoreError) as ei:
+        asyncio.run(main())
+    assert str(path) in ei.value.message
+    assert "writable" in ei.value.hint
+    assert ei.value.exit_code == 74
+
+
+def test_corrupt_file_raises_store_error_telling_to_move_it_aside(tmp_path):
+    path = tmp_path / "queue.db"
+    path.write_bytes(b"this is not an SQLite database\n" * 200)
+
+    async def main():
+        await Outbox(StoreConfig(path=path)).open()
+
+    with pytest.raises(StoreError) as ei:
+        asyncio.run(main())
+    assert str(path) in ei.value.message
+    assert "damaged" in ei.value.hint and "aside" in ei.value.hint
+
+
+def test_disk_full_raises_store_error_and_stores_nothing_of_the_window(tmp_path):
+    big = [make_result(i, k=5) for i in range(400)]
+
+    async def main():
+        async with outbox(tmp_path) as ob:
+            # a real SQLITE_FULL: cap the file at its current size (as a full filesystem would)
+            pages = await ob._submit(lambda c: c.execute("PRAGMA page_count").fetchone()[0], "test")
+            await ob._submit(lambda c: c.execute(f"PRAGMA max_page_count = {pages + 2}"), "test")
+            stored = 0
+            with pytest.raises(StoreError) as ei:
+                for r in big:
+                    await ob.put(r)
+                    stored += 1
+            failed_key = big[stored].key
+            keys = {r.key for r in await ob.pending(1000)}
+            return ei.value, stored, failed_key, keys
+
+    err, stored, failed_key, keys = asyncio.run(main())
+    assert 0 < stored < len(big)
+    assert "full" in err.message and "free space" in err.hint
+    assert failed_key not in keys and len(keys) == stored
+
+
+def test_schema_from_a_newer_agent_is_refused(tmp_path):
+    path = tmp_path / "queue.db"
+    con = sqlite3.connect(path)
+    con.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    con.close()
+
+    async def main():
+        await Outbox(StoreConfig(path=path)).open()
+
+    with pytest.raises(StoreError) as ei:
+        asyncio.run(main())
+    assert "newer" in ei.value.hint and str(path) in ei.value.message
+
+
+def test_a_second_opener_of_the_same_queue_is_refused_until_the_first_closes(tmp_path):
+    # one connection per file, across processes too (the WAL-reset bug needs two)
+    async def main():
+        first = outbox(tmp_path)
+        await first.open()
+        await first.put(make_result(0))
+        second = outbox(tmp_path)
+        with pytest.raises(StoreError) as ei:
+            await second.open()
+        await first.close()
+        await second.open()  # free again
+        try:
+            return ei.value, await second.pending(10)
+        finally:
+            await second.close()
+
+    err, pending = asyncio.run(main())
+    assert "in use" in err.message and str(tmp_path / "queue.db") in err.message
+    assert "stop the running agent" in err.hint
+    assert [r.key for r in pending] == ["s1-0"]
+
+
+def test_using_a_closed_outbox_raises_store_error(tmp_path):
+    async def main():
+        ob = outbox(tmp_path)
+        await ob.put(make_result(0))
+
+    with pytest.raises(StoreError, match="not open"):
+        asyncio.run(main())
