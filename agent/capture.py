@@ -92,8 +92,9 @@ _END = object()
 class ThreadedSource:
     """Base of every source: blocking reads in a dedicated thread, chunks to the event loop.
 
-    Subclasses implement :meth:`_open`, :meth:`_read` and :meth:`_close`; they run on the
-    reader thread except :meth:`_open`, which runs in :meth:`open` so errors surface at start.
+    Subclasses implement :meth:`_open` (runs in :meth:`open`, so a bad device or file is
+    reported before anything slow such as loading the model), and :meth:`_start`,
+    :meth:`_read` and :meth:`_close`, which run on the reader thread once iteration begins.
 
     Args:
         queue_chunks: capacity of the hand-over queue, in chunks (bounded buffer).
@@ -113,6 +114,9 @@ class ThreadedSource:
     # -- subclass hooks -------------------------------------------------------------------
     def _open(self) -> None:
         raise NotImplementedError
+
+    def _start(self) -> None:
+        """Start the stream (reader thread, before the first read); default: nothing to do."""
 
     def _read(self) -> Chunk | None:
         """One blocking read. Returns None at the end of the stream."""
@@ -165,6 +169,7 @@ class ThreadedSource:
 
         def reader() -> None:
             try:
+                self._start()
                 while not self._stopping.is_set():
                     chunk = self._read()
                     if chunk is None:
@@ -417,11 +422,17 @@ class ArecordSource(ThreadedSource):
 
     def _open(self) -> None:
         self.pcm_name = resolve_pcm(self.cfg)
+        if shutil.which("arecord") is None:
+            raise DeviceError("arecord is not installed", "install alsa-utils or use capture.type = \"alsa\"")
+
+    def _start(self) -> None:
+        # Spawned only when reading begins: started earlier, its pipe would fill while the
+        # model loads and arecord would overrun.
         cmd = self.command()
         self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, bufsize=0)
         threading.Thread(target=self._watch_stderr, name="arecord-stderr", daemon=True).start()
-        # Wait until audio flows or arecord dies, so a bad device fails here, not later.
+        # Wait until audio flows or arecord dies, so a bad device fails at once.
         ready, _, _ = select.select([self._proc.stdout], [], [], 5.0)
         if self._proc.poll() is not None or not ready:
             if self._proc.poll() is None:

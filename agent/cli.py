@@ -98,12 +98,13 @@ async def run_pipeline(cfg: Config, *, max_windows: int | None = None, quiet: bo
     from agent.sync import Syncer
 
     async with Outbox(cfg.store) as outbox:
+        # The device first: a missing microphone is reported before a slow model load.
+        source = make_source(cfg.capture)
+        await asyncio.to_thread(source.open)
         if classifier is None and cfg.classifier.enabled:
             classifier = await asyncio.to_thread(load_classifier, cfg.classifier)
         if classifier is not None:
             _announce_model(classifier.info)
-        source = make_source(cfg.capture)
-        await asyncio.to_thread(source.open)
         syncer = Syncer(cfg.sync, outbox) if cfg.sync.dsn else None
         pipeline = Pipeline(
             device_id=cfg.agent.device_id, source=source, windows=cfg.windows, levels=cfg.levels,

@@ -102,8 +102,8 @@ def test_arecord_list_parsing_and_device_matching():
 def test_alsa_open_failure_is_a_clear_device_error():
     with pytest.raises(DeviceError, match="cannot open ALSA capture PCM 'no_such_pcm'"):
         make_source(AlsaCaptureConfig(pcm="no_such_pcm")).open()
-    with pytest.raises(DeviceError, match="arecord could not capture"):
-        make_source(ArecordCaptureConfig(pcm="no_such_pcm")).open()
+    with pytest.raises(DeviceError, match="arecord could not capture from 'no_such_pcm'"):
+        asyncio.run(_collect(make_source(ArecordCaptureConfig(pcm="no_such_pcm")), 1, WindowsConfig()))
 
 
 def _chunks(x: np.ndarray, rate: int, size: int, start: datetime):
@@ -151,6 +151,7 @@ def test_file_source_replays_real_recordings_per_file_segments():
     starts = [c.segment_start for c in chunks if c.segment_start is not None]
     assert len(starts) == 9  # 8 Song Meter files + spinetail
     assert datetime(2019, 5, 22, 6, 0, tzinfo=UTC) in starts
+    assert datetime(2018, 9, 19, 16, 0, tzinfo=UTC) in starts  # the renamed spinetail recording
     windows = cut(chunks, WindowsConfig(length_s=10))
     # 8 files of exactly 10 s give one window each, spinetail (19.5 s) one, its tail dropped.
     assert len(windows) == 9
@@ -162,6 +163,6 @@ def test_file_source_bad_inputs(tmp_path):
     with pytest.raises(InputError, match="names no WAV or FLAC"):
         FileSource(FileCaptureConfig(path=str(tmp_path / "nothing*.wav"))).open()
     bad = tmp_path / "truncated.wav"
-    bad.write_bytes((RECORDINGS / "spinetail.wav").read_bytes()[:30])
+    bad.write_bytes((RECORDINGS / "spinetail_20180919_160000.wav").read_bytes()[:30])
     with pytest.raises(InputError, match="truncated.wav"):
         FileSource(FileCaptureConfig(path=str(bad))).open()

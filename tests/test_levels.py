@@ -98,7 +98,7 @@ def test_rejects_invalid_input(bad):
         compute_levels(bad, 48000, LevelsConfig())
 
 
-@pytest.mark.parametrize("name", ["S4A03895_20190522_060000.wav", "spinetail.wav"])
+@pytest.mark.parametrize("name", ["S4A03895_20190522_060000.wav", "spinetail_20180919_160000.wav"])
 def test_real_recording(name):
     import maad.spl
 
