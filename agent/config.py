@@ -141,7 +141,8 @@ class WindowsConfig(_Section):
 
     Attributes:
         length_s: window length, s (default 10, allowed 1-60). AST sees 10.24 s at a time;
-            longer windows are classified in 10 s segments and scores max-pooled.
+            a longer window is split into ceil(length_s / 10) equal segments of at most 10 s,
+            and each label's score is max-pooled over them.
         hop_s: distance between window starts, s (default = ``length_s``: consecutive,
             non-overlapping). Smaller than ``length_s`` overlaps windows; larger leaves gaps.
     """
@@ -245,7 +246,7 @@ class SyncConfig(_Section):
         link: ``ethernet`` (sync every 30 s) or ``gsm`` (hourly, small batches, long timeouts).
         interval_s: seconds between sync rounds.
         batch_size: windows per transaction.
-        connect_timeout_s: libpq connect timeout, s.
+        connect_timeout_s: libpq connect timeout, s (at least 2: libpq treats 1 as 2).
         statement_timeout_s: server-side statement timeout, s.
         backoff_initial_s, backoff_max_s: exponential backoff with full jitter after a failed
             round, s (defaults 5 and 600).
@@ -256,7 +257,7 @@ class SyncConfig(_Section):
     link: Literal["ethernet", "gsm"] = "ethernet"
     interval_s: float | None = Field(None, ge=0.1, le=86400.0)
     batch_size: int | None = Field(None, ge=1, le=100000)
-    connect_timeout_s: float | None = Field(None, ge=1.0, le=600.0)
+    connect_timeout_s: float | None = Field(None, ge=2.0, le=600.0)
     statement_timeout_s: float | None = Field(None, ge=1.0, le=3600.0)
     backoff_initial_s: float = Field(5.0, ge=0.01, le=3600.0)
     backoff_max_s: float = Field(600.0, ge=0.01, le=86400.0)

@@ -76,8 +76,8 @@ class Levels:
 
     Attributes:
         leq_db: equivalent continuous sound level of the whole window, dB re 20 µPa.
-        leq_series_db: Leq of each consecutive 1 s interval of the window, dB re 20 µPa,
-            length floor(duration_s).
+        leq_series_db: Leq of each consecutive ``series_interval_s`` interval of the window
+            (default 1 s), dB re 20 µPa; floor(n_samples / floor(interval_s · rate)) values.
         peak_dbfs: highest absolute sample of the window, dBFS (0 dBFS = full scale).
     """
 
@@ -94,7 +94,7 @@ class Detection:
         rank: 1 = highest score.
         label: AudioSet display name (e.g. "Bird vocalization, bird call, bird song").
         label_index: index into the model's ``id2label`` (0..526 for AudioSet).
-        score: sigmoid of the logit, in [0, 1] (multi-label: scores do not sum to 1).
+        score: sigmoid of the logit, finite, in [0, 1] (multi-label: scores do not sum to 1).
     """
 
     rank: int
@@ -108,9 +108,11 @@ class ModelInfo:
     """Provenance of the model that produced a classification.
 
     Attributes:
-        model_id: hub id or directory name the model was loaded from; a scaffold's id starts
-            with ``SCAFFOLD-random-weights`` so no result made with it passes for real labels.
-        model_hash: sha256 (hex) over the model directory's weight and config files.
+        model_id: the hub id, else the config's ``_name_or_path``, else the absolute directory
+            path; a scaffold's id starts with ``SCAFFOLD-random-weights/`` so no result made
+            with it passes for real labels.
+        model_hash: sha256 (hex) over the model directory's weight and config files, see
+            :func:`agent.analysis.models.model_hash`.
         backend: ``torch`` or ``onnx``.
         is_scaffold: True for a random-weight test model built by ``model scaffold``.
     """

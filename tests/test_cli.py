@@ -126,3 +126,21 @@ def test_readme_setup_commands_are_the_scripts_ci_runs():
     assert commands == ["scripts/demo.sh", "scripts/test.sh"]
     assert "scripts/test.sh" in (root / ".ci" / "run").read_text()
     assert all((root / c).exists() for c in commands)
+
+
+def test_db_init_is_idempotent_and_sync_once_delivers_the_queue(tmp_path, queued, pg_dsn):
+    import psycopg
+
+    cfg, db = queued
+    for _ in range(2):
+        r = agent("db", "init", "--dsn", pg_dsn)
+        assert r.returncode == 0 and "schema at version 1" in r.stdout, r.stderr
+    assert "password" not in r.stdout.lower() or "***" in r.stdout
+    conf = str(write_config(tmp_path / "sync.toml", **cfg))
+    r = agent("sync", "--once", "--config", conf, "--dsn", pg_dsn)
+    assert r.returncode == 0 and "synced 4 windows; 0 left" in r.stdout, r.stderr
+    assert _unsynced(db) == 0
+    r = agent("sync", "--once", "--config", conf, "--dsn", pg_dsn)
+    assert r.returncode == 0 and "synced 0 windows" in r.stdout
+    with psycopg.connect(pg_dsn) as con:
+        assert con.execute("SELECT count(*), count(DISTINCT window_key) FROM windows").fetchone() == (4, 4)
