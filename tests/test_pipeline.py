@@ -95,6 +95,8 @@ def test_event_loop_stays_responsive_while_full_size_ast_classifies(tmp_path, fu
         return stats
 
     stats = asyncio.run(main())
+    print(f"max event-loop lag {max(lags) * 1000:.0f} ms over {len(lags)} probes; "
+          f"{len(inference_s)} inferences, {sum(inference_s) / len(inference_s):.2f} s each")
     assert stats.classified == 4  # 00, 03, 06, 09 h recordings
     assert sum(inference_s) > 1.0, "the full-size model must really have computed"
     assert max(lags) < 0.5, f"event loop lagged {max(lags):.2f} s during inference"

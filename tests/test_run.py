@@ -120,9 +120,11 @@ def test_sigterm_finishes_windows_in_flight_syncs_and_exits_0(tmp_path, tiny_mod
     assert remote == [k for k, _ in local]
 
 
-def test_demo_runs_on_bundled_recordings_and_announces_the_scaffold(tmp_path, full_model_dir):
+def test_demo_runs_on_bundled_recordings_and_announces_the_scaffold(tmp_path, full_model_dir, pg_dsn):
+    """The README's first command: real recordings, real pipeline, scaffold announced, and
+    with SOUNDSCAPE_DSN set the demo creates the schema and syncs every window."""
     r = agent("demo", "--state-dir", str(tmp_path), "--scaffold-dir", str(full_model_dir),
-              env={"SOUNDSCAPE_DSN": ""}, timeout=600)
+              env={"SOUNDSCAPE_DSN": pg_dsn}, timeout=600)
     assert r.returncode == 0, r.stderr
     assert "the real model could not be loaded" in r.stdout and "FALLING BACK to a SCAFFOLD" in r.stdout
     assert "model: SCAFFOLD-random-weights" in r.stdout
@@ -130,4 +132,8 @@ def test_demo_runs_on_bundled_recordings_and_announces_the_scaffold(tmp_path, fu
     assert len(window_lines) == 9 and all("dB SPL" in ln for ln in window_lines)
     assert "2019-05-22 06:00:00 UTC" in r.stdout
     assert sum("[SCAFFOLD model: labels meaningless]" in ln for ln in window_lines) >= 1
-    assert len(queue_rows(tmp_path / "queue.db")) == 9
+    local = queue_rows(tmp_path / "queue.db")
+    assert len(local) == 9 and all(synced for _, synced in local)
+    with psycopg.connect(pg_dsn) as con:
+        assert con.execute("SELECT count(*) FROM windows WHERE model_is_scaffold").fetchone()[0] == 9
+        assert con.execute("SELECT count(*) FROM detections_flat").fetchone()[0] == 9 * 5
