@@ -1,4 +1,4 @@
-"""Command-line interface: ``soundscape-agent run | demo | db init | sync --once | model scaffold``.
+"""Command-line interface: ``soundscape-agent run | demo | db init | sync --once | model scaffold | model export``.
 
 Every user error is an :class:`~agent.errors.AgentError`: it is printed as one message with
 a hint, and the process exits with the error's sysexits code (78 config, 69 device,
@@ -218,7 +218,44 @@ def cmd_model_scaffold(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_model_export(args: argparse.Namespace) -> int:
+    """``model export``: ONNX export, int8 quantisation, verification against PyTorch, manifest.
+
+    Exits 0 when every verification check passed; otherwise the export and its manifest
+    (``verification.passed = false``) are left in ``--out`` and the ModelError exits 66.
+    """
+    from agent.analysis.export import INT8_FILE, export_model
+
+    print(f"model export: {args.model} -> {args.out} (quantisation: {args.quantize}); verifying on the "
+          f"real recordings in {args.recordings}", flush=True)
+    result = export_model(args.model, Path(args.out), quantize=args.quantize, per_channel=args.per_channel,
+                          recordings=Path(args.recordings), threads=args.threads)
+    m = result.manifest
+    for name, entry in m["files"].items():
+        print(f"  {name:28s} {entry['size_bytes'] / 1e6:9.2f} MB  sha256 {entry['sha256'][:16]}…")
+    latency = m["verification"]["median_latency_s_per_window"]
+    for c in result.checks:
+        print(f"  verified {c.name}: max |diff| {c.max_abs_diff:.2g} (<= {c.tolerance.max_abs_diff:g}), "
+              f"min top-{c.tolerance.top_k} overlap {c.min_topk_overlap:.2f} (>= {c.tolerance.min_topk_overlap:g})")
+    print("  median latency per window: " + ", ".join(f"{k} {v:.3f} s" for k, v in latency.items())
+          + f" ({m['verification']['threads']} threads)")
+    file_name = INT8_FILE if INT8_FILE in m["files"] else "model.onnx"
+    print(f"exported {result.model_id} to {result.out_dir} in {result.seconds:.0f} s; manifest "
+          f"{result.manifest_path.name}. Use it with [classifier] type = \"onnx\", model = \"{result.out_dir}\", "
+          f"file_name = \"{file_name}\"", flush=True)
+    if result.is_scaffold:
+        print("WARNING: this is a SCAFFOLD test model with random weights: its labels are meaningless.")
+    return 0
+
+
 # ------------------------------------------------------------------------------ parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 class _Parser(argparse.ArgumentParser):
@@ -231,6 +268,8 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (sub-commands and their options)."""
+    from agent.analysis.export import DEFAULT_QUANTIZE, QUANTIZE_CHOICES  # cheap: numpy only
+
     p = _Parser(prog="soundscape-agent", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"soundscape-agent {__version__}")
     p.add_argument("-v", "--verbose", action="count", default=0, help="-v info, -vv debug logging")
@@ -270,8 +309,21 @@ def build_parser() -> argparse.ArgumentParser:
     sc = msub.add_parser("scaffold", help="write a random-weight AST test model (real config, 527 labels)")
     sc.add_argument("--out", required=True, help="output directory")
     sc.add_argument("--tiny", action="store_true", help="a small variant for fast tests")
-    sc.add_argument("--onnx", action="store_true", help="also export model.onnx (needs the onnx extra)")
+    sc.add_argument("--onnx", action="store_true", help="also export model.onnx (needs the export extra)")
     sc.set_defaults(func=cmd_model_scaffold)
+
+    ex = msub.add_parser("export", help="export to ONNX, quantise to int8, verify against PyTorch, write a manifest")
+    ex.add_argument("--model", required=True, help="hub id or local model directory (with PyTorch weights)")
+    ex.add_argument("--out", required=True, help="output directory (new, empty, or an earlier export)")
+    ex.add_argument("--quantize", choices=QUANTIZE_CHOICES, default=DEFAULT_QUANTIZE,
+                    help=f"int8 preset for the target CPU (default {DEFAULT_QUANTIZE}: Raspberry Pi 4); none: fp32 only")
+    ex.add_argument("--per-channel", action=argparse.BooleanOptionalAction, default=True,
+                    help="per-channel int8 weight scales (default on)")
+    ex.add_argument("--recordings", type=Path, default=BUNDLED_RECORDINGS,
+                    help="real recordings to verify on (default: the bundled ones)")
+    ex.add_argument("--threads", type=_positive_int, default=None,
+                    help="threads of the verification models (default: all cores)")
+    ex.set_defaults(func=cmd_model_export)
     return p
 
 

@@ -14,6 +14,7 @@ registries that map a ``type`` to its implementation.
 
 from __future__ import annotations
 
+import os
 import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
@@ -209,15 +210,61 @@ class TorchClassifierConfig(_ClassifierBase):
 
 
 class OnnxClassifierConfig(_ClassifierBase):
-    """``type = "onnx"``: optimum ``ORTModelForAudioClassification`` on onnxruntime.
+    """``type = "onnx"``: an ``onnxruntime.InferenceSession`` on the CPU execution provider,
+    with numpy features; needs neither torch, transformers nor optimum.
+
+    The session keys map one to one onto ``onnxruntime.SessionOptions`` (onnxruntime
+    documentation: "Thread management", "Graph optimizations", the ``SessionOptions`` API).
+    Defaults were chosen by measuring the full-size AST (fp32 and int8) on real 10 s windows
+    (numbers in the README, "Classification").
 
     Attributes:
         file_name: the ONNX file inside the model directory (default ``model.onnx``;
             ``model_quantized.onnx`` for an int8 export).
+        threads: ``intra_op_num_threads``, the threads one operator (a matrix product) is
+            split over. Default 0 = automatic: all usable cores but one
+            (:attr:`intra_op_threads`; 3 on a Raspberry Pi 4, 1 on a 2-core machine), which
+            leaves a core to capture, SPL, SQLite and sync. Measured on 2 cores: 2 threads ran
+            the full-size AST 1.7-1.8× faster than 1 on an idle machine, but slower than 1
+            (2.0-2.2 s vs 1.6-1.8 s a window) as soon as another process used a core, since
+            onnxruntime's thread pool waits for its slowest thread.
+        inter_op_threads: ``inter_op_num_threads``, threads running independent operators at
+            once; used only with ``execution_mode = "parallel"`` (default 1).
+        graph_optimization_level: ``disable`` | ``basic`` | ``extended`` | ``all`` →
+            ``GraphOptimizationLevel.ORT_DISABLE_ALL`` … ``ORT_ENABLE_ALL`` (default ``all``,
+            onnxruntime's own default: no level ran measurably faster on x86-64; ``disable``
+            held ~170 MB more).
+        execution_mode: ``sequential`` | ``parallel`` → ``ExecutionMode.ORT_SEQUENTIAL`` /
+            ``ORT_PARALLEL`` (default ``sequential``: AST is one chain of operators; parallel
+            was up to 40 % slower and used twice the CPU time).
+        memory_arena: ``enable_cpu_mem_arena``: keep freed tensor memory in onnxruntime's
+            arena for reuse (default true; off, the first window took ~1.6× longer and peak
+            RSS was no lower for fp32 and ~150 MB higher for int8: malloc fragmentation).
+        memory_pattern: ``enable_mem_pattern``: after the first run of an input shape, plan
+            all its intermediate tensors as one block and keep it (default false: on, RSS
+            was ~160 MB higher for the fp32 model on 10 s windows and ~300 MB with 10 s and
+            30 s windows mixed (one plan per batch size), ~50 MB for int8, for no speed gain).
     """
 
     type: Literal["onnx"] = "onnx"
     file_name: str = Field("model.onnx", min_length=1)
+    threads: int = Field(0, ge=0, le=64)
+    inter_op_threads: int = Field(1, ge=1, le=64)
+    graph_optimization_level: Literal["disable", "basic", "extended", "all"] = "all"
+    execution_mode: Literal["sequential", "parallel"] = "sequential"
+    memory_arena: bool = True
+    memory_pattern: bool = False
+
+    @property
+    def intra_op_threads(self) -> int:
+        """``threads``, or for 0 the usable cores (CPU affinity) minus one, at least 1."""
+        if self.threads:
+            return self.threads
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):  # not Linux
+            cores = os.cpu_count() or 1
+        return max(1, cores - 1)
 
 
 ClassifierConfig = Annotated[

@@ -34,4 +34,4 @@ if ! .venv/bin/python -c "import torch, sys; sys.exit(0 if torch.__version__.spl
   "${PIP[@]}" "${find_links[@]}" "torch==$TORCH_VERSION"
 fi
 echo "bootstrap: installing soundscape-agent and its dependencies into .venv"
-"${PIP[@]}" -e ".[onnx,test]"
+"${PIP[@]}" -e ".[torch,export,test]"

@@ -7,7 +7,9 @@ not what the labels say.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,11 +22,13 @@ from tests.model_fixtures import AUDIO, copy_model, read_recording, shared_label
 from agent.analysis.classifier import (
     BACKENDS,
     MAX_SEGMENT_S,
+    ORT_GRAPH_OPTIMIZATION,
     SCAFFOLD_WARNING,
     Classifier,
     OnnxBackend,
     TorchBackend,
     load_classifier,
+    onnx_session_options,
     segment_audio,
     top_k_detections,
 )
@@ -55,7 +59,8 @@ def test_load_tiny_scaffold_torch(tiny_model_dir, caplog):
     assert isinstance(clf, TorchBackend) and isinstance(clf, Classifier)
     assert clf.info.model_id == SCAFFOLD_ID_PREFIX + "ast-audioset-527-tiny"
     assert clf.info.backend == "torch" and clf.info.is_scaffold
-    assert clf.info.model_hash == model_hash(tiny_model_dir)
+    assert clf.info.model_hash == model_hash(tiny_model_dir, ("*.safetensors", "*.bin"))
+    assert clf.info.model_hash != model_hash(tiny_model_dir)  # model.onnx, unused by torch, is not in it
     assert list(clf.labels) == shared_labels()
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING and r.name == "agent.analysis"]
     assert any(SCAFFOLD_WARNING in r.getMessage() for r in warnings)
@@ -165,20 +170,134 @@ def test_top_k_ties_and_order():
 def test_onnx_backend_matches_torch(tiny_model_dir):
     x, rate = read_recording()
     onnx = classifier(tiny_model_dir, "onnx")
+    torch = classifier(tiny_model_dir)
     assert isinstance(onnx, OnnxBackend) and onnx.info.backend == "onnx" and onnx.info.is_scaffold
-    assert onnx.info.model_hash == classifier(tiny_model_dir).info.model_hash
+    assert onnx.info.model_hash != torch.info.model_hash  # each hashes the weights it loads
+    assert onnx.info.model_hash == model_hash(tiny_model_dir, ("model.onnx", "model.onnx_data"))
     assert list(onnx.labels) == shared_labels()
-    np.testing.assert_allclose(onnx.scores(x, rate), classifier(tiny_model_dir).scores(x, rate),
-                               rtol=0, atol=1e-3)
+    # one numpy feature path for both backends: bit-identical model input
+    np.testing.assert_array_equal(onnx.features(x, rate), torch.features(x, rate))
+    np.testing.assert_allclose(onnx.scores(x, rate), torch.scores(x, rate), rtol=0, atol=1e-5)
     detections = onnx.classify(x, rate)
     assert [d.rank for d in detections] == [1, 2, 3, 4, 5]
+
+
+def test_onnx_session_options_follow_config():
+    import onnxruntime as ort
+
+    cores = len(os.sched_getaffinity(0))
+    default = onnx_session_options(OnnxClassifierConfig())
+    assert OnnxClassifierConfig().threads == 0  # automatic: all cores but one
+    assert (default.intra_op_num_threads, default.inter_op_num_threads) == (max(1, cores - 1), 1)
+    assert default.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    assert default.execution_mode == ort.ExecutionMode.ORT_SEQUENTIAL
+    assert default.enable_cpu_mem_arena and not default.enable_mem_pattern
+    custom = onnx_session_options(OnnxClassifierConfig(
+        threads=3, inter_op_threads=2, graph_optimization_level="basic", execution_mode="parallel",
+        memory_arena=False, memory_pattern=True))
+    assert (custom.intra_op_num_threads, custom.inter_op_num_threads) == (3, 2)
+    assert custom.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    assert custom.execution_mode == ort.ExecutionMode.ORT_PARALLEL
+    assert not custom.enable_cpu_mem_arena and custom.enable_mem_pattern
+    levels = {k: getattr(ort.GraphOptimizationLevel, v) for k, v in ORT_GRAPH_OPTIMIZATION.items()}
+    assert levels["disable"] == ort.GraphOptimizationLevel.ORT_DISABLE_ALL and len(set(levels.values())) == 4
+
+
+@pytest.mark.parametrize("settings", [
+    {"graph_optimization_level": "disable", "memory_arena": False, "memory_pattern": True},
+    {"execution_mode": "parallel", "inter_op_threads": 2, "threads": 2},
+])
+def test_onnx_settings_do_not_change_scores(tiny_model_dir, settings):
+    x, rate = read_recording()
+    other = load_classifier(OnnxClassifierConfig(model=str(tiny_model_dir), **settings))
+    np.testing.assert_allclose(other.scores(x, rate), classifier(tiny_model_dir, "onnx").scores(x, rate),
+                               rtol=0, atol=1e-5)
+
+
+def test_onnx_backend_imports_neither_torch_nor_transformers(tiny_model_dir):
+    code = (
+        "import sys, soundfile as sf\n"
+        "from agent.analysis.classifier import load_classifier\n"
+        "from agent.config import OnnxClassifierConfig\n"
+        f"clf = load_classifier(OnnxClassifierConfig(model={str(tiny_model_dir)!r}))\n"
+        f"x, rate = sf.read({str(AUDIO / 'S4A03895_20190522_060000.wav')!r}, dtype='float32')\n"
+        "assert len(clf.classify(x, rate)) == 5\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'optimum'))\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parent.parent)
+
+
+def test_onnx_rejects_a_model_whose_outputs_do_not_match_the_labels(tiny_model_dir, tmp_path):
+    d = copy_model(tiny_model_dir, tmp_path / "m")
+    config = json.loads((d / "config.json").read_text())
+    config["id2label"] = {k: v for k, v in config["id2label"].items() if k != "526"}
+    (d / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelError, match="scores 527 labels but its config.json names 526"):
+        load_classifier(OnnxClassifierConfig(model=str(d)))
+
+
+def test_onnx_unloadable_file_is_a_model_error(tiny_model_dir, tmp_path):
+    d = copy_model(tiny_model_dir, tmp_path / "m")
+    (d / "model.onnx").write_bytes(b"not an onnx model")
+    with pytest.raises(ModelError, match="onnxruntime cannot load") as err:
+        load_classifier(OnnxClassifierConfig(model=str(d)))
+    assert "re-export" in err.value.hint
+
+
+def test_onnx_only_directory(tiny_model_dir, tmp_path):
+    """What a Pi holds: config, preprocessor config and the ONNX file, no PyTorch weights."""
+    d = copy_model(tiny_model_dir, tmp_path / "m")
+    (d / "model.safetensors").unlink()
+    x, rate = read_recording()
+    clf = load_classifier(OnnxClassifierConfig(model=str(d)))
+    np.testing.assert_allclose(clf.scores(x, rate), classifier(tiny_model_dir, "onnx").scores(x, rate),
+                               rtol=0, atol=0)
+    with pytest.raises(ModelError, match="holds no PyTorch weights"):
+        load_classifier(TorchClassifierConfig(model=str(d)))
+
+
+def test_missing_preprocessor_config_and_bad_labels(tiny_model_dir, tmp_path):
+    d = copy_model(tiny_model_dir, tmp_path / "m")
+    (d / "preprocessor_config.json").unlink()
+    with pytest.raises(ModelError, match="preprocessor_config.json"):
+        load_classifier(OnnxClassifierConfig(model=str(d)))
+    d = copy_model(tiny_model_dir, tmp_path / "n")
+    config = json.loads((d / "config.json").read_text())
+    config["id2label"]["600"] = config["id2label"].pop("3")
+    (d / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelError, match="id2label does not cover 0..526"):
+        load_classifier(OnnxClassifierConfig(model=str(d)))
+
+
+def test_without_torch_the_torch_backend_and_scaffold_say_which_extra(tiny_model_dir, tmp_path):
+    """Simulates a core install: importing torch fails."""
+    code = (
+        "import sys\n"
+        "sys.modules['torch'] = None  # import torch -> ImportError\n"
+        "from agent.analysis.classifier import load_classifier\n"
+        "from agent.analysis.models import scaffold\n"
+        "from agent.config import TorchClassifierConfig\n"
+        "from agent.errors import ModelError\n"
+        "for call in (lambda: load_classifier(TorchClassifierConfig(model=sys.argv[1])),\n"
+        "             lambda: scaffold(sys.argv[2])):\n"
+        "    try:\n"
+        "        call()\n"
+        "    except ModelError as e:\n"
+        "        assert \"pip install 'soundscape-agent[torch]'\" in e.hint, e.hint\n"
+        "    else:\n"
+        "        raise AssertionError('no ModelError')\n"
+    )
+    subprocess.run([sys.executable, "-c", code, str(tiny_model_dir), str(tmp_path / "s")], check=True,
+                   cwd=Path(__file__).resolve().parent.parent)
+    assert not (tmp_path / "s").exists()  # nothing written before the check
 
 
 def test_onnx_missing_file(tiny_model_dir):
     with pytest.raises(ModelError) as err:
         load_classifier(OnnxClassifierConfig(model=str(tiny_model_dir), file_name="model_quantized.onnx"))
     assert "model_quantized.onnx" in err.value.message
-    assert "model scaffold --onnx" in err.value.hint and "optimum-cli export onnx" in err.value.hint
+    assert "model scaffold --onnx" in err.value.hint and "soundscape-agent model export" in err.value.hint
 
 
 def test_missing_model_directory(tmp_path):

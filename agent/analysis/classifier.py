@@ -2,8 +2,10 @@
 
 Two backends, chosen by ``[classifier] type`` through the explicit registry :data:`BACKENDS`:
 
-- ``torch``: transformers ``ASTForAudioClassification`` on PyTorch (:class:`TorchBackend`);
-- ``onnx``: optimum ``ORTModelForAudioClassification`` on onnxruntime (:class:`OnnxBackend`).
+- ``torch``: transformers ``ASTForAudioClassification`` on PyTorch (:class:`TorchBackend`;
+  needs the ``torch`` extra);
+- ``onnx``: an ``onnxruntime.InferenceSession`` (:class:`OnnxBackend`; core install only, no
+  torch, transformers or optimum — what a Raspberry Pi runs).
 
 Both share one pre/post-processing path (:class:`ASTClassifierBase`):
 
@@ -13,8 +15,10 @@ Both share one pre/post-processing path (:class:`ASTClassifierBase`):
    at most 1024 frames × 10 ms = 10.24 s) into ``ceil(duration / 10 s)`` consecutive segments
    of equal length (``numpy.array_split``; lengths differ by at most one sample). Equal
    lengths avoid a short tail segment that would be mostly padding;
-3. ``ASTFeatureExtractor`` → log-mel fbank, shape (n_segments, 1024, 128), float32, padded
-   or truncated to 1024 frames and normalised with the AudioSet mean/std;
+3. :class:`~agent.analysis.features.ASTFeatures` (numpy; identical to transformers'
+   ``ASTFeatureExtractor``, see ``tests/test_features.py``) → log-mel fbank, shape
+   (n_segments, 1024, 128), float32, padded or truncated to 1024 frames and normalised with
+   the AudioSet mean/std. Both backends use it, so they see bit-identical input;
 4. all segments in one batch through the model → logits, shape (n_segments, n_labels);
 5. scores = sigmoid(logits) (``scipy.special.expit``): AudioSet is multi-label, each label
    scored independently (Gong et al., "AST: Audio Spectrogram Transformer", 2021, train
@@ -23,7 +27,8 @@ Both share one pre/post-processing path (:class:`ASTClassifierBase`):
    there (the usual clip-level aggregation of segment-level tagging);
 7. top-k by score (ties: lower label index first), dropping scores below ``min_score``.
 
-torch, transformers and optimum are imported inside the backends' constructors, so importing
+Labels come from the model directory's ``config.json`` (``id2label``), read with ``json``.
+torch, transformers and onnxruntime are imported inside the backends' loaders, so importing
 this module is cheap.
 """
 
@@ -32,6 +37,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
@@ -40,7 +46,8 @@ from agent.config import ClassifierConfig, OnnxClassifierConfig, TorchClassifier
 from agent.errors import AgentError, ModelError
 from agent.records import Detection, ModelInfo
 
-from agent.analysis.models import ResolvedModel, load_feature_extractor, resolve_model
+from agent.analysis.features import ASTFeatures
+from agent.analysis.models import ResolvedModel, read_json, resolve_model
 
 log = logging.getLogger("agent.analysis")
 
@@ -49,6 +56,7 @@ MAX_SEGMENT_S = 10.0
 #: Shortest segment the fbank accepts: one 25 ms frame (400 samples at 16 kHz).
 MIN_SEGMENT_S = 0.025
 SCAFFOLD_WARNING = "SCAFFOLD model with random weights: labels are meaningless (test use only)"
+TORCH_EXTRA_HINT = "pip install 'soundscape-agent[torch]'"
 
 
 @runtime_checkable
@@ -140,6 +148,35 @@ def top_k_detections(
     )
 
 
+def read_labels(model_dir: Path, model_id: str = "") -> tuple[str, ...]:
+    """Label names of a model directory, from ``config.json``'s ``id2label`` (json only).
+
+    Args:
+        model_dir: a local model directory.
+        model_id: name used in error messages (default: the directory).
+
+    Returns:
+        the names in index order 0..n-1 (527 AudioSet display names for AST).
+
+    Raises:
+        ModelError: ``config.json`` is missing or unreadable, has no ``id2label`` object, or its
+            keys are not exactly the integers 0..n-1.
+    """
+    name = model_id or str(model_dir)
+    id2label = read_json(Path(model_dir) / "config.json").get("id2label")
+    if not isinstance(id2label, dict) or not id2label:
+        raise ModelError(f"model {name}: config.json has no id2label labels",
+                         "the model's config.json is damaged or not a classifier's; restore it")
+    try:
+        by_index = {int(k): str(v) for k, v in id2label.items()}
+    except ValueError:
+        by_index = {}
+    if sorted(by_index) != list(range(len(id2label))):
+        raise ModelError(f"model {name}: id2label does not cover 0..{len(id2label) - 1}",
+                         "the model's config.json is damaged; restore it")
+    return tuple(by_index[i] for i in range(len(by_index)))
+
+
 class ASTClassifierBase:
     """Shared pre/post-processing of the AST backends; subclasses load a model and implement
     :meth:`_logits`. Not thread-safe (see :class:`Classifier`).
@@ -149,6 +186,7 @@ class ASTClassifierBase:
         info: :class:`~agent.records.ModelInfo` of the loaded model.
         labels: label names in index order, from the model config's ``id2label``.
         sample_rate: the feature extractor's rate, Hz (16000).
+        threads: CPU threads inference uses (the onnx backend resolves ``threads = 0``).
     """
 
     backend: ClassVar[str] = ""
@@ -157,21 +195,23 @@ class ASTClassifierBase:
         self._top_k = cfg.top_k
         self._min_score = cfg.min_score
         required, optional = self._files(cfg)
-        resolved = resolve_model(cfg.model, required_files=required, extra_files=optional)
-        self._feature_extractor = load_feature_extractor(resolved.local_dir)
-        self.sample_rate: int = int(self._feature_extractor.sampling_rate)
-        config = self._load(resolved, cfg)
-        n_labels = int(config.num_labels)
-        id2label = {int(k): str(v) for k, v in config.id2label.items()}
-        if sorted(id2label) != list(range(n_labels)):
-            raise ModelError(f"model {resolved.model_id}: id2label does not cover 0..{n_labels - 1}",
-                             "the model's config.json is damaged; restore it")
-        self.labels: tuple[str, ...] = tuple(id2label[i] for i in range(n_labels))
+        resolved = resolve_model(cfg.model, required_files=required, extra_files=optional,
+                                 hash_weights=self._hashed_weights(cfg))
+        try:
+            self._features = ASTFeatures.from_pretrained(resolved.local_dir)
+        except (OSError, ValueError, TypeError) as e:
+            raise ModelError(f"model {resolved.model_id}: cannot read {resolved.local_dir / 'preprocessor_config.json'}"
+                             f": {e}", "copy the model's preprocessor_config.json (AST feature settings) "
+                             "into its directory") from e
+        self.sample_rate: int = self._features.sampling_rate
+        self.threads: int = cfg.threads
+        self.labels: tuple[str, ...] = read_labels(resolved.local_dir, resolved.model_id)
+        self._load(resolved, cfg)
         self.info: ModelInfo = resolved.info(self.backend)
         self.resolved: ResolvedModel = resolved
         log.info("loaded model %s (sha256 %s, %d labels) from %s with the %s backend, %d thread(s)",
-                 self.info.model_id, self.info.model_hash, n_labels, resolved.local_dir, self.backend,
-                 cfg.threads)
+                 self.info.model_id, self.info.model_hash, len(self.labels), resolved.local_dir, self.backend,
+                 self.threads)
         if resolved.is_scaffold:
             log.warning("%s: %s", SCAFFOLD_WARNING, self.info.model_id)
 
@@ -180,7 +220,12 @@ class ASTClassifierBase:
         """(required, optional) files beyond config and PyTorch weights, for resolve_model."""
         return (), ()
 
-    def _load(self, resolved: ResolvedModel, cfg: Any) -> Any:  # returns the model's config
+    def _hashed_weights(self, cfg: Any) -> Sequence[str]:
+        """Patterns of the weight files this backend loads: they, and no other, enter the hash."""
+        return ("*.safetensors", "*.bin")
+
+    def _load(self, resolved: ResolvedModel, cfg: Any) -> None:
+        """Load the model (``self.labels`` is already set); raise ModelError if impossible."""
         raise NotImplementedError
 
     def _logits(self, features: np.ndarray) -> np.ndarray:  # (n, 1024, 128) -> (n, n_labels)
@@ -201,9 +246,7 @@ class ASTClassifierBase:
         Raises:
             ValueError: invalid or too short ``samples`` (see :func:`segment_audio`).
         """
-        segments = segment_audio(samples, sample_rate, self.sample_rate)
-        out = self._feature_extractor(segments, sampling_rate=self.sample_rate, return_tensors="np")
-        return np.ascontiguousarray(out["input_values"], dtype=np.float32)
+        return self._features(segment_audio(samples, sample_rate, self.sample_rate))
 
     def scores(self, samples: np.ndarray, sample_rate: int) -> np.ndarray:
         """Sigmoid score of every label for one window, max-pooled over its segments.
@@ -251,29 +294,38 @@ class ASTClassifierBase:
 
 class TorchBackend(ASTClassifierBase):
     """``type = "torch"``: ``ASTForAudioClassification.from_pretrained(local_dir)`` in eval
-    mode, inference under ``torch.inference_mode()``.
+    mode, inference under ``torch.inference_mode()``; needs the ``torch`` extra
+    (``pip install 'soundscape-agent[torch]'``: torch and transformers, imported here only).
 
-    ``torch.set_num_threads(cfg.threads)`` is applied at load; it is process-wide.
+    Features are the shared numpy ones (:class:`~agent.analysis.features.ASTFeatures`),
+    identical to transformers' ``ASTFeatureExtractor`` (``tests/test_features.py``), so both
+    backends see the same input. ``torch.set_num_threads(cfg.threads)`` is applied at load; it
+    is process-wide.
 
     Args:
         cfg: the ``[classifier]`` section with ``type = "torch"``.
 
     Raises:
-        ModelError: the model cannot be resolved, has no safetensors/bin weights, or its
-            checkpoint lacks weights the architecture needs (they would be random).
+        ModelError: the model cannot be resolved, has no safetensors/bin weights, its
+            checkpoint lacks weights the architecture needs (they would be random), or torch /
+            transformers are not installed.
     """
 
     backend: ClassVar[str] = "torch"
 
-    def _load(self, resolved: ResolvedModel, cfg: TorchClassifierConfig) -> Any:
-        import torch
-        from transformers import ASTForAudioClassification
-
+    def _load(self, resolved: ResolvedModel, cfg: TorchClassifierConfig) -> None:
         if not any(resolved.local_dir.glob("*.safetensors")) and not any(resolved.local_dir.glob("*.bin")):
             raise ModelError(
                 f"model directory {resolved.local_dir} holds no PyTorch weights (*.safetensors or *.bin)",
                 'use type = "onnx" for an ONNX-only directory, or copy the model\'s model.safetensors there',
             )
+        try:
+            import torch
+            from transformers import ASTForAudioClassification
+        except ImportError as e:
+            raise ModelError(f"the torch backend needs torch and transformers: {e}",
+                             f"{TORCH_EXTRA_HINT}, or set [classifier] type = \"onnx\"") from e
+
         torch.set_num_threads(cfg.threads)
         model, loading_info = ASTForAudioClassification.from_pretrained(
             str(resolved.local_dir), local_files_only=True, output_loading_info=True
@@ -290,7 +342,6 @@ class TorchBackend(ASTClassifierBase):
         model.eval()
         self._torch = torch
         self._model = model
-        return model.config
 
     def _logits(self, features: np.ndarray) -> np.ndarray:
         with self._torch.inference_mode():
@@ -298,18 +349,69 @@ class TorchBackend(ASTClassifierBase):
         return out.logits.float().numpy()
 
 
+#: ``[classifier] graph_optimization_level`` → ``onnxruntime.GraphOptimizationLevel`` member.
+ORT_GRAPH_OPTIMIZATION: dict[str, str] = {
+    "disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
+    "all": "ORT_ENABLE_ALL",
+}
+#: ``[classifier] execution_mode`` → ``onnxruntime.ExecutionMode`` member.
+ORT_EXECUTION_MODE: dict[str, str] = {"sequential": "ORT_SEQUENTIAL", "parallel": "ORT_PARALLEL"}
+
+
+def onnx_session_options(cfg: OnnxClassifierConfig) -> Any:
+    """The ``onnxruntime.SessionOptions`` the ``[classifier]`` keys describe.
+
+    ``intra_op_num_threads = threads`` (0: all usable cores but one, see
+    :attr:`~agent.config.OnnxClassifierConfig.intra_op_threads`),
+    ``inter_op_num_threads = inter_op_threads``,
+    ``graph_optimization_level``, ``execution_mode``, ``enable_cpu_mem_arena =
+    memory_arena``, ``enable_mem_pattern = memory_pattern``; log severity ERROR (onnxruntime's
+    load-time warnings about unused initialisers are noise in a service log).
+
+    Args:
+        cfg: an ``onnx`` classifier section.
+
+    Returns:
+        ``onnxruntime.SessionOptions``.
+
+    Raises:
+        ImportError: onnxruntime is not installed.
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = cfg.intra_op_threads
+    options.inter_op_num_threads = cfg.inter_op_threads
+    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel,
+                                               ORT_GRAPH_OPTIMIZATION[cfg.graph_optimization_level])
+    options.execution_mode = getattr(ort.ExecutionMode, ORT_EXECUTION_MODE[cfg.execution_mode])
+    options.enable_cpu_mem_arena = cfg.memory_arena
+    options.enable_mem_pattern = cfg.memory_pattern
+    options.log_severity_level = 3
+    return options
+
+
 class OnnxBackend(ASTClassifierBase):
-    """``type = "onnx"``: ``optimum.onnxruntime.ORTModelForAudioClassification`` on the
-    CPU execution provider, ``intra_op_num_threads = cfg.threads``, ``inter_op_num_threads = 1``.
+    """``type = "onnx"``: an ``onnxruntime.InferenceSession`` on the CPU execution provider,
+    fed the numpy features (:class:`~agent.analysis.features.ASTFeatures`); labels from the
+    directory's ``config.json``. Imports neither torch, transformers nor optimum, so it runs in
+    a core install (``pip install soundscape-agent``) on a machine without torch.
+
+    Session options from the ``[classifier]`` keys (:func:`onnx_session_options`). The model's
+    input is the one named ``input_values`` (else its only input), float32
+    (batch, 1024, 128); its output the one named ``logits`` (else the first), (batch, n_labels),
+    as optimum's ``audio-classification`` export writes them.
 
     Args:
         cfg: the ``[classifier]`` section with ``type = "onnx"``; ``file_name`` is the ONNX
-            file inside the model directory.
+            file inside the model directory (an external-data file ``<file_name>_data`` beside
+            it is found by onnxruntime).
 
     Raises:
-        ModelError: the model cannot be resolved, ``file_name`` does not exist in it (hint:
-            ``model scaffold --onnx`` or ``optimum-cli export onnx``), or optimum/onnxruntime
-            are not installed.
+        ModelError: the model cannot be resolved; ``file_name`` does not exist in it (hint:
+            ``model export`` or ``model scaffold --onnx``); onnxruntime is not
+            installed; the file is not a loadable ONNX model; or its inputs/outputs do not look
+            like an AST audio classifier with as many outputs as ``config.json`` has labels.
     """
 
     backend: ClassVar[str] = "onnx"
@@ -317,39 +419,50 @@ class OnnxBackend(ASTClassifierBase):
     def _files(self, cfg: OnnxClassifierConfig) -> tuple[Sequence[str], Sequence[str]]:
         return (cfg.file_name,), (cfg.file_name + "_data",)
 
-    def _load(self, resolved: ResolvedModel, cfg: OnnxClassifierConfig) -> Any:
+    def _hashed_weights(self, cfg: OnnxClassifierConfig) -> Sequence[str]:
+        return (cfg.file_name, cfg.file_name + "_data")
+
+    def _load(self, resolved: ResolvedModel, cfg: OnnxClassifierConfig) -> None:
         onnx_path = resolved.local_dir / cfg.file_name
         if not onnx_path.is_file():
             raise ModelError(
                 f"model directory {resolved.local_dir} holds no ONNX file {cfg.file_name}",
-                "for a test model run `soundscape-agent model scaffold --onnx --out DIR`; for a real one "
-                f"export it: `optimum-cli export onnx --model {resolved.local_dir} "
-                f"--task audio-classification {resolved.local_dir}`",
+                "export it on a workstation: `soundscape-agent model export --model MODEL_DIR_OR_ID --out DIR` "
+                "writes model.onnx and the int8 model_quantized.onnx (needs the export extra); for a test "
+                "model run `soundscape-agent model scaffold --onnx --out DIR`",
             )
         try:
             import onnxruntime as ort
-            from optimum.onnxruntime import ORTModelForAudioClassification
         except ImportError as e:
-            raise ModelError(f"the onnx backend needs optimum and onnxruntime: {e}",
-                             "pip install 'soundscape-agent[onnx]', or set [classifier] type = \"torch\"") from e
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = cfg.threads
-        options.inter_op_num_threads = 1
-        rel = onnx_path.relative_to(resolved.local_dir)
-        subfolder = "" if rel.parent.as_posix() == "." else rel.parent.as_posix()
-        model = ORTModelForAudioClassification.from_pretrained(
-            str(resolved.local_dir),
-            file_name=rel.name,
-            subfolder=subfolder,
-            session_options=options,
-            provider="CPUExecutionProvider",
-            local_files_only=True,
-        )
-        self._model = model
-        return model.config
+            raise ModelError(f"the onnx backend needs onnxruntime: {e}",
+                             "pip install 'onnxruntime>=1.17' (a core dependency of soundscape-agent)") from e
+        try:
+            session = ort.InferenceSession(str(onnx_path), sess_options=onnx_session_options(cfg),
+                                           providers=["CPUExecutionProvider"])
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own Fail/InvalidGraph types
+            detail = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+            raise ModelError(f"onnxruntime cannot load {onnx_path}: {detail}",
+                             "re-export the model with `soundscape-agent model export` or re-scaffold it") from e
+        inputs = {i.name: i for i in session.get_inputs()}
+        outputs = [o.name for o in session.get_outputs()]
+        if "input_values" in inputs:
+            self._input = "input_values"
+        elif len(inputs) == 1:
+            self._input = next(iter(inputs))
+        else:
+            raise ModelError(f"{onnx_path} has inputs {sorted(inputs)}, expected one named input_values",
+                             "export it with `soundscape-agent model export`")
+        self._output = "logits" if "logits" in outputs else outputs[0]
+        out_shape = next(o.shape for o in session.get_outputs() if o.name == self._output)
+        width = out_shape[-1] if out_shape else None
+        if isinstance(width, int) and width != len(self.labels):
+            raise ModelError(f"{onnx_path} scores {width} labels but its config.json names {len(self.labels)}",
+                             "the ONNX file and config.json come from different models; re-export it")
+        self._session = session
+        self.threads = cfg.intra_op_threads
 
     def _logits(self, features: np.ndarray) -> np.ndarray:
-        return np.asarray(self._model(input_values=features).logits)
+        return np.asarray(self._session.run([self._output], {self._input: features})[0])
 
 
 #: ``[classifier] type`` → implementation.
@@ -383,7 +496,7 @@ def load_classifier(cfg: ClassifierConfig) -> Classifier:
         raise
     except ImportError as e:
         raise ModelError(f"cannot load model {cfg.model!r} with the {cfg.type} backend: {e}",
-                         "install the missing package (pip install 'soundscape-agent[onnx]' for onnx)") from e
+                         f"install the missing package ({TORCH_EXTRA_HINT} for torch)") from e
     except Exception as e:  # noqa: BLE001 - never a raw traceback to the user
         detail = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise ModelError(
@@ -394,6 +507,7 @@ def load_classifier(cfg: ClassifierConfig) -> Classifier:
 
 
 __all__ = [
-    "ASTClassifierBase", "BACKENDS", "Classifier", "MAX_SEGMENT_S", "OnnxBackend", "SCAFFOLD_WARNING",
-    "TorchBackend", "load_classifier", "segment_audio", "top_k_detections",
+    "ASTClassifierBase", "BACKENDS", "Classifier", "MAX_SEGMENT_S", "ORT_EXECUTION_MODE",
+    "ORT_GRAPH_OPTIMIZATION", "OnnxBackend", "SCAFFOLD_WARNING", "TORCH_EXTRA_HINT", "TorchBackend",
+    "load_classifier", "onnx_session_options", "read_labels", "segment_audio", "top_k_detections",
 ]

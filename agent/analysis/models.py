@@ -10,11 +10,15 @@
   :data:`SCAFFOLD_ID_PREFIX`, so nothing it produces passes for real labels.
 
 torch, transformers, optimum and huggingface_hub are imported inside the functions that need
-them; importing this module is cheap and has no side effects.
+them; importing this module is cheap and has no side effects. :func:`resolve_model` and
+:func:`model_hash` (the path every backend takes) use only the standard library and
+huggingface_hub (which pulls neither torch nor transformers), so they work in a core, torch-free
+install; :func:`scaffold` and :func:`load_feature_extractor` need the ``torch`` extra.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import logging
@@ -77,7 +81,9 @@ def packaged_config_dir() -> Path:
 
 
 def load_feature_extractor(model_dir: Path) -> Any:
-    """Load the ``ASTFeatureExtractor`` of a model directory (its ``preprocessor_config.json``).
+    """Load transformers' ``ASTFeatureExtractor`` of a model directory (its
+    ``preprocessor_config.json``). Needs the ``torch`` extra; the classifiers do not use it
+    (they use the numpy :class:`~agent.analysis.features.ASTFeatures`, proven equal to it).
 
     Args:
         model_dir: a local model directory.
@@ -100,12 +106,20 @@ def load_feature_extractor(model_dir: Path) -> Any:
 # hashing
 
 
-def _model_files(model_dir: Path) -> list[tuple[str, Path]]:
+#: JSON files in a model directory that describe an export rather than the model (dates,
+#: timings): never part of the hash, so two identical exports hash the same.
+UNHASHED_FILES = frozenset({"manifest.json"})
+
+
+def _model_files(model_dir: Path, weights: Sequence[str] | None = None) -> list[tuple[str, Path]]:
     files: list[tuple[str, Path]] = []
     for root, dirs, names in os.walk(model_dir, followlinks=False):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         for name in names:
-            if name.startswith(".") or not name.endswith(HASHED_SUFFIXES):
+            if name.startswith(".") or not name.endswith(HASHED_SUFFIXES) or name in UNHASHED_FILES:
+                continue
+            if weights is not None and name.endswith(WEIGHT_SUFFIXES) and not any(
+                    fnmatch.fnmatchcase(name, pattern) for pattern in weights):
                 continue
             path = Path(root, name)
             if path.is_file():
@@ -114,7 +128,7 @@ def _model_files(model_dir: Path) -> list[tuple[str, Path]]:
     return files
 
 
-def model_hash(model_dir: Path) -> str:
+def model_hash(model_dir: Path, weights: Sequence[str] | None = None) -> str:
     """sha256 fingerprint of a model directory's weight and config files.
 
     What is hashed: every regular file (symlinks followed, as in a Hugging Face cache
@@ -125,11 +139,15 @@ def model_hash(model_dir: Path) -> str:
     digest is fed ``len(path)`` (8 bytes big-endian), the path, ``len(content)`` (8 bytes
     big-endian) and the content, read in 1 MiB blocks. Length prefixes make the encoding
     unambiguous. So the hash changes when any weight or config byte changes, or a model file
-    is added, removed or renamed; README files and the like do not count. A directory holding
-    both ``model.safetensors`` and ``model.onnx`` has one hash whichever backend loads it.
+    is added, removed or renamed; README files, ``manifest.json`` (an export's record, with
+    its date) and the like do not count.
 
     Args:
         model_dir: a local directory.
+        weights: glob patterns (``fnmatch``) of the weight files to include, e.g.
+            ``("model_quantized.onnx",)`` for the onnx backend or ``("*.safetensors", "*.bin")``
+            for torch, so that results from the fp32 and the int8 file of one export directory
+            carry different hashes; ``None`` includes every weight file.
 
     Returns:
         64 lowercase hex digits.
@@ -141,7 +159,7 @@ def model_hash(model_dir: Path) -> str:
     if not model_dir.is_dir():
         raise ModelError(f"model directory {model_dir} does not exist", "pass an existing model directory")
     digest = hashlib.sha256()
-    for rel, path in _model_files(model_dir):
+    for rel, path in _model_files(model_dir, weights):
         name = rel.encode("utf-8")
         try:
             with path.open("rb") as fh:
@@ -187,7 +205,18 @@ class ResolvedModel:
                          is_scaffold=self.is_scaffold)
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
+    """Read a model directory's JSON file (``config.json``, ``preprocessor_config.json``).
+
+    Args:
+        path: the file.
+
+    Returns:
+        the JSON object as a dict.
+
+    Raises:
+        ModelError: the file cannot be read, is not valid JSON, or is not a JSON object.
+    """
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
@@ -201,7 +230,8 @@ def _has_weights(model_dir: Path) -> bool:
     return any(rel.endswith(WEIGHT_SUFFIXES) for rel, _ in _model_files(model_dir))
 
 
-def _from_directory(model_dir: Path, source: str, hub_id: str | None) -> ResolvedModel:
+def _from_directory(model_dir: Path, source: str, hub_id: str | None,
+                    hash_weights: Sequence[str] | None = None) -> ResolvedModel:
     model_dir = model_dir.resolve()
     config_path = model_dir / "config.json"
     if not config_path.is_file():
@@ -209,14 +239,14 @@ def _from_directory(model_dir: Path, source: str, hub_id: str | None) -> Resolve
             f"model directory {model_dir} holds no config.json: not a transformers model directory",
             _DOWNLOAD_HINT,
         )
-    config = _read_json(config_path)
+    config = read_json(config_path)
     if not _has_weights(model_dir):
         raise ModelError(
             f"model directory {model_dir} holds no weights (*.safetensors, *.bin or *.onnx)",
             _DOWNLOAD_HINT,
         )
     marker_path = model_dir / SCAFFOLD_MARKER
-    marker = _read_json(marker_path) if marker_path.is_file() else None
+    marker = read_json(marker_path) if marker_path.is_file() else None
     name_or_path = str(config.get("_name_or_path") or "")
     is_scaffold = (
         marker is not None
@@ -234,7 +264,7 @@ def _from_directory(model_dir: Path, source: str, hub_id: str | None) -> Resolve
         model_id = name_or_path
     else:
         model_id = str(model_dir)
-    return ResolvedModel(local_dir=model_dir, model_id=model_id, model_hash=model_hash(model_dir),
+    return ResolvedModel(local_dir=model_dir, model_id=model_id, model_hash=model_hash(model_dir, hash_weights),
                          is_scaffold=is_scaffold, source=source)
 
 
@@ -334,12 +364,15 @@ def _describe_network_error(err: BaseException | None, endpoint: str | None) -> 
 
 
 def _allow_patterns(info: Any, extra_files: Sequence[str]) -> list[str]:
+    """What to download: the JSON files, the PyTorch weights (safetensors, else .bin) unless
+    an ONNX file is asked for (the onnx backend needs no PyTorch weights), and ``extra_files``."""
     names = [s.rfilename for s in (getattr(info, "siblings", None) or [])]
     patterns = ["*.json"]
-    if any(n.endswith(".safetensors") for n in names):
-        patterns.append("*.safetensors")
-    elif any(n.endswith(".bin") for n in names):
-        patterns.append("*.bin")
+    if not any(f.endswith(".onnx") for f in extra_files):
+        if any(n.endswith(".safetensors") for n in names):
+            patterns.append("*.safetensors")
+        elif any(n.endswith(".bin") for n in names):
+            patterns.append("*.bin")
     patterns.extend(extra_files)
     return patterns
 
@@ -353,6 +386,7 @@ def resolve_model(
     probe_timeout_s: float = DEFAULT_PROBE_TIMEOUT_S,
     cache_dir: Path | None = None,
     endpoint: str | None = None,
+    hash_weights: Sequence[str] | None = None,
 ) -> ResolvedModel:
     """Locate the model named by ``[classifier] model`` on local disk.
 
@@ -365,8 +399,9 @@ def resolve_model(
     the repo's file list with a hard time limit of ``probe_timeout_s`` (the request runs in a
     daemon thread, so neither DNS nor a black-holed connection can stretch it), and if it
     answers, the config, the weights (safetensors, else ``.bin``) and ``required_files`` are
-    downloaded into the cache (as long as the download takes). A requested model is never replaced by
-    another one (in particular never by a scaffold).
+    downloaded into the cache (as long as the download takes; the PyTorch weights are skipped when
+    ``required_files`` names an ``.onnx`` file). A requested model is never replaced by
+    another one (in particular never by a scaffold). Imports neither torch nor transformers.
 
     Args:
         ref: a local directory or a hub id.
@@ -377,6 +412,7 @@ def resolve_model(
         probe_timeout_s: hard bound on the reachability check, s (default 8).
         cache_dir: Hugging Face cache (default: ``HF_HUB_CACHE``).
         endpoint: hub URL (default: ``HF_ENDPOINT`` / huggingface.co).
+        hash_weights: weight-file patterns for :func:`model_hash` (the backend's own file).
 
     Returns:
         :class:`ResolvedModel`.
@@ -389,7 +425,7 @@ def resolve_model(
     """
     path = Path(ref).expanduser()
     if path.is_dir():
-        return _from_directory(path, "directory", None)
+        return _from_directory(path, "directory", None, hash_weights)
     if path.exists():
         raise ModelError(f"model path {ref} is not a directory", _DOWNLOAD_HINT)
     if not _is_repo_id(ref):
@@ -402,7 +438,7 @@ def resolve_model(
 
     cached = _cached_snapshot(ref, cache_dir, required_files)
     if cached is not None:
-        return _from_directory(cached, "hf-cache", ref)
+        return _from_directory(cached, "hf-cache", ref, hash_weights)
 
     not_dir = f"; no local directory {ref} exists either" if "/" in ref else ""
     from huggingface_hub import constants
@@ -431,7 +467,7 @@ def resolve_model(
     except Exception as e:  # noqa: BLE001 - any download failure becomes one ModelError
         raise ModelError(f"downloading model {ref!r} from the Hugging Face hub failed: {e}",
                          _DOWNLOAD_HINT) from e
-    return _from_directory(local, "hf-download", ref)
+    return _from_directory(local, "hf-download", ref, hash_weights)
 
 
 # --------------------------------------------------------------------------------------------
@@ -498,25 +534,29 @@ def scaffold(out_dir: Path, tiny: bool = False, *, onnx: bool = False, seed: int
     Args:
         out_dir: new or empty directory, or an earlier scaffold (its model files are replaced).
         tiny: small architecture for fast tests.
-        onnx: also export ``model.onnx`` (needs the ``onnx`` extra).
+        onnx: also export ``model.onnx`` (needs the ``export`` extra: optimum-onnx).
         seed: torch seed for the random weights.
 
     Returns:
         :class:`ScaffoldResult`.
 
     Raises:
-        ModelError: ``out_dir`` is a file, or a non-empty directory without ``SCAFFOLD.json``
-            (never overwrites what may be a real model); the ONNX export failed or optimum is
-            not installed.
+        ModelError: torch or transformers are not installed (the ``torch`` extra); ``out_dir``
+            is a file, or a non-empty directory without ``SCAFFOLD.json`` (never overwrites
+            what may be a real model); the ONNX export failed or optimum is not installed
+            (the ``export`` extra).
     """
+    try:
+        import torch
+        from transformers import ASTConfig, ASTForAudioClassification
+    except ImportError as e:
+        raise ModelError(f"building a scaffold needs torch and transformers: {e}",
+                         "the scaffold needs the torch extra: pip install 'soundscape-agent[torch]'") from e
     out_dir = Path(out_dir).expanduser().resolve()
     _prepare_out_dir(out_dir)
 
-    import torch
-    from transformers import ASTConfig, ASTForAudioClassification
-
     src_dir = packaged_config_dir()
-    config_dict = _read_json(src_dir / "config.json")
+    config_dict = read_json(src_dir / "config.json")
     for key in ("_name_or_path", "transformers_version", "architectures"):
         config_dict.pop(key, None)
     if tiny:
@@ -549,7 +589,7 @@ def scaffold(out_dir: Path, tiny: bool = False, *, onnx: bool = False, seed: int
         try:
             from optimum.onnxruntime import ORTModelForAudioClassification
         except ImportError as e:
-            raise ModelError(f"cannot export ONNX: {e}", "pip install 'soundscape-agent[onnx]'") from e
+            raise ModelError(f"cannot export ONNX: {e}", "pip install 'soundscape-agent[export]'") from e
         try:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=_MEL_WARNING, category=UserWarning)
@@ -573,6 +613,6 @@ def scaffold(out_dir: Path, tiny: bool = False, *, onnx: bool = False, seed: int
 __all__ = [
     "DEFAULT_PROBE_TIMEOUT_S", "HASHED_SUFFIXES", "SCAFFOLD_CONFIG_KEY", "SCAFFOLD_ID_PREFIX",
     "SCAFFOLD_MARKER", "SOURCE_MODEL_ID", "TINY_OVERRIDES", "WEIGHT_SUFFIXES", "ResolvedModel",
-    "ScaffoldResult", "load_feature_extractor", "model_hash", "packaged_config_dir",
+    "ScaffoldResult", "load_feature_extractor", "model_hash", "packaged_config_dir", "read_json",
     "resolve_model", "scaffold",
 ]
