@@ -147,5 +147,8 @@ def test_onnx_scores_in_torch_free_venv_equal_torch_backend(onnx_venv, tiny_mode
     err = float(np.max(np.abs(got - expected)))
     print(f"tiny scaffold fp32, {RECORDING.name}: max |onnx (torch-free venv) - torch| = {err:.3g}")
     assert got.shape == (527,) and err <= 1e-4
-    assert onnx["hash"] == torch_clf.info.model_hash and onnx["labels"] == list(torch_clf.labels)
+    from agent.analysis.models import model_hash
+
+    assert onnx["hash"] == model_hash(tiny_model_dir, ("model.onnx", "model.onnx_data"))
+    assert onnx["labels"] == list(torch_clf.labels)
     assert "torch" in sys.modules  # the reference really ran on torch, in this process
