@@ -1,0 +1,241 @@
+"""Compute per window, counted two ways, and the Raspberry Pi 4 ESTIMATE built on it.
+
+MACs (multiply-accumulates) of one AST forward pass, i.e. of one 10 s window:
+
+- **analytically** from the model's ``config.json`` (:func:`ast_macs`): AST is a ViT-B/16 on
+  a 128 × 1024 log-mel "image" cut into 16 × 16 patches with stride 10 in both axes, so
+  ``f = (128 − 16) / 10 + 1 = 12`` by ``t = (1024 − 16) / 10 + 1 = 101`` = 1212 patches, plus
+  the CLS and distillation tokens: N = 1214 tokens of width d = 768, 12 layers, MLP width 3072.
+  Per layer: Q, K, V and output projections 4·N·d², MLP 2·N·d·d_ff, attention scores and
+  weighted sum 2·N²·d; plus the patch embedding (1212 · 256 · 768) and the classifier (768 · 527);
+- **measured** by running the model once under ``torch.utils.flop_counter.FlopCounterMode``
+  with eager attention (so the attention products are counted as ``bmm``), FLOPs / 2
+  (:func:`measured_macs`; needs torch, run in the main virtualenv).
+
+The Raspberry Pi 4 numbers are an ESTIMATE: MACs per window divided by throughputs that were
+*measured elsewhere on a Pi 4* and published (:data:`PI4_REFERENCES`), each converted to
+MAC/s with the MACs of the model it was measured on. No Pi 4 was used here.
+
+Usage (run.py calls it): ``python benchmarks/estimate.py --model DIR``: prints a JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+
+def vit_macs(*, patches: int, extra_tokens: int, patch_inputs: int, hidden: int, intermediate: int,
+             layers: int, n_labels: int) -> dict[str, int]:
+    """MACs of one forward pass of a ViT encoder with a linear classifier on pooled tokens.
+
+    Args:
+        patches: number of patches (tokens from the input).
+        extra_tokens: tokens added to them (CLS, distillation).
+        patch_inputs: values per patch (channels × patch height × patch width).
+        hidden: token width d.
+        intermediate: MLP width d_ff.
+        layers: encoder layers.
+        n_labels: classifier outputs.
+
+    Returns:
+        ``{"patch_embedding", "projections", "mlp", "attention", "classifier", "total"}``, in MACs.
+        Element-wise work (LayerNorm, GELU, softmax, residual adds) is not counted: it is O(N·d)
+        per layer, under 0.5 % of the total here.
+    """
+    n = patches + extra_tokens
+    parts = {
+        "patch_embedding": patches * patch_inputs * hidden,
+        "projections": layers * 4 * n * hidden * hidden,
+        "mlp": layers * 2 * n * hidden * intermediate,
+        "attention": layers * 2 * n * n * hidden,
+        "classifier": hidden * n_labels,
+    }
+    parts["total"] = sum(parts.values())
+    return parts
+
+
+def ast_macs(config: dict) -> dict:
+    """Analytic MACs of one AST forward pass from its ``config.json`` (see module docstring).
+
+    Returns:
+        ``{"tokens", "patches", "formula", "parts": {...}, "total"}``.
+    """
+    patch = int(config.get("patch_size", 16))
+    f_dim = (int(config["num_mel_bins"]) - patch) // int(config["frequency_stride"]) + 1
+    t_dim = (int(config["max_length"]) - patch) // int(config["time_stride"]) + 1
+    patches = f_dim * t_dim
+    d, d_ff, layers = int(config["hidden_size"]), int(config["intermediate_size"]), int(config["num_hidden_layers"])
+    n_labels = len(config["id2label"])
+    parts = vit_macs(patches=patches, extra_tokens=2, patch_inputs=patch * patch, hidden=d,
+                     intermediate=d_ff, layers=layers, n_labels=n_labels)
+    n = patches + 2
+    return {
+        "patches": patches, "patch_grid": [f_dim, t_dim], "tokens": n, "hidden": d, "intermediate": d_ff,
+        "layers": layers, "n_labels": n_labels,
+        "formula": (f"L·(4·N·d² + 2·N·d·d_ff + 2·N²·d) + P·p²·d + d·labels with L={layers}, N={n} "
+                    f"(P={f_dim}×{t_dim}={patches} patches + 2), d={d}, d_ff={d_ff}, p={patch}, labels={n_labels}"),
+        "parts": parts, "total": parts["total"],
+    }
+
+
+def measured_macs(model_dir: Path) -> dict:
+    """MACs of one forward pass of the model in ``model_dir``, counted by torch.
+
+    Runs ``ASTForAudioClassification`` (eager attention) on a (1, 1024, 128) zero input under
+    ``FlopCounterMode`` and halves its FLOP count (torch counts a multiply-add as 2 FLOPs).
+
+    Returns:
+        ``{"total": MACs, "by_op": {aten op: MACs}}``.
+    """
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+    from transformers import ASTForAudioClassification
+
+    model = ASTForAudioClassification.from_pretrained(str(model_dir), attn_implementation="eager").eval()
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(input_values=torch.zeros(1, int(model.config.max_length), int(model.config.num_mel_bins)))
+    by_op = {str(k): int(v) // 2 for k, v in counter.get_flop_counts()["Global"].items()}
+    return {"total": int(counter.get_total_flops()) // 2, "by_op": by_op,
+            "method": "torch.utils.flop_counter.FlopCounterMode, eager attention, FLOPs / 2"}
+
+
+# ------------------------------------------------------------------------------ Pi 4
+
+
+NCNN_URL = "https://github.com/Tencent/ncnn/blob/master/benchmark/README.md"
+NCNN_SECTION = "Raspberry Pi 4 Model B Broadcom BCM2711B0, Cortex-A72 (ARMv8) (1.8GHz x 4)"
+
+#: ViT-B/32 at 384 × 384 (ncnn's benchmark/models/vision_transformer.param: 32×32 patches,
+#: 145 tokens, 12 layers, d 768, MLP 3072, 1000 classes).
+VIT_B32_384_MACS = vit_macs(patches=144, extra_tokens=1, patch_inputs=32 * 32 * 3, hidden=768,
+                            intermediate=3072, layers=12, n_labels=1000)["total"]
+#: ResNet-50 at 224 × 224: 4.1 G multiply-adds (torchvision's model table: 4.09 "GFLOPS",
+#: counted as multiply-adds; He et al. 2016, Table 1: 3.8 × 10⁹).
+RESNET50_MACS = 4.09e9
+
+
+@dataclass(frozen=True)
+class PiReference:
+    """A throughput measured on a Raspberry Pi 4 and published.
+
+    Attributes:
+        name: what was measured.
+        precision: ``fp32`` or ``int8``.
+        threads: threads used.
+        ms: published mean latency per inference, ms.
+        macs: MACs of that model per inference.
+        source: where it is published.
+    """
+
+    name: str
+    precision: str
+    threads: int
+    ms: float
+    macs: float
+    source: str
+
+    @property
+    def gmac_per_s(self) -> float:
+        """Throughput, G MAC/s."""
+        return self.macs / (self.ms / 1000.0) / 1e9
+
+
+_SRC = f"Tencent/ncnn benchncnn, {NCNN_URL}, section \"{NCNN_SECTION}\""
+#: Published Pi 4 (Cortex-A72 @ 1.8 GHz, 4 cores) latencies, ncnn benchncnn (fp32 NEON, and
+#: ncnn's int8 kernels). ViT-B/32: a transformer with the same layer shapes as AST but 145
+#: tokens instead of 1214 (lower arithmetic intensity: a pessimistic basis); ResNet-50:
+#: convolutions lowered to large GEMMs (an optimistic basis for AST's large GEMMs).
+PI4_REFERENCES: tuple[PiReference, ...] = (
+    PiReference("ViT-B/32 384x384 (vision_transformer)", "fp32", 1, 6605.73, VIT_B32_384_MACS, _SRC),
+    PiReference("ViT-B/32 384x384 (vision_transformer)", "fp32", 4, 1909.21, VIT_B32_384_MACS, _SRC),
+    PiReference("ResNet-50 224x224 (resnet50)", "fp32", 1, 534.11, RESNET50_MACS, _SRC),
+    PiReference("ResNet-50 224x224 (resnet50)", "fp32", 4, 262.83, RESNET50_MACS, _SRC),
+    PiReference("ResNet-50 224x224 (resnet50_int8)", "int8", 1, 423.96, RESNET50_MACS, _SRC),
+    PiReference("ResNet-50 224x224 (resnet50_int8)", "int8", 4, 196.65, RESNET50_MACS, _SRC),
+)
+
+
+def _ref(name_part: str, precision: str, threads: int) -> PiReference:
+    return next(r for r in PI4_REFERENCES
+                if name_part in r.name and r.precision == precision and r.threads == threads)
+
+
+def pi4_estimate(macs_per_window: float, window_s: float = 10.0) -> dict:
+    """ESTIMATED seconds per window and real-time factor of AST on a Raspberry Pi 4.
+
+    For 1, 3 and 4 inference threads (torch backend default 1; onnx backend default "all cores
+    but one" = 3 on a Pi 4; 4 = every core):
+
+    - fp32: optimistic = MACs / ResNet-50 fp32 rate, pessimistic = MACs / ViT-B/32 fp32 rate;
+    - int8: optimistic = MACs / ResNet-50 int8 rate; pessimistic = MACs / (ViT-B/32 fp32 rate ×
+      the int8/fp32 speed-up ncnn measured for ResNet-50 at that thread count). The Cortex-A72 is
+      ARMv8.0: no SDOT/UDOT dot-product instructions, so int8 gains little over fp32
+      (1.26× on 1 thread, 1.34× on 4 in the ResNet-50 figures);
+    - 3 threads were not published: each rate is interpolated linearly between the 1- and
+      4-thread ones (an assumption, said so in the row).
+
+    Args:
+        macs_per_window: MACs of one window (one AST pass for a 10 s window).
+        window_s: window length, s.
+
+    Returns:
+        a JSON-able dict with the basis, the arithmetic and the estimates (all marked ESTIMATE).
+    """
+
+    def rate(name: str, precision: str, threads: int) -> float:
+        if threads in (1, 4):
+            return _ref(name, precision, threads).gmac_per_s
+        one, four = _ref(name, precision, 1).gmac_per_s, _ref(name, precision, 4).gmac_per_s
+        return one + (four - one) * (threads - 1) / 3
+
+    rows = []
+    for threads in (1, 3, 4):
+        vit = rate("ViT", "fp32", threads)
+        r50 = rate("resnet50)", "fp32", threads)
+        r50_8 = rate("resnet50_int8", "int8", threads)
+        cases = {"fp32": (r50, vit), "int8": (r50_8, vit * r50_8 / r50)}
+        for precision, (fast, slow) in cases.items():
+            t_fast = macs_per_window / (fast * 1e9)
+            t_slow = macs_per_window / (slow * 1e9)
+            rows.append({
+                "precision": precision, "threads": threads,
+                "interpolated": threads not in (1, 4),
+                "gmac_per_s_range": [round(slow, 2), round(fast, 2)],
+                "seconds_per_window_range": [round(t_fast, 1), round(t_slow, 1)],
+                "rtf_range": [round(t_fast / window_s, 2), round(t_slow / window_s, 2)],
+                "max_coverage_range": [round(min(1.0, window_s / t_slow), 2), round(min(1.0, window_s / t_fast), 2)],
+                "arithmetic": (f"{macs_per_window / 1e9:.1f} GMAC / {fast:.2f} GMAC/s = {t_fast:.1f} s … "
+                               f"{macs_per_window / 1e9:.1f} GMAC / {slow:.2f} GMAC/s = {t_slow:.1f} s"),
+            })
+    return {
+        "label": "ESTIMATE (not measured on a Pi 4)",
+        "device": "Raspberry Pi 4 Model B: Broadcom BCM2711, 4 × Cortex-A72 (ARMv8.0-A, NEON, no dot-product "
+                  "instructions) at 1.5 GHz (BCM2711B0 boards) or 1.8 GHz (BCM2711C0 and later firmware)",
+        "macs_per_window": macs_per_window,
+        "references": [{**asdict(r), "gmac_per_s": round(r.gmac_per_s, 2)} for r in PI4_REFERENCES],
+        "reference_macs_note": (f"ViT-B/32 384x384 MACs computed here with the same formula: "
+                                f"{VIT_B32_384_MACS / 1e9:.2f} G (145 tokens); ResNet-50: {RESNET50_MACS / 1e9:.2f} G "
+                                "(torchvision model table; He et al. 2016 give 3.8 G)"),
+        "clock_note": "the references ran at 1.8 GHz; a 1.5 GHz board is ~1.2× slower than these estimates",
+        "rows": rows,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``--model DIR``: print the analytic and measured MACs of one window as JSON."""
+    p = argparse.ArgumentParser(description="MACs of one AST window (analytic and measured)")
+    p.add_argument("--model", required=True, type=Path)
+    args = p.parse_args(argv)
+    config = json.loads((args.model / "config.json").read_text())
+    out = {"analytic": ast_macs(config), "measured": measured_macs(args.model)}
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
