@@ -525,7 +525,7 @@ def expand_paths(pattern: str) -> list[Path]:
     """
     p = Path(pattern).expanduser()
     if p.is_dir():
-        files = sorted(f for f in p.iterdir() if f.suffix.lower() in _AUDIO_SUFFIXES)
+        files = sorted(f for f in p.iterdir() if f.suffix.lower() in _AUDIO_SUFFIXES and f.is_file())
     elif p.is_file():
         files = [p]
     else:

@@ -25,11 +25,6 @@ from pathlib import Path
 import numpy as np
 
 
-def topk_set(scores: np.ndarray, k: int) -> set[int]:
-    """Indices of the k highest scores (ties: lower index first, as the agent's top-k)."""
-    return set(np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")[:k].tolist())
-
-
 def main(argv: list[str] | None = None) -> int:
     """Compare int8 and fp32 on every window; print the JSON report. Exit 0 (1: tolerance missed)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -42,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     import soundfile as sf
 
     from agent.analysis.classifier import load_classifier
+    from agent.analysis.export import topk_overlap
     from agent.config import OnnxClassifierConfig
 
     manifest = json.loads((args.model / "manifest.json").read_text())
@@ -61,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         s32 = models["fp32"].scores(x, rate)
         s8 = models["int8"].scores(x, rate)
         diff = float(np.max(np.abs(s8 - s32)))
-        overlap = len(topk_set(s32, k) & topk_set(s8, k)) / k
+        overlap = float(topk_overlap(s32[None, :], s8[None, :], k)[0])
         windows.append({
             "index": i, "start_s": i * args.window_s, "max_abs_diff": diff,
             "mean_abs_diff": float(np.mean(np.abs(s8 - s32))), f"top{k}_overlap": overlap,

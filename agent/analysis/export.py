@@ -103,7 +103,6 @@ MIN_TAIL_S = 1.0
 TOP_K = 5
 #: The bundled real field recordings (scikit-maad's data, BSD-3-Clause).
 BUNDLED_RECORDINGS = Path(__file__).resolve().parent.parent.parent / "data" / "recordings"
-_AUDIO_SUFFIXES = (".wav", ".flac")
 _MEL_WARNING = "At least one mel filter has all zero values"
 _HEX40 = re.compile(r"^[0-9a-f]{40}$")
 
@@ -294,16 +293,16 @@ def verification_windows(recordings: Path = BUNDLED_RECORDINGS, window_s: float 
     """
     import soundfile as sf
 
+    from agent.capture import expand_paths
+
     recordings = Path(recordings)
-    if recordings.is_dir():
-        files = sorted(p for p in recordings.iterdir() if p.suffix.lower() in _AUDIO_SUFFIXES and p.is_file())
-    elif recordings.is_file():
-        files = [recordings]
-    else:
+    if not recordings.exists():
         raise InputError(f"verification recordings {recordings} do not exist",
                          "pass --recordings DIR with real WAV/FLAC recordings")
-    if not files:
-        raise InputError(f"no WAV/FLAC file in {recordings}", "pass --recordings DIR with real recordings")
+    try:
+        files = expand_paths(str(recordings))
+    except InputError:
+        raise InputError(f"no WAV/FLAC file in {recordings}", "pass --recordings DIR with real recordings") from None
     windows: list[AudioWindow] = []
     for path in files:
         try:
