@@ -54,6 +54,26 @@ async def filled_outbox(tmp_path, results) -> Outbox:
     return ob
 
 
+def failed_sync_once(tmp_path, results, cfg: SyncConfig):
+    """Fill an outbox with ``results``, expect ``sync_once`` to raise SyncError.
+
+    Returns:
+        (the SyncError, seconds sync_once took, the outbox's QueueStats afterwards).
+    """
+
+    async def main():
+        ob = await filled_outbox(tmp_path, results)
+        try:
+            t = time.monotonic()
+            with pytest.raises(SyncError) as ei:
+                await Syncer(cfg, ob).sync_once()
+            return ei.value, time.monotonic() - t, await ob.stats()
+        finally:
+            await ob.close()
+
+    return asyncio.run(main())
+
+
 @pytest.fixture
 def silent_server():
     """127.0.0.1:<port> that completes TCP handshakes but never answers (a black-holed link)."""
@@ -129,16 +149,7 @@ def test_detections_flat_keeps_the_prototype_layout(migrated_dsn, tmp_path):
 
 
 def test_sync_without_schema_tells_to_run_db_init_and_keeps_the_outbox(pg_dsn, tmp_path):
-    async def main():
-        ob = await filled_outbox(tmp_path, make_results(2))
-        try:
-            with pytest.raises(SyncError) as ei:
-                await Syncer(sync_cfg(pg_dsn), ob).sync_once()
-            return ei.value, await ob.stats()
-        finally:
-            await ob.close()
-
-    err, stats = asyncio.run(main())
+    err, _, stats = failed_sync_once(tmp_path, make_results(2), sync_cfg(pg_dsn))
     assert "db init" in err.hint
     assert stats.unsynced == 2
 
@@ -281,16 +292,7 @@ def test_refused_batch_is_rolled_back_on_the_server_and_stays_pending_locally(pg
         con.execute(f"GRANT INSERT ON windows TO {role}")  # but not on detections
     dsn = pg_server.dsn(dbname, user=role, password="half-pw")
 
-    async def main():
-        ob = await filled_outbox(tmp_path, make_results(3, k=2))
-        try:
-            with pytest.raises(SyncError) as ei:
-                await Syncer(sync_cfg(dsn), ob).sync_once()
-            return ei.value, await ob.stats()
-        finally:
-            await ob.close()
-
-    err, stats = asyncio.run(main())
+    err, _, stats = failed_sync_once(tmp_path, make_results(3, k=2), sync_cfg(dsn))
     assert "refused" in err.message and "detections" in err.message and "INSERT" in err.hint
     assert "half-pw" not in str(err)
     assert counts(migrated_dsn) == (0, 0)  # the window rows of the batch were rolled back too
@@ -319,17 +321,7 @@ def test_without_dsn_run_returns_at_once_and_sync_once_explains(tmp_path):
 def test_unreachable_server_raises_sync_error_fast_and_loses_nothing(tmp_path):
     dsn = f"host=127.0.0.1 port={free_port()} dbname=x user=admin password={ADMIN_PASSWORD} connect_timeout=3"
 
-    async def main():
-        ob = await filled_outbox(tmp_path, make_results(4))
-        try:
-            t = time.monotonic()
-            with pytest.raises(SyncError) as ei:
-                await Syncer(sync_cfg(dsn, connect_timeout_s=3), ob).sync_once()
-            return ei.value, time.monotonic() - t, await ob.stats()
-        finally:
-            await ob.close()
-
-    err, elapsed, stats = asyncio.run(main())
+    err, elapsed, stats = failed_sync_once(tmp_path, make_results(4), sync_cfg(dsn, connect_timeout_s=3))
     assert elapsed < 3
     assert "127.0.0.1" in err.message and ADMIN_PASSWORD not in str(err)
     assert err.hint and err.exit_code == 75
@@ -339,17 +331,7 @@ def test_unreachable_server_raises_sync_error_fast_and_loses_nothing(tmp_path):
 def test_silent_server_cannot_hang_sync_past_the_connect_timeout(tmp_path, silent_server):
     dsn = f"postgresql://admin:{ADMIN_PASSWORD}@127.0.0.1:{silent_server}/x"
 
-    async def main():
-        ob = await filled_outbox(tmp_path, make_results(2))
-        try:
-            t = time.monotonic()
-            with pytest.raises(SyncError) as ei:
-                await Syncer(sync_cfg(dsn, connect_timeout_s=2, statement_timeout_s=1), ob).sync_once()
-            return ei.value, time.monotonic() - t, await ob.stats()
-        finally:
-            await ob.close()
-
-    err, elapsed, stats = asyncio.run(main())
+    err, elapsed, stats = failed_sync_once(tmp_path, make_results(2), sync_cfg(dsn, connect_timeout_s=2, statement_timeout_s=1))
     assert 0.5 < elapsed < 5.0  # bound: connect 2 s + statement 1 s
     assert ADMIN_PASSWORD not in str(err) and str(silent_server) in err.message
     assert stats.unsynced == 2
