@@ -129,6 +129,9 @@ async def run_pipeline(cfg: Config, *, max_windows: int | None = None, quiet: bo
 
 def cmd_run(args: argparse.Namespace) -> int:
     """``run``: the main job."""
+    from agent.ops import pin_malloc_thresholds
+
+    pin_malloc_thresholds()  # before any model or thread: see its docstring for the figures
     cfg = load_config(args.config)
     if args.dsn is not None:
         cfg = _with_overrides(cfg, sync={"dsn": args.dsn})
@@ -144,7 +147,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """
     from agent.analysis.classifier import load_classifier
     from agent.analysis.models import scaffold
+    from agent.ops import pin_malloc_thresholds
 
+    pin_malloc_thresholds()
     base = load_config(args.config) if args.config else Config()
     state = Path(args.state_dir).resolve()
     data = base.model_dump(mode="python")

@@ -5,7 +5,7 @@ Run by ``run.py`` with the torch-free virtualenv's Python, in its own process::
     python benchmarks/memprofile.py --model EXPORT_DIR [--file-name model_quantized.onnx] --wav BENCH.wav
 
 Stages, each reported as ``VmRSS`` and ``VmHWM`` (peak) from ``/proc/self/status``, MB:
-interpreter; the agent's run-time imports (CLI, pipeline, capture, store, sync, levels with
+interpreter (then glibc's malloc thresholds pinned, as ``run`` does); the agent's run-time imports (CLI, pipeline, capture, store, sync, levels with
 scikit-maad, scipy, soxr, onnxruntime); the model loaded through
 :func:`agent.analysis.classifier.load_classifier`; the first and the second 10 s window
 classified. A diagnostic next to the measured peak RSS of ``soundscape-agent run``, not a
@@ -37,6 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--wav", required=True, type=Path)
     args = p.parse_args(argv)
     stages = [{"stage": "python interpreter", **rss_mb()}]
+    try:  # as `soundscape-agent run` does first thing
+        from agent.ops import pin_malloc_thresholds
+    except ImportError:  # an agent from before it existed
+        pass
+    else:
+        pin_malloc_thresholds()
 
     import numpy as np
     import soundfile as sf

@@ -192,6 +192,7 @@ def test_onnx_session_options_follow_config():
     assert default.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     assert default.execution_mode == ort.ExecutionMode.ORT_SEQUENTIAL
     assert default.enable_cpu_mem_arena and not default.enable_mem_pattern
+    assert default.get_session_config_entry("session.use_env_allocators") == "1"  # the kSameAsRequested arena
     custom = onnx_session_options(OnnxClassifierConfig(
         threads=3, inter_op_threads=2, graph_optimization_level="basic", execution_mode="parallel",
         memory_arena=False, memory_pattern=True))
@@ -199,6 +200,8 @@ def test_onnx_session_options_follow_config():
     assert custom.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     assert custom.execution_mode == ort.ExecutionMode.ORT_PARALLEL
     assert not custom.enable_cpu_mem_arena and custom.enable_mem_pattern
+    with pytest.raises(RuntimeError, match="does not have configuration"):  # no arena: nothing to share
+        custom.get_session_config_entry("session.use_env_allocators")
     levels = {k: getattr(ort.GraphOptimizationLevel, v) for k, v in ORT_GRAPH_OPTIMIZATION.items()}
     assert levels["disable"] == ort.GraphOptimizationLevel.ORT_DISABLE_ALL and len(set(levels.values())) == 4
 
@@ -206,6 +209,7 @@ def test_onnx_session_options_follow_config():
 @pytest.mark.parametrize("settings", [
     {"graph_optimization_level": "disable", "memory_arena": False, "memory_pattern": True},
     {"execution_mode": "parallel", "inter_op_threads": 2, "threads": 2},
+    {"arena_extend_strategy": "next_power_of_two"},
 ])
 def test_onnx_settings_do_not_change_scores(tiny_model_dir, settings):
     x, rate = read_recording()

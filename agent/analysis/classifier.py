@@ -356,6 +356,32 @@ ORT_GRAPH_OPTIMIZATION: dict[str, str] = {
 }
 #: ``[classifier] execution_mode`` → ``onnxruntime.ExecutionMode`` member.
 ORT_EXECUTION_MODE: dict[str, str] = {"sequential": "ORT_SEQUENTIAL", "parallel": "ORT_PARALLEL"}
+#: ``[classifier] arena_extend_strategy`` → onnxruntime's ``ArenaExtendStrategy`` value
+#: (``onnxruntime/core/framework/arena_extend_strategy.h``: kNextPowerOfTwo 0, kSameAsRequested 1).
+ORT_ARENA_EXTEND_STRATEGY: dict[str, int] = {"next_power_of_two": 0, "same_as_requested": 1}
+
+
+def register_cpu_arena(strategy: str) -> None:
+    """Register a CPU arena allocator growing by ``strategy`` with onnxruntime's process-wide
+    environment, for the sessions created after it that set ``session.use_env_allocators``.
+
+    onnxruntime has no per-session arena settings for its CPU execution provider; the
+    environment's registered allocator is the documented way (C API "Share allocator(s)
+    between sessions", ``CreateAndRegisterAllocator``). A later registration replaces the
+    earlier one for sessions created after it (checked by measurement); sessions already
+    created keep theirs.
+
+    Args:
+        strategy: a key of :data:`ORT_ARENA_EXTEND_STRATEGY`.
+
+    Raises:
+        ImportError: onnxruntime is not installed.
+        KeyError: unknown ``strategy``.
+    """
+    import onnxruntime as ort
+
+    info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+    ort.create_and_register_allocator(info, ort.OrtArenaCfg({"arena_extend_strategy": ORT_ARENA_EXTEND_STRATEGY[strategy]}))
 
 
 def onnx_session_options(cfg: OnnxClassifierConfig) -> Any:
@@ -366,7 +392,10 @@ def onnx_session_options(cfg: OnnxClassifierConfig) -> Any:
     ``inter_op_num_threads = inter_op_threads``,
     ``graph_optimization_level``, ``execution_mode``, ``enable_cpu_mem_arena =
     memory_arena``, ``enable_mem_pattern = memory_pattern``; log severity ERROR (onnxruntime's
-    load-time warnings about unused initialisers are noise in a service log).
+    load-time warnings about unused initialisers are noise in a service log). With the arena
+    on, registers the environment's CPU arena with ``arena_extend_strategy``
+    (:func:`register_cpu_arena`) and sets ``session.use_env_allocators = 1``, so create the
+    session right after this call.
 
     Args:
         cfg: an ``onnx`` classifier section.
@@ -387,6 +416,9 @@ def onnx_session_options(cfg: OnnxClassifierConfig) -> Any:
     options.execution_mode = getattr(ort.ExecutionMode, ORT_EXECUTION_MODE[cfg.execution_mode])
     options.enable_cpu_mem_arena = cfg.memory_arena
     options.enable_mem_pattern = cfg.memory_pattern
+    if cfg.memory_arena:
+        register_cpu_arena(cfg.arena_extend_strategy)
+        options.add_session_config_entry("session.use_env_allocators", "1")
     options.log_severity_level = 3
     return options
 
