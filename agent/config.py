@@ -158,7 +158,9 @@ class WindowsConfig(_Section):
 
 
 class LevelsConfig(_Section):
-    """Calibration chain for dB SPL, as scikit-maad's ``wav2pressure`` takes it.
+    """Calibration chain for dB SPL, as scikit-maad's ``wav2pressure`` takes it, and the
+    noise indicators computed from it (frequency weightings A/C/Z, time weightings F/S,
+    one-third-octave bands).
 
     Defaults describe an AudioMoth 1.2 at its default *medium* gain:
 
@@ -171,13 +173,112 @@ class LevelsConfig(_Section):
         vadc: ADC full-scale range, V peak-to-peak (default 3.3: the AudioMoth's regulated
             3.3 V rail used as the ADC reference). A nominal value: a calibration against an
             acoustic calibrator supersedes it.
-        series_interval_s: length of each Leq in the per-window series, s (default 1).
+        calibration_offset_db: a calibration offset set by configuration (fleet management),
+            dB, added to every level; unset (default) = the latest offset measured by
+            ``soundscape-agent calibrate`` and kept in the local queue, else 0.
+        series_interval_s: length of each LAeq/LZeq in the per-window series, s (default 1).
+        bands: compute one-third-octave band levels (default true).
+        band_min_hz, band_max_hz: nominal centre frequencies of the lowest and highest band,
+            Hz (default 25 and 20000: IEC 61260-1 base-10 bands 14 to 43, 30 bands at 48 kHz);
+            bands whose upper edge is not below the Nyquist frequency are left out (44.1 kHz:
+            up to 16 kHz).
+        band_filter_order: order of each band's Butterworth band-pass design (default 6).
     """
 
     gain_db: float = Field(44.3, ge=-20.0, le=100.0)
     sensitivity_dbv: float = Field(-38.0, ge=-80.0, le=0.0)
     vadc: float = Field(3.3, gt=0.0, le=20.0)
+    calibration_offset_db: float | None = Field(None, ge=-40.0, le=40.0)
     series_interval_s: float = Field(1.0, ge=0.125, le=60.0)
+    bands: bool = True
+    band_min_hz: float = Field(25.0, ge=10.0, le=20000.0)
+    band_max_hz: float = Field(20000.0, ge=10.0, le=40000.0)
+    band_filter_order: int = Field(6, ge=2, le=12)
+
+    @model_validator(mode="after")
+    def _band_range(self) -> "LevelsConfig":
+        if self.band_min_hz > self.band_max_hz:
+            raise ValueError(f"band_min_hz ({self.band_min_hz}) must not exceed band_max_hz ({self.band_max_hz})")
+        return self
+
+
+class IndicesConfig(_Section):
+    """Acoustic indices per window, computed with scikit-maad (``maad.features``) on one
+    spectrogram of the window (``maad.sound.spectrogram``), with these parameters.
+
+    Attributes:
+        enabled: compute indices (default true).
+        nperseg: spectrogram segment length, samples (default 1024).
+        noverlap: overlap between segments, samples (default 0).
+        window: spectrogram window (default ``hann``).
+        fmin_hz, fmax_hz: band analysed by ADI and AEI, Hz (default 0 and 20000: maad's).
+            Every upper band limit is clipped to the Nyquist frequency of the audio (see
+            :mod:`agent.analysis.indices`).
+        bin_step_hz: ADI/AEI frequency bin width, Hz (default 1000).
+        db_threshold: ADI/AEI presence threshold, dB (default -50: maad's).
+        bi_flim_hz: Bioacoustic Index band, Hz (default [2000, 15000]: maad's).
+        ndsi_bio_hz: NDSI biophony band, Hz (default [1000, 10000]: maad's).
+        ndsi_anthro_hz: NDSI anthropophony band, Hz (default [0, 1000]: maad's). Its width
+            is also the width NDSI pools the spectrum into; maad selects pooled bins by
+            their start, both ends included, so the defaults sum 0-2 kHz as anthropophony
+            and 1-11 kHz as biophony.
+    """
+
+    enabled: bool = True
+    nperseg: int = Field(1024, ge=64, le=65536)
+    noverlap: int = Field(0, ge=0, le=65535)
+    window: Literal["hann", "hamming", "blackman", "boxcar"] = "hann"
+    fmin_hz: float = Field(0.0, ge=0.0)
+    fmax_hz: float = Field(20000.0, gt=0.0)
+    bin_step_hz: float = Field(1000.0, gt=0.0)
+    db_threshold: float = Field(-50.0, le=0.0)
+    bi_flim_hz: tuple[float, float] = (2000.0, 15000.0)
+    ndsi_bio_hz: tuple[float, float] = (1000.0, 10000.0)
+    ndsi_anthro_hz: tuple[float, float] = (0.0, 1000.0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "IndicesConfig":
+        if self.noverlap >= self.nperseg:
+            raise ValueError(f"noverlap ({self.noverlap}) must be smaller than nperseg ({self.nperseg})")
+        for name in ("bi_flim_hz", "ndsi_bio_hz", "ndsi_anthro_hz"):
+            lo, hi = getattr(self, name)
+            if not 0 <= lo < hi:
+                raise ValueError(f"{name} must be [low, high] with 0 <= low < high Hz, got [{lo}, {hi}]")
+        if self.fmin_hz >= self.fmax_hz:
+            raise ValueError(f"fmin_hz ({self.fmin_hz}) must be below fmax_hz ({self.fmax_hz})")
+        return self
+
+
+class HealthConfig(_Section):
+    """Microphone content health checks per window, and the thresholds that raise a flag.
+
+    Attributes:
+        clip_level_fs: a sample at or beyond this fraction of full scale counts as clipped
+            (default 0.999: within ~1 LSB of 16-bit full scale).
+        max_clipping_ratio: ``clipping`` flag above this share of clipped samples (default 0.001).
+        max_dc_offset_fs: ``dc_offset`` flag when |mean| exceeds this fraction of full scale
+            (default 0.05: the offset then costs 20·log10(1/(1 - 0.05)) = 0.45 dB of
+            headroom, the point where it starts to matter for clipping; a failed microphone
+            bias or ADC shows far more. Recorders without a DC filter sit below it, e.g. the
+            bundled Song Meter SM4 files at +0.029; an AudioMoth removes DC in firmware, so
+            lower it to ~0.01 to catch the smallest fault there).
+        silence_dbfs: ``silence`` flag when the window is all zero, constant, or its RMS (DC
+            removed) is below this level, dBFS (default -90: below the noise floor of any
+            working 16-bit microphone chain).
+        max_hum_share: ``mains_hum`` flag when more than this share of the power lies in the
+            50/60 Hz hum bins (default 0.5). The bins around harmonic k are
+            ±(k · 0.2 Hz + 1 Hz) wide (mains drift plus the Hann main lobe of 2 s Welch
+            segments, see :mod:`agent.analysis.health`).
+        hum_harmonics: harmonics of the mains frequency counted as hum, including the
+            fundamental (default 5).
+    """
+
+    clip_level_fs: float = Field(0.999, gt=0.5, le=1.0)
+    max_clipping_ratio: float = Field(0.001, ge=0.0, le=1.0)
+    max_dc_offset_fs: float = Field(0.05, gt=0.0, le=1.0)
+    silence_dbfs: float = Field(-90.0, ge=-240.0, le=0.0)
+    max_hum_share: float = Field(0.5, gt=0.0, le=1.0)
+    hum_harmonics: int = Field(5, ge=1, le=20)
 
 
 class _ClassifierBase(_Section):
@@ -336,6 +437,8 @@ class Config(_Section):
     capture: CaptureConfig = Field(default_factory=AlsaCaptureConfig)
     windows: WindowsConfig = WindowsConfig()
     levels: LevelsConfig = LevelsConfig()
+    indices: IndicesConfig = IndicesConfig()
+    health: HealthConfig = HealthConfig()
     classifier: ClassifierConfig = Field(default_factory=TorchClassifierConfig)
     store: StoreConfig = StoreConfig()
     sync: SyncConfig = SyncConfig()
@@ -402,7 +505,7 @@ def load_config(path: Path | None) -> Config:
 
 __all__ = [
     "AlsaCaptureConfig", "ArecordCaptureConfig", "CaptureConfig", "ClassifierConfig", "Config",
-    "FileCaptureConfig", "LevelsConfig", "OnnxClassifierConfig", "StoreConfig", "SyncConfig",
+    "FileCaptureConfig", "HealthConfig", "IndicesConfig", "LevelsConfig", "OnnxClassifierConfig", "StoreConfig", "SyncConfig",
     "TorchClassifierConfig", "WindowsConfig", "AgentSection", "LINK_PROFILES",
     "load_config", "parse_config", "DEFAULT_MODEL_ID",
 ]

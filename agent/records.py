@@ -71,19 +71,127 @@ class Window:
 
 
 @dataclass(frozen=True, slots=True)
-class Levels:
-    """Calibrated sound pressure levels of one window (unweighted, i.e. Z / flat).
+class Calibration:
+    """The calibration chain a window's levels were computed with, stored with every window
+    so that levels can be corrected later (e.g. after a new calibrator reading).
+
+    A level is ``L = L_nominal + offset_db``, where ``L_nominal`` uses the nominal chain
+    (``sensitivity_dbv``, ``gain_db``, ``vadc``; scikit-maad's ``wav2pressure``).
 
     Attributes:
-        leq_db: equivalent continuous sound level of the whole window, dB re 20 µPa.
-        leq_series_db: Leq of each consecutive ``series_interval_s`` interval of the window
-            (default 1 s), dB re 20 µPa; floor(n_samples / floor(interval_s · rate)) values.
-        peak_dbfs: highest absolute sample of the window, dBFS (0 dBFS = full scale).
+        sensitivity_dbv: microphone sensitivity used, dB re 1 V/Pa.
+        gain_db: analogue gain used, dB.
+        vadc: ADC full-scale range used, V peak-to-peak.
+        offset_db: correction added to every level, dB: ``reference_db`` minus the nominal
+            level measured on an acoustic calibrator by ``soundscape-agent calibrate``;
+            0.0 when never calibrated.
+        calibrated_at: UTC time of that calibrator measurement; ``None`` = nominal chain only.
+        reference_db: the calibrator's stated level, dB re 20 µPa (e.g. 94.0); ``None`` when
+            never calibrated.
     """
 
-    leq_db: float
-    leq_series_db: tuple[float, ...]
+    sensitivity_dbv: float
+    gain_db: float
+    vadc: float
+    offset_db: float = 0.0
+    calibrated_at: datetime | None = None
+    reference_db: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Levels:
+    """Calibrated noise indicators of one window, dB re 20 µPa unless stated.
+
+    Frequency weightings A, C and Z and time weightings F (125 ms) and S (1 s) as IEC
+    61672-1:2013 defines them; equivalent levels are energy means over the window.
+
+    Attributes:
+        lzeq_db: Z-weighted (unweighted) equivalent continuous sound level, LZeq.
+        laeq_db: A-weighted equivalent continuous sound level, LAeq.
+        lceq_db: C-weighted equivalent continuous sound level, LCeq.
+        lafmax_db: maximum of the A-weighted, F-time-weighted level over the window, LAFmax.
+        lafmin_db: minimum of the same, LAFmin.
+        lasmax_db: maximum of the A-weighted, S-time-weighted level, LASmax.
+        la10_db, la50_db, la90_db: percentile levels: the LAF level exceeded for 10 %, 50 %,
+            90 % of the window (LA10 ≥ LA50 ≥ LA90).
+        laeq_series_db: LAeq of each consecutive ``series_interval_s`` interval (default
+            1 s): floor(n_samples / floor(interval_s · rate)) values.
+        lzeq_series_db: LZeq of the same intervals.
+        peak_dbfs: highest absolute sample, dBFS (0 dBFS = full scale).
+        band_centres_hz: nominal centre frequencies of the one-third-octave bands (IEC
+            61260-1:2014, base 10), Hz, ascending; empty when bands are off.
+        band_leq_db: Z-weighted Leq of each band, same order and length.
+        calibration: the chain and offset these levels used.
+    """
+
+    lzeq_db: float
+    laeq_db: float
+    lceq_db: float
+    lafmax_db: float
+    lafmin_db: float
+    lasmax_db: float
+    la10_db: float
+    la50_db: float
+    la90_db: float
+    laeq_series_db: tuple[float, ...]
+    lzeq_series_db: tuple[float, ...]
     peak_dbfs: float
+    band_centres_hz: tuple[float, ...]
+    band_leq_db: tuple[float, ...]
+    calibration: Calibration
+
+
+@dataclass(frozen=True, slots=True)
+class AcousticIndices:
+    """Acoustic indices of one window, each computed by scikit-maad (``maad.features``) with
+    the parameters of the ``[indices]`` section; NaN where an index is undefined (e.g. silence).
+
+    Attributes:
+        aci: Acoustic Complexity Index (Pieretti et al. 2011), sum over the spectrogram.
+        adi: Acoustic Diversity Index (Villanueva-Rivera et al. 2011), Shannon, nats.
+        aei: Acoustic Evenness Index (Villanueva-Rivera et al. 2011), Gini, 0..1.
+        bi: Bioacoustic Index (Boelman et al. 2007; soundecology's variant): the area under
+            the mean spectrum (dB) above its minimum within the band, per frequency bin; it
+            depends on the sample rate and ``nperseg``, so compare only windows with the same
+            settings.
+        ndsi: Normalised Difference Soundscape Index (Kasten et al. 2012), -1..1.
+        hf: spectral entropy Hf (Sueur et al. 2008), 0..1.
+        ht: temporal entropy Ht (Sueur et al. 2008), 0..1 (rounding may exceed 1 by ~1e-16).
+    """
+
+    aci: float
+    adi: float
+    aei: float
+    bi: float
+    ndsi: float
+    hf: float
+    ht: float
+
+
+#: Microphone health flags a window can carry (:attr:`MicHealth.flags`).
+HEALTH_FLAGS: tuple[str, ...] = ("clipping", "dc_offset", "silence", "mains_hum")
+
+
+@dataclass(frozen=True, slots=True)
+class MicHealth:
+    """What the window's content says about the microphone chain.
+
+    Attributes:
+        clipping_ratio: share of samples at or beyond the clip level (``[health]
+            clip_level_fs``), 0..1.
+        dc_offset_fs: mean of the samples, fraction of full scale (signed).
+        rms_dbfs: RMS of the samples with the DC removed, dBFS (floored at -240 for digital
+            silence).
+        hum_share: share of the window's power (DC removed) within the mains-hum bins (50 or
+            60 Hz and harmonics, whichever family holds more), 0..1.
+        flags: the raised flags, a subset of :data:`HEALTH_FLAGS` in that order; empty = healthy.
+    """
+
+    clipping_ratio: float
+    dc_offset_fs: float
+    rms_dbfs: float
+    hum_share: float
+    flags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,10 +249,12 @@ class WindowResult:
         device_id: the configured device identifier.
         index, start_time, sample_rate, clock_synchronised, xruns: as in :class:`Window`.
         duration_s: window length, s.
-        levels: calibrated SPL, see :class:`Levels`.
+        levels: calibrated noise indicators and band levels, see :class:`Levels`.
         status: classification outcome, see :class:`Status`.
         detections: top-k labels, rank order; empty unless ``status`` is CLASSIFIED.
         model: provenance of the classifier, ``None`` if the window was not classified.
+        indices: acoustic indices, ``None`` when ``[indices] enabled = false``.
+        health: microphone content health, see :class:`MicHealth`.
     """
 
     key: str
@@ -159,3 +269,5 @@ class WindowResult:
     status: Status
     detections: tuple[Detection, ...] = field(default_factory=tuple)
     model: ModelInfo | None = None
+    indices: AcousticIndices | None = None
+    health: MicHealth | None = None

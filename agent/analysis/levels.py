@@ -1,105 +1,780 @@
-"""Calibrated, unweighted (Z / flat) sound pressure levels of one window.
+"""Calibrated noise indicators of one window: frequency weightings A, C, Z, time weightings
+F and S, percentile levels and one-third-octave band levels, in dB re 20 µPa.
 
-The calibration chain is scikit-maad's (``maad.spl``, version >= 1.5.1, which fixed the
-missing ``Vadc / 2``):
+Pure computation: no I/O, no logging; scikit-maad (which pulls in pandas) and scipy.signal
+(~0.6 s) are imported lazily inside the functions that need them, so importing this module
+costs only numpy and the record/config modules.
 
-    volt  = x · Vadc / 2                            (``maad.spl.wav2volt``)
-    p     = volt / 10^(S/20) / 10^(G/20)            (``maad.spl.volt2pressure``)
+Calibration chain
+-----------------
+scikit-maad's ``maad.spl.wav2pressure`` (version >= 1.5.1, which fixed the missing ``Vadc/2``)::
 
-with ``x`` the sample (full scale ±1.0), ``Vadc`` the ADC's peak-to-peak range (V), ``S`` the
-microphone sensitivity (dB re 1 V/Pa) and ``G`` the total analogue gain (dB); ``p`` is in Pa.
+    volt = x · Vadc / 2                          (maad.spl.wav2volt)
+    p    = volt / 10^(S/20) / 10^(G/20)          (maad.spl.volt2pressure)
 
-The equivalent continuous sound level over a time T (IEC 61672-1:2013, 3.9, with no frequency
-weighting) is
+``x`` the sample (full scale ±1.0), ``Vadc`` the ADC range (V peak-to-peak), ``S`` the
+microphone sensitivity (dB re 1 V/Pa), ``G`` the analogue gain (dB); ``p`` in Pa. The values
+come from the :class:`~agent.records.Calibration` record the levels are computed with, whose
+``offset_db`` is then added to every level in dB re p0 = 20 µPa (never to ``peak_dbfs``).
 
-    Leq,T = 10 · log10( (1/T) ∫ p²(t) dt / p0² ),    p0 = 20 µPa
+Frequency weightings (IEC 61672-1:2013, 5.5 and Annex E)
+--------------------------------------------------------
+The analogue weightings of Annex E, with the standard's constants f1 = 20.598997 Hz,
+f2 = 107.65265 Hz, f3 = 737.86223 Hz, f4 = 12194.217 Hz and the normalisation constants
+C1000 = -0.062 dB, A1000 = -2.000 dB::
 
-computed on samples as ``10 · log10(mean(p²) / p0²)`` = ``20 · log10(p_rms / p0)``, the same
-formula as ``maad.spl.pressure2leq`` (see the scikit-maad documentation, "maad.spl"), which
-gives the per-interval series.
+    C(f) = 20 lg[ f4² f² / ((f² + f1²)(f² + f4²)) ] - C1000
+    A(f) = 20 lg[ f4² f⁴ / ((f² + f1²)(f² + f2²)^½ (f² + f3²)^½ (f² + f4²)) ] - A1000
+    Z(f) = 0
 
-Digital silence has ``p_rms = 0`` and an Leq of −inf. Neither SQLite/PostgreSQL ``REAL`` nor
-JSON accept −inf portably, so every RMS pressure is floored at :data:`P_RMS_FLOOR_PA`
-(1e-12 Pa, i.e. −146.02 dB SPL) and the peak at :data:`PEAK_FLOOR_FS` (1e-12 of full scale,
-i.e. −240 dBFS). Both are far below anything a real microphone chain can produce (one LSB of
-16-bit audio at the AudioMoth defaults is about −1.3 dB SPL), so a floored value reads as
-"digital silence", never as a measurement.
+(with the rounded constants A(1 kHz) = +0.0003 dB and C(1 kHz) = +0.0001 dB.)
+
+Digital realisation at the capture rate fs (any rate; verified at 16, 22.05, 32, 44.1 and
+48 kHz), in two parts:
+
+1. the high-pass part (A: four zeros at 0 Hz, poles at f1 (double), f2, f3; C: two zeros at
+   0 Hz, a double pole at f1) by the bilinear transform (``scipy.signal.bilinear_zpk``), as
+   second-order sections. These poles are far below Nyquist, so frequency warping changes
+   the response by at most 0.06 dB (A at 16 kHz, from the 738 Hz pole; 0.007 dB at 48 kHz),
+   which the FIR below corrects;
+2. the low-pass part - the double pole at f4 = 12.2 kHz, which at a 16 or 22.05 kHz capture
+   lies above Nyquist and which a plain bilinear transform maps badly (at 16 kHz the plain
+   bilinear A filter, normalised at 1 kHz, is -1.5 dB off at 5 kHz and -5.7 dB off at
+   6.3 kHz, where Class 1 allows -2.0 dB; it is -inf at Nyquist) - by a short linear-phase
+   (type I) FIR, fitted by weighted least squares (relative error, :func:`numpy.linalg.lstsq`
+   on a cosine basis) to the ratio ``|analogue A or C| / |bilinear high-pass part|`` on a
+   dense grid over (0, fs/2], weight 1 up to 0.45·fs and 0.05 above (where it simply follows
+   the analogue roll-off). The FIR also absorbs the (tiny) warping error of part 1. Its
+   length is the smallest of 11, 15, 21, ... taps whose total response is within 0.01 dB of
+   Annex E from 10 Hz to 0.45·fs: 15 taps at 16 kHz, 21 at 22.05-96 kHz, i.e. a delay of
+   7 or 10 samples (0.4 ms, 0.2 ms at 48 kHz).
+
+The result is within IEC 61672-1:2013 Table 3 Class 1 tolerances at every nominal one-third-
+octave frequency from 10 Hz to 0.45·fs (largest deviation from Annex E < 0.01 dB between
+10 Hz and 0.45·fs at every rate listed, so the margin is essentially the tolerance itself:
+smallest ±0.7 dB at 1 kHz). :func:`weighting_response_db`
+gives the response of the digital filters actually used.
+
+What a capture rate cannot measure: nothing above fs/2 exists in the samples, and no claim is
+made above 0.45·fs. A 16 kHz capture therefore covers Table 3 only up to the 6.3 kHz row
+(0.45 × 16 kHz = 7.2 kHz): the 8, 10, 12.5, 16 and 20 kHz rows cannot be measured, and the
+LAeq/LCeq/LZeq of sources with energy there (insects, some birds, hiss, metallic noise) are
+underestimated by the energy they have above 7.2 kHz. A 22.05 kHz capture stops at the 8 kHz
+row (9.9 kHz), 32 kHz at 12.5 kHz (14.4 kHz), 44.1 kHz at 16 kHz (19.8 kHz); 48 kHz covers the
+whole table to 20 kHz (21.6 kHz).
+
+Time weightings (IEC 61672-1:2013, 3.7-3.8 and formula (1))
+-----------------------------------------------------------
+``L_AF(t) = 10 lg[ (1/τ) ∫ p_A²(ξ) e^{-(t-ξ)/τ} dξ / p0² ]`` with τ = 0.125 s (F) and 1 s (S),
+discretised as the one-pole recursion ``y[n] = α·y[n-1] + (1-α)·p_A²[n]``,
+``α = exp(-1/(τ·fs))`` (``scipy.signal.lfilter`` with carried state); ``(1-α)`` rather than
+``1/(τ·fs)`` so a steady signal reads exactly its mean square. The decay after a signal stops
+is exactly ``10·lg(e)/τ`` = 34.7 dB/s (F), 4.34 dB/s (S). ``P_RMS_FLOOR_PA²`` is added to
+``p_A²`` before the recursion: the time-weighted level never drops below the floor (digital
+silence reads the floor) and the state never decays into subnormal numbers.
+
+Indicators per window (n samples)
+---------------------------------
+- LZeq, LAeq, LCeq (IEC 61672-1:2013, 3.9): ``10 lg(mean(p_w²)/p0²)`` over the window;
+- LAFmax, LAFmin, LASmax: max / min over the window's n per-sample LAF (LAS) values;
+- LA10, LA50, LA90: the level exceeded 10 / 50 / 90 % of the time = the 90th / 50th / 10th
+  percentile (``numpy.percentile``, linear interpolation) of the LAF level in dB, **sampled at
+  every sample** of the window (n values at the capture rate);
+- laeq_series_db / lzeq_series_db: LAeq / LZeq of each consecutive interval of
+  ``m = floor(series_interval_s · fs)`` samples from the window's start, ``floor(n/m)`` values
+  (a trailing partial interval is dropped; it still counts in the window's Leq) - the
+  convention of ``maad.spl.pressure2leq``;
+- peak_dbfs: ``20 lg(max|x|)``;
+- band levels: the Z-weighted Leq of each one-third-octave band, ``10 lg(mean(y_band²)/p0²)``.
+
+One-third-octave bands (IEC 61260-1:2014, base 10)
+---------------------------------------------------
+Clause 5 of the standard: octave ratio G = 10^(3/10), reference frequency fr = 1000 Hz,
+exact mid-band frequencies ``fm = fr · G^(x/b)`` = ``1000 · 10^(x/10)`` Hz for b = 3 (odd),
+band edges ``fm · G^(∓1/(2b))`` = ``fm · 10^(∓1/20)`` (their geometric mean is fm, so
+adjacent bands share an edge); bands are labelled by their nominal mid-band frequencies, the
+preferred (ISO 266 R10) values 25, 31.5, 40, ... 20000 Hz tabulated in the standard.
+A band is kept when its upper edge lies below the Nyquist frequency (the band-pass design
+pre-warps its edges, so its -3 dB points stay exact up there): at 48 kHz bands run
+25 Hz-20 kHz (30 bands; the 20 kHz band's upper edge is 22.4 kHz < 24 kHz); 44.1 kHz: to
+16 kHz; 22.05 kHz: to 8 kHz; 16 kHz: to 6.3 kHz.
+
+Each band is a Butterworth band-pass, ``scipy.signal.butter(N, [f_lo, f_hi], "bandpass",
+output="sos", fs=rate)`` with N = ``band_filter_order`` (a 2N-pole band-pass of N float64
+second-order sections, -3 dB at the exact band edges). To keep the cost low (30 bands of 6
+sections at 48 kHz would be 180 section-updates per sample) the bank is multirate: a band whose
+upper edge is at most ``_AA_GAMMA`` (0.33) × a rate fs/2^k is filtered at that rate, the
+signal being halved k times through an elliptic anti-alias low-pass (order 6, 0.001 dB ripple
+up to 0.33 × the new rate, >= 80 dB attenuation from 0.67 × it, so nothing aliases below
+0.33 × the new rate) and kept one sample in two; each stage carries its filter state and its
+decimation phase across windows. A band at stage k is thus measured from its ~n/2^k decimated
+output samples of the window, an unbiased estimate of its mean square (a window shorter than
+2^k samples, i.e. < 11 ms at 48 kHz, may hold none: that band then reads the floor). Cost at
+48 kHz: about 48 section-updates per input sample instead of 174 (measured: ~37 ms instead of
+~130 ms per 10 s window on the development machine). Band outputs are delayed by the
+filters' group delay (at mid-band ~0.2 s for the 25 Hz band, 20 ms at 250 Hz, 2 ms at
+2.5 kHz, plus a few samples of each anti-alias stage), as in any real-time analyser.
+
+State, windows and resets
+-------------------------
+:class:`LevelMeter` carries every filter's state (weightings, FIR, time weightings, band
+bank and decimation phases) from one window to the next when the next window continues the
+stream: with a hop ``h < n`` each window is processed as ``[0, h)`` and ``[h, n)``, the state
+snapshot at ``h`` (where the next window starts) is kept and the rest discarded; with
+contiguous windows (``h >= n``) the state at the window's end is kept. The next window must
+then start at ``start_frame + min(h, n)``; any other ``start_frame`` (a new segment restarting
+at 0, a gap, a hop longer than the window) resets the meter. After a reset the state is
+initialised from the first window rather than from silence:
+
+- every IIR filter (weighting high-passes, anti-alias, band-passes) with
+  ``scipy.signal.sosfilt_zi`` scaled by the first sample in Pa (its steady state as if the
+  input had always been that value: no step transient from a DC offset) and the FIR likewise
+  (``scipy.signal.lfilter_zi`` times its steady input, 0 after a high-pass);
+- each time weighting with the mean square of the first τ (0.125 s for F, 1 s for S; the whole
+  window if shorter) of the weighted signal (plus the floor), so LAFmin/LAS do not start from
+  silence and rise for the first seconds.
+
+Floors
+------
+Digital silence has ``p_rms = 0`` and a level of -inf, which neither SQL ``REAL`` nor JSON
+accepts portably: every mean square is floored at ``P_RMS_FLOOR_PA²`` (1e-12 Pa, -146.02 dB
+re 20 µPa before the calibration offset) and the peak at :data:`PEAK_FLOOR_FS` (-240 dBFS).
+Both are far below anything a real microphone chain produces (one LSB of 16-bit audio at the
+AudioMoth defaults is about -1.3 dB SPL), so a floored value reads as "digital silence".
 """
 
 from __future__ import annotations
 
+import functools
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
 from agent.config import LevelsConfig
-from agent.records import Levels
+from agent.records import Calibration, Levels
 
-#: Reference sound pressure in air, Pa (ISO 1683 / IEC 61672-1).
+#: Reference sound pressure in air, Pa (ISO 1683 / IEC 61672-1:2013, 3.2).
 P_REF_PA = 20e-6
-#: Lowest RMS pressure reported, Pa; an all-zero window or interval gets this (-146.02 dB SPL).
+#: Lowest RMS pressure reported, Pa; an all-zero window or interval gets this (-146.02 dB SPL
+#: before the calibration offset).
 P_RMS_FLOOR_PA = 1e-12
 #: Lowest peak reported, fraction of full scale; an all-zero window gets -240 dBFS.
 PEAK_FLOOR_FS = 1e-12
 
-_LEQ_FLOOR_DB = 20.0 * math.log10(P_RMS_FLOOR_PA / P_REF_PA)
+_MS_FLOOR = P_RMS_FLOOR_PA**2
+_P_REF2 = P_REF_PA**2
+
+# IEC 61672-1:2013, Annex E: pole frequencies (Hz) and 1 kHz normalisation constants (dB).
+_F1_HZ = 20.598997
+_F2_HZ = 107.65265
+_F3_HZ = 737.86223
+_F4_HZ = 12194.217
+_A1000_DB = -2.000
+_C1000_DB = -0.062
+
+#: IEC 61672-1:2013, 3.7-3.8: time constants of time weightings F and S, s.
+TAU_F_S = 0.125
+TAU_S_S = 1.0
+
+# Highest frequency a capture rate is trusted with, as a fraction of the rate.
+_MAX_FRACTION = 0.45
+# FIR correction: candidate lengths (odd, type I) and the accuracy sought against Annex E.
+_FIR_LENGTHS = (11, 15, 21, 27, 33, 41, 51, 63)
+_FIR_GOAL_DB = 0.01
+# Multirate band bank: a band is filtered at fs/2^k when its upper edge <= _AA_GAMMA·fs/2^k;
+# anti-alias elliptic low-pass passband ripple / stopband attenuation.
+_AA_GAMMA = 0.33
+_AA_RP_DB = 0.001
+_AA_RS_DB = 80.0
+
+# ISO 266 preferred (R10) mantissas of the nominal mid-band frequencies tabulated in
+# IEC 61260-1:2014, for band numbers x = 0..9 (mod 10) of fm = 1000·10^(x/10).
+_R10 = (1.0, 1.25, 1.6, 2.0, 2.5, 3.15, 4.0, 5.0, 6.3, 8.0)
 
 
-def compute_levels(samples: np.ndarray, sample_rate: int, cfg: LevelsConfig) -> Levels:
-    """Calibrated unweighted Leq of a window, its per-interval Leq series and its peak.
+# --------------------------------------------------------------------------- weightings
+
+
+def _annex_e_db(curve: str, freqs_hz: np.ndarray) -> np.ndarray:
+    """Analogue A or C weighting of IEC 61672-1:2013 Annex E, dB, at ``freqs_hz`` (> 0)."""
+    f2 = np.asarray(freqs_hz, dtype=np.float64) ** 2
+    if curve == "A":
+        num = _F4_HZ**2 * f2**2
+        den = (f2 + _F1_HZ**2) * np.sqrt(f2 + _F2_HZ**2) * np.sqrt(f2 + _F3_HZ**2) * (f2 + _F4_HZ**2)
+        return 20.0 * np.log10(num / den) - _A1000_DB
+    num = _F4_HZ**2 * f2
+    den = (f2 + _F1_HZ**2) * (f2 + _F4_HZ**2)
+    return 20.0 * np.log10(num / den) - _C1000_DB
+
+
+def _highpass_zpk(curve: str) -> tuple[list[float], list[float], float]:
+    """The analogue high-pass part (zeros, poles in rad/s, gain 1) of Annex E's A or C."""
+    w = 2.0 * math.pi
+    if curve == "A":
+        return [0.0] * 4, [-w * _F1_HZ, -w * _F1_HZ, -w * _F2_HZ, -w * _F3_HZ], 1.0
+    return [0.0] * 2, [-w * _F1_HZ, -w * _F1_HZ], 1.0
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class _Weighting:
+    sos: np.ndarray  # (k, 6) float64: bilinear high-pass part
+    fir: np.ndarray  # (L,) float64: linear-phase correction (low-pass part)
+    sos_zi: np.ndarray  # (k, 2): sosfilt_zi(sos), steady state for a unit input
+    sos_dc: float  # DC gain of sos (0 for a high-pass)
+    fir_zi: np.ndarray  # (L-1,): lfilter_zi(fir, 1)
+
+
+def _fir_amplitude(coef: np.ndarray, omega: np.ndarray) -> np.ndarray:
+    """Amplitude of a type I FIR given as cosine coefficients c0 + Σ ck·cos(k·ω)."""
+    return np.cos(np.outer(omega, np.arange(coef.size))) @ coef
+
+
+@functools.lru_cache(maxsize=32)
+def _weighting_design(curve: str, sample_rate: int) -> _Weighting:
+    """Design the digital A or C weighting for ``sample_rate`` (see the module docstring)."""
+    import scipy.signal as sps  # lazy: scipy.signal costs ~0.6 s to import
+    z, p, k = _highpass_zpk(curve)
+    zd, pd, kd = sps.bilinear_zpk(z, p, k, float(sample_rate))
+    sos = sps.zpk2sos(zd, pd, kd)
+
+    n_grid = 4096
+    freqs = np.linspace(0.5, n_grid, n_grid) * (sample_rate / 2.0 / n_grid)  # (0, fs/2]
+    omega = 2.0 * math.pi * freqs / sample_rate
+    _, h_hp = sps.sosfreqz(sos, worN=freqs, fs=sample_rate)
+    target_db = _annex_e_db(curve, freqs)
+    ratio = 10.0 ** (target_db / 20.0) / np.abs(h_hp)
+    weight = np.where(freqs <= _MAX_FRACTION * sample_rate, 1.0, 0.05) / ratio
+    check = (freqs >= 10.0) & (freqs <= _MAX_FRACTION * sample_rate)
+
+    best = None
+    for length in _FIR_LENGTHS:
+        basis = np.cos(np.outer(omega, np.arange((length + 1) // 2)))
+        coef, *_ = np.linalg.lstsq(basis * weight[:, None], ratio * weight, rcond=None)
+        total_db = 20.0 * np.log10(np.abs(h_hp * _fir_amplitude(coef, omega)))
+        err = float(np.max(np.abs(total_db - target_db)[check])) if check.any() else 0.0
+        best = coef
+        if err <= _FIR_GOAL_DB:
+            break
+    assert best is not None
+    fir = np.concatenate([best[:0:-1] / 2.0, best[:1], best[1:] / 2.0])
+
+    sos_zi = sps.sosfilt_zi(sos)
+    sos_dc = float(np.prod(sos[:, :3].sum(axis=1) / sos[:, 3:].sum(axis=1)))
+    fir_zi = sps.lfilter_zi(fir, [1.0])
+    return _Weighting(sos=sos, fir=fir, sos_zi=sos_zi, sos_dc=sos_dc, fir_zi=fir_zi)
+
+
+def weighting_response_db(curve: str, sample_rate: int, freqs_hz: np.ndarray) -> np.ndarray:
+    """Magnitude response of the digital frequency weighting :class:`LevelMeter` uses.
 
     Args:
-        samples: mono audio, shape (n,), any real float/int dtype holding full-scale-±1.0
-            values (float32 from capture); converted to float64 internally.
-        sample_rate: Hz.
-        cfg: the ``[levels]`` section: ``gain_db`` (G, dB), ``sensitivity_dbv`` (S, dB re
-            1 V/Pa), ``vadc`` (V peak-to-peak), ``series_interval_s`` (s).
+        curve: ``"A"``, ``"C"`` or ``"Z"`` (IEC 61672-1:2013, 5.5; Z is flat, 0 dB).
+        sample_rate: capture rate, Hz (positive int).
+        freqs_hz: frequencies, Hz, any shape, each in [0, sample_rate/2].
 
     Returns:
-        :class:`~agent.records.Levels` with
-        ``leq_db`` = 10·log10(mean(p²)/p0²) over the whole window, dB re 20 µPa;
-        ``leq_series_db`` = ``maad.spl.pressure2leq(p, sample_rate, dt=series_interval_s)``:
-        one Leq per consecutive interval of ``floor(series_interval_s · sample_rate)`` samples,
-        ``floor(n / that)`` values (a trailing partial interval is dropped; it still counts
-        in ``leq_db``), dB re 20 µPa; ``peak_dbfs`` = 20·log10(max|x|), dBFS.
-        Silence is floored as described in the module docstring (never −inf or NaN).
+        float64 array of ``freqs_hz``'s shape: ``20·lg|H(e^{j2πf/fs})|``, dB, of the cascade
+        actually run (bilinear high-pass sections times the FIR correction, see the module
+        docstring); -inf at 0 Hz for A and C (zeros at DC).
 
     Raises:
-        ValueError: ``samples`` is empty or not one-dimensional, ``sample_rate`` is not
-            positive, the samples contain NaN/inf, or ``series_interval_s`` is shorter than
-            one sample.
+        ValueError: unknown curve, non-positive rate, or a frequency outside [0, fs/2] or
+            not finite.
     """
-    import maad.spl  # lazy: scikit-maad pulls in pandas (~0.2 s); keep module import cheap
+    import scipy.signal as sps  # lazy: scipy.signal costs ~0.6 s to import
+    curve = _check_curve(curve)
+    sample_rate = _check_rate(sample_rate)
+    f = np.asarray(freqs_hz, dtype=np.float64)
+    if not np.all(np.isfinite(f)) or np.any(f < 0) or np.any(f > sample_rate / 2.0):
+        raise ValueError(f"frequencies must be finite and within [0, {sample_rate / 2} Hz]")
+    if curve == "Z":
+        return np.zeros(f.shape, dtype=np.float64)
+    design = _weighting_design(curve, sample_rate)
+    flat = f.reshape(-1)
+    _, h_sos = sps.sosfreqz(design.sos, worN=flat, fs=sample_rate)
+    _, h_fir = sps.freqz(design.fir, worN=flat, fs=sample_rate)
+    with np.errstate(divide="ignore"):
+        return (20.0 * np.log10(np.abs(h_sos * h_fir))).reshape(f.shape)
 
-    x = np.asarray(samples, dtype=np.float64)
-    if x.ndim != 1 or x.size == 0:
-        raise ValueError(f"samples must be a non-empty 1-D array, got shape {x.shape}")
-    if sample_rate <= 0:
-        raise ValueError(f"sample_rate must be positive, got {sample_rate}")
-    if not np.all(np.isfinite(x)):
-        raise ValueError("samples contain NaN or inf")
-    if math.floor(cfg.series_interval_s * sample_rate) < 1:
-        raise ValueError(
-            f"series_interval_s={cfg.series_interval_s} s is shorter than one sample at {sample_rate} Hz"
-        )
 
-    p = maad.spl.wav2pressure(x, gain=cfg.gain_db, Vadc=cfg.vadc, sensitivity=cfg.sensitivity_dbv)
+# --------------------------------------------------------------------------- bands
 
-    p_rms = max(math.sqrt(float(np.mean(np.square(p)))), P_RMS_FLOOR_PA)
-    leq_db = 20.0 * math.log10(p_rms / P_REF_PA)
 
-    # maad floors an all-zero interval at sys.float_info.min (≈ -6000 dB); clip to our floor.
-    series = maad.spl.pressure2leq(p, sample_rate, dt=cfg.series_interval_s, pRef=P_REF_PA)
-    series = np.maximum(np.asarray(series, dtype=np.float64), _LEQ_FLOOR_DB)
+def third_octave_bands(
+    min_hz: float, max_hz: float, sample_rate: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One-third-octave bands of IEC 61260-1:2014 (base 10) between two nominal frequencies.
 
-    peak = max(float(np.max(np.abs(x))), PEAK_FLOOR_FS)
-    peak_dbfs = 20.0 * math.log10(peak)
+    Exact mid-band frequency ``fm = fr·G^(x/b) = 1000·10^(x/10)`` Hz for integer band number
+    x (clause 5: G = 10^(3/10), fr = 1000 Hz, b = 3), edges ``fm·10^(-1/20)`` and
+    ``fm·10^(+1/20)`` (geometric mean fm); nominal frequencies are the standard's preferred
+    (ISO 266 R10) values: 25, 31.5, 40, 50, 63, 80, 100, 125, 160, 200, 250, 315, 400, 500,
+    630, 800, 1000, 1250, ... 20000 Hz (band numbers x = -16 ... 13).
 
-    return Levels(
-        leq_db=leq_db,
-        leq_series_db=tuple(float(v) for v in series),
-        peak_dbfs=peak_dbfs,
+    Args:
+        min_hz, max_hz: nominal mid-band frequency of the lowest and highest band wanted, Hz
+            (a band is kept when its nominal frequency lies in [min_hz, max_hz], 1e-6
+            relative tolerance).
+        sample_rate: capture rate, Hz; bands whose upper edge is not below the Nyquist
+            frequency (sample_rate / 2) are dropped.
+
+    Returns:
+        ``(nominal, exact, lower, upper)``: four float64 arrays of shape (n_bands,), Hz,
+        ascending; all empty when no band qualifies.
+
+    Raises:
+        ValueError: ``min_hz`` or ``max_hz`` not finite and positive, ``min_hz > max_hz``,
+            or a non-positive ``sample_rate``.
+    """
+    sample_rate = _check_rate(sample_rate)
+    if not (math.isfinite(min_hz) and math.isfinite(max_hz) and min_hz > 0 and max_hz > 0):
+        raise ValueError(f"band limits must be finite and positive, got {min_hz}, {max_hz}")
+    if min_hz > max_hz:
+        raise ValueError(f"min_hz ({min_hz}) must not exceed max_hz ({max_hz})")
+    x_lo = math.floor(10.0 * math.log10(min_hz / 1000.0)) - 1
+    x_hi = math.ceil(10.0 * math.log10(max_hz / 1000.0)) + 1
+    xs = np.arange(x_lo, x_hi + 1)
+    nominal = np.array([_R10[x % 10] * 10.0 ** (3 + x // 10) for x in xs], dtype=np.float64)
+    exact = 1000.0 * 10.0 ** (xs / 10.0)
+    lower = exact * 10.0 ** (-1.0 / 20.0)
+    upper = exact * 10.0 ** (1.0 / 20.0)
+    keep = (
+        (nominal >= min_hz * (1 - 1e-6))
+        & (nominal <= max_hz * (1 + 1e-6))
+        & (upper < 0.5 * sample_rate)
+    )
+    return nominal[keep], exact[keep], lower[keep], upper[keep]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class _BandBank:
+    nominal: np.ndarray  # (nb,) Hz
+    stage: tuple[int, ...]  # decimation stage of each band (rate fs / 2**stage)
+    by_stage: tuple[tuple[int, ...], ...]  # band indices per stage 0..n_stages-1
+    sos: tuple[np.ndarray, ...]  # per band, (order, 6)
+    sos_zi: tuple[np.ndarray, ...]  # per band, sosfilt_zi
+    aa_sos: np.ndarray  # anti-alias low-pass, normalised (same at every stage)
+    aa_zi: np.ndarray
+    aa_dc: float
+
+    @property
+    def n_stages(self) -> int:
+        return len(self.by_stage)
+
+
+@functools.lru_cache(maxsize=1)
+def _aa_design() -> tuple[np.ndarray, np.ndarray, float]:
+    import scipy.signal as sps  # lazy: scipy.signal costs ~0.6 s to import
+    order, wn = sps.ellipord(_AA_GAMMA, 1.0 - _AA_GAMMA, _AA_RP_DB, _AA_RS_DB)
+    sos = sps.ellip(order, _AA_RP_DB, _AA_RS_DB, wn, output="sos")
+    zi = sps.sosfilt_zi(sos)
+    dc = float(np.prod(sos[:, :3].sum(axis=1) / sos[:, 3:].sum(axis=1)))
+    return sos, zi, dc
+
+
+@functools.lru_cache(maxsize=16)
+def _band_design(sample_rate: int, min_hz: float, max_hz: float, order: int) -> _BandBank:
+    import scipy.signal as sps  # lazy: scipy.signal costs ~0.6 s to import
+    nominal, _exact, lower, upper = third_octave_bands(min_hz, max_hz, sample_rate)
+    stages = [
+        max(0, math.floor(math.log2(_AA_GAMMA * sample_rate / hi))) for hi in upper
+    ]
+    n_stages = (max(stages) + 1) if stages else 0
+    soss, zis = [], []
+    for lo, hi, k in zip(lower, upper, stages):
+        sos = sps.butter(order, [lo, hi], btype="bandpass", output="sos", fs=sample_rate / 2**k)
+        zi = sps.sosfilt_zi(sos)
+        soss.append(sos)
+        zis.append(zi)
+    aa_sos, aa_zi, aa_dc = _aa_design()
+    return _BandBank(
+        nominal=nominal,
+        stage=tuple(stages),
+        by_stage=tuple(tuple(j for j, s in enumerate(stages) if s == k) for k in range(n_stages)),
+        sos=tuple(soss),
+        sos_zi=tuple(zis),
+        aa_sos=aa_sos,
+        aa_zi=aa_zi,
+        aa_dc=aa_dc,
     )
 
 
-__all__ = ["compute_levels", "P_REF_PA", "P_RMS_FLOOR_PA", "PEAK_FLOOR_FS"]
+# --------------------------------------------------------------------------- streaming state
+
+
+def _sosfilt(sos: np.ndarray, x: np.ndarray, zi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    import scipy.signal as sps  # lazy (cached in sys.modules after the first call)
+
+    if x.size == 0:  # scipy refuses empty input
+        return x, zi
+    return sps.sosfilt(sos, x, zi=zi)
+
+
+def _lfilter(b: np.ndarray, a: np.ndarray, x: np.ndarray, zi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    import scipy.signal as sps  # lazy (cached in sys.modules after the first call)
+
+    if x.size == 0:
+        return x, zi
+    return sps.lfilter(b, a, x, zi=zi)
+
+
+@dataclass(slots=True)
+class _BandState:
+    aa_zi: list[np.ndarray]  # per decimation stage 1..K
+    phase: list[int]  # per stage 1..K: index in the next chunk of the first sample kept
+    band_zi: list[np.ndarray]  # per band
+
+
+@dataclass(slots=True)
+class _State:
+    a: tuple[np.ndarray, np.ndarray]  # (sos zi, fir zi) of A
+    c: tuple[np.ndarray, np.ndarray]
+    f_zi: np.ndarray  # (1,) lfilter state of the F time weighting
+    s_zi: np.ndarray  # (1,) of S
+    bands: _BandState | None
+
+
+def _run_weighting(w: _Weighting, x: np.ndarray, st: tuple[np.ndarray, np.ndarray]):
+    y, z_sos = _sosfilt(w.sos, x, st[0])
+    y, z_fir = _lfilter(w.fir, _ONE, y, st[1])
+    return y, (z_sos, z_fir)
+
+
+_ONE = np.ones(1)
+
+
+def _run_bands(bank: _BandBank, x: np.ndarray, st: _BandState) -> tuple[np.ndarray, np.ndarray, _BandState]:
+    """Stream ``x`` (Pa) through the multirate bank: per-band Σy², sample counts, new state."""
+    nb = len(bank.sos)
+    sums = np.zeros(nb)
+    counts = np.zeros(nb, dtype=np.int64)
+    new = _BandState(aa_zi=[], phase=[], band_zi=[np.empty(0)] * nb)
+    cur = x
+    for k in range(bank.n_stages):
+        if k > 0:
+            y, zf = _sosfilt(bank.aa_sos, cur, st.aa_zi[k - 1])
+            ph = st.phase[k - 1]
+            cur = y[ph::2]
+            new.aa_zi.append(zf)
+            new.phase.append((ph - y.size) % 2)
+        for j in bank.by_stage[k]:
+            yb, zf = _sosfilt(bank.sos[j], cur, st.band_zi[j])
+            sums[j] = float(np.dot(yb, yb))
+            counts[j] = yb.size
+            new.band_zi[j] = zf
+    return sums, counts, new
+
+
+def _initial_band_state(bank: _BandBank, v: float) -> _BandState:
+    st = _BandState(aa_zi=[], phase=[], band_zi=[np.empty(0)] * len(bank.sos))
+    for k in range(bank.n_stages):
+        if k > 0:
+            st.aa_zi.append(bank.aa_zi * v)
+            st.phase.append(0)
+            v *= bank.aa_dc
+        for j in bank.by_stage[k]:
+            st.band_zi[j] = bank.sos_zi[j] * v
+    return st
+
+
+# --------------------------------------------------------------------------- public API
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class LevelTrace:
+    """Per-sample signals behind one window's :class:`~agent.records.Levels` (for tests,
+    plots and reference computations; :meth:`LevelMeter.process_with_trace`).
+
+    Attributes:
+        pz_pa, pa_pa, pc_pa: Z-, A- and C-weighted sound pressure, Pa (nominal chain, the
+            calibration offset is not applied to pressures), float64, shape (n,).
+        laf_db, las_db: A-weighted F- and S-time-weighted level at every sample, dB re 20 µPa
+            with the calibration offset added, float64, shape (n,).
+    """
+
+    pz_pa: np.ndarray
+    pa_pa: np.ndarray
+    pc_pa: np.ndarray
+    laf_db: np.ndarray
+    las_db: np.ndarray
+
+
+class LevelMeter:
+    """A streaming sound level meter for consecutive (possibly overlapping) windows of one
+    capture stream: frequency weightings A/C/Z, time weightings F/S and one-third-octave
+    bands with state carried across windows (see the module docstring for every formula and
+    its source).
+
+    Args:
+        cfg: the ``[levels]`` section: ``series_interval_s`` (s), ``bands``, ``band_min_hz``,
+            ``band_max_hz`` (Hz), ``band_filter_order``. The calibration chain comes from
+            ``calibration``, not from ``cfg``.
+        sample_rate: capture rate, Hz (positive int; 16000-48000 verified).
+        calibration: chain (sensitivity dB re 1 V/Pa, gain dB, Vadc V) passed to
+            ``maad.spl.wav2pressure`` and ``offset_db`` added to every level; returned as
+            ``Levels.calibration``. :func:`nominal_calibration` builds one from ``cfg``.
+        hop_frames: the windows' hop, samples; ``None`` = contiguous windows (hop = window
+            length). With ``hop < n`` the state is snapshot at sample ``hop`` of each window.
+
+    Raises:
+        ValueError: non-positive ``sample_rate`` or ``hop_frames``, or ``series_interval_s``
+            shorter than one sample.
+
+    Not thread-safe (it holds the stream's state): feed one stream's windows in order from
+    one thread. Filter designs are cached per rate and shared between meters (read-only).
+    Working memory is about 100 bytes per sample of a window (~48 MB for 10 s at 48 kHz).
+    """
+
+    def __init__(
+        self, cfg: LevelsConfig, sample_rate: int, calibration: Calibration, hop_frames: int | None = None
+    ) -> None:
+        self._rate = _check_rate(sample_rate)
+        if hop_frames is not None and (int(hop_frames) != hop_frames or hop_frames < 1):
+            raise ValueError(f"hop_frames must be a positive integer or None, got {hop_frames}")
+        self._hop = None if hop_frames is None else int(hop_frames)
+        self._interval = math.floor(cfg.series_interval_s * self._rate)
+        if self._interval < 1:
+            raise ValueError(
+                f"series_interval_s={cfg.series_interval_s} s is shorter than one sample at {self._rate} Hz"
+            )
+        self._calibration = calibration
+        self._offset = float(calibration.offset_db)
+        self._a = _weighting_design("A", self._rate)
+        self._c = _weighting_design("C", self._rate)
+        self._alpha_f = math.exp(-1.0 / (TAU_F_S * self._rate))
+        self._alpha_s = math.exp(-1.0 / (TAU_S_S * self._rate))
+        self._bank = (
+            _band_design(self._rate, float(cfg.band_min_hz), float(cfg.band_max_hz), int(cfg.band_filter_order))
+            if cfg.bands
+            else None
+        )
+        self._band_centres = (
+            tuple(float(v) for v in self._bank.nominal) if self._bank is not None else ()
+        )
+        self._state: _State | None = None
+        self._next_start: int | None = None
+
+    @property
+    def sample_rate(self) -> int:
+        """The capture rate the meter was designed for, Hz."""
+        return self._rate
+
+    @property
+    def band_centres_hz(self) -> tuple[float, ...]:
+        """Nominal mid-band frequencies of the bands this meter reports, Hz (empty if off)."""
+        return self._band_centres
+
+    def reset(self) -> None:
+        """Forget the carried state: the next window initialises it (module docstring)."""
+        self._state = None
+        self._next_start = None
+
+    def process(self, samples: np.ndarray, start_frame: int) -> Levels:
+        """The noise indicators of one window, continuing the stream's filter state.
+
+        Args:
+            samples: one window, shape (n,), float32 (any real dtype accepted), full scale
+                ±1.0; converted to float64.
+            start_frame: index of the window's first sample within its continuous segment
+                (0 at a segment's start). Unless it equals the previous window's
+                ``start_frame + min(hop, n)`` the meter resets first.
+
+        Returns:
+            :class:`~agent.records.Levels` (all levels dB re 20 µPa with the calibration
+            offset added; ``peak_dbfs`` in dBFS; see the module docstring).
+
+        Raises:
+            ValueError: ``samples`` empty, not 1-D, or holding NaN/inf; ``start_frame``
+                negative. The meter's state is unchanged then.
+        """
+        return self._process(samples, start_frame, trace=False)[0]
+
+    def process_with_trace(self, samples: np.ndarray, start_frame: int) -> tuple[Levels, LevelTrace]:
+        """As :meth:`process`, also returning the per-sample :class:`LevelTrace` (n float64
+        values per signal, ~40 bytes per sample). Same errors."""
+        levels, trace = self._process(samples, start_frame, trace=True)
+        assert trace is not None
+        return levels, trace
+
+    # -- internals
+
+    def _process(self, samples: np.ndarray, start_frame: int, trace: bool) -> tuple[Levels, LevelTrace | None]:
+        import maad.spl  # lazy: scikit-maad pulls in pandas
+
+        x = np.asarray(samples, dtype=np.float64)
+        if x.ndim != 1 or x.size == 0:
+            raise ValueError(f"samples must be a non-empty 1-D array, got shape {x.shape}")
+        if not np.all(np.isfinite(x)):
+            raise ValueError("samples contain NaN or inf")
+        if int(start_frame) != start_frame or start_frame < 0:
+            raise ValueError(f"start_frame must be a non-negative integer, got {start_frame}")
+        start_frame = int(start_frame)
+        n = x.size
+        split = n if self._hop is None else min(self._hop, n)
+        cal = self._calibration
+        p = np.asarray(
+            maad.spl.wav2pressure(x, gain=cal.gain_db, Vadc=cal.vadc, sensitivity=cal.sensitivity_dbv),
+            dtype=np.float64,
+        )
+
+        fresh = self._state is None or start_frame != self._next_start
+        st = self._initial_state(float(p[0])) if fresh else self._state
+        assert st is not None
+
+        pa, a_mid = self._two_parts(lambda seg, s: _run_weighting(self._a, seg, s), p, st.a, split)
+        pc, c_mid = self._two_parts(lambda seg, s: _run_weighting(self._c, seg, s), p, st.c, split)
+        pa2 = pa * pa
+        pc2 = pc * pc
+        pz2 = p * p
+
+        tw_in = pa2 + _MS_FLOOR
+        f_zi, s_zi = st.f_zi, st.s_zi
+        if fresh:
+            f_zi = np.array([self._alpha_f * float(np.mean(tw_in[: max(1, round(TAU_F_S * self._rate))]))])
+            s_zi = np.array([self._alpha_s * float(np.mean(tw_in[: max(1, round(TAU_S_S * self._rate))]))])
+        ms_f, f_mid = self._two_parts(lambda seg, z: self._exp(self._alpha_f, seg, z), tw_in, f_zi, split)
+        ms_s, s_mid = self._two_parts(lambda seg, z: self._exp(self._alpha_s, seg, z), tw_in, s_zi, split)
+
+        band_levels: tuple[float, ...] = ()
+        band_mid = None
+        if self._bank is not None and st.bands is not None:
+            sums, counts, band_mid = _run_bands(self._bank, p[:split], st.bands)
+            if split < n:
+                s2, c2, _ = _run_bands(self._bank, p[split:], band_mid)
+                sums, counts = sums + s2, counts + c2
+            ms_bands = np.where(counts > 0, sums / np.maximum(counts, 1), 0.0)
+            band_levels = tuple(float(v) for v in self._db(ms_bands))
+
+        self._state = _State(a=a_mid, c=c_mid, f_zi=f_mid, s_zi=s_mid, bands=band_mid)
+        self._next_start = start_frame + split
+
+        laf_db = 10.0 * np.log10(ms_f / _P_REF2) + self._offset
+        la90, la50, la10 = np.percentile(laf_db, [10.0, 50.0, 90.0])
+        k = n // self._interval
+        m = self._interval
+        la_series = self._db(pa2[: k * m].reshape(k, m).mean(axis=1)) if k else np.empty(0)
+        lz_series = self._db(pz2[: k * m].reshape(k, m).mean(axis=1)) if k else np.empty(0)
+        peak = max(float(np.max(np.abs(x))), PEAK_FLOOR_FS)
+
+        levels = Levels(
+            lzeq_db=float(self._db(np.mean(pz2))),
+            laeq_db=float(self._db(np.mean(pa2))),
+            lceq_db=float(self._db(np.mean(pc2))),
+            lafmax_db=float(np.max(laf_db)),
+            lafmin_db=float(np.min(laf_db)),
+            lasmax_db=float(self._db(np.max(ms_s))),
+            la10_db=float(la10),
+            la50_db=float(la50),
+            la90_db=float(la90),
+            laeq_series_db=tuple(float(v) for v in la_series),
+            lzeq_series_db=tuple(float(v) for v in lz_series),
+            peak_dbfs=20.0 * math.log10(peak),
+            band_centres_hz=self._band_centres if self._bank is not None else (),
+            band_leq_db=band_levels,
+            calibration=cal,
+        )
+        tr = None
+        if trace:
+            tr = LevelTrace(pz_pa=p, pa_pa=pa, pc_pa=pc, laf_db=laf_db, las_db=self._db(ms_s))
+        return levels, tr
+
+    def _db(self, mean_square):
+        """dB re 20 µPa of a mean square (Pa²), floored, plus the calibration offset."""
+        return 10.0 * np.log10(np.maximum(mean_square, _MS_FLOOR) / _P_REF2) + self._offset
+
+    @staticmethod
+    def _exp(alpha: float, x: np.ndarray, zi: np.ndarray):
+        return _lfilter(np.array([1.0 - alpha]), np.array([1.0, -alpha]), x, zi)
+
+    @staticmethod
+    def _two_parts(fn, x: np.ndarray, state, split: int):
+        """Run a streaming stage on [0, split) then [split, n); return all output and the
+        state at ``split``."""
+        y1, mid = fn(x[:split], state)
+        if split == x.size:
+            return y1, mid
+        y2, _ = fn(x[split:], mid)
+        return np.concatenate([y1, y2]), mid
+
+    def _initial_state(self, v: float) -> _State:
+        def weighting(w: _Weighting):
+            return (w.sos_zi * v, w.fir_zi * (v * w.sos_dc))
+
+        return _State(
+            a=weighting(self._a),
+            c=weighting(self._c),
+            f_zi=np.zeros(1),  # replaced from the window's first τ in _process
+            s_zi=np.zeros(1),
+            bands=_initial_band_state(self._bank, v) if self._bank is not None else None,
+        )
+
+
+def nominal_calibration(cfg: LevelsConfig) -> Calibration:
+    """The calibration chain configured in ``cfg`` as a :class:`~agent.records.Calibration`.
+
+    Args:
+        cfg: the ``[levels]`` section (``sensitivity_dbv`` dB re 1 V/Pa, ``gain_db`` dB,
+            ``vadc`` V peak-to-peak, ``calibration_offset_db`` dB or None).
+
+    Returns:
+        ``Calibration(sensitivity_dbv, gain_db, vadc, offset_db=calibration_offset_db or 0.0,
+        calibrated_at=None, reference_db=None)``.
+    """
+    return Calibration(
+        sensitivity_dbv=float(cfg.sensitivity_dbv),
+        gain_db=float(cfg.gain_db),
+        vadc=float(cfg.vadc),
+        offset_db=float(cfg.calibration_offset_db) if cfg.calibration_offset_db is not None else 0.0,
+        calibrated_at=None,
+    )
+
+
+def compute_levels(
+    samples: np.ndarray, sample_rate: int, cfg: LevelsConfig, calibration: Calibration | None = None
+) -> Levels:
+    """One-shot levels of a single window: a fresh :class:`LevelMeter` (state initialised from
+    this window, module docstring) processing ``samples`` as a segment starting at frame 0.
+
+    Args:
+        samples: shape (n,), real (float32 from capture), full scale ±1.0.
+        sample_rate: Hz.
+        cfg: the ``[levels]`` section.
+        calibration: the chain to use; ``None`` = :func:`nominal_calibration` of ``cfg``.
+
+    Returns:
+        :class:`~agent.records.Levels`, dB re 20 µPa (offset added), see the module docstring.
+
+    Raises:
+        ValueError: as :class:`LevelMeter` and :meth:`LevelMeter.process` (empty / not 1-D /
+            NaN or inf samples, non-positive rate, interval shorter than one sample).
+    """
+    cal = calibration if calibration is not None else nominal_calibration(cfg)
+    return LevelMeter(cfg, sample_rate, cal).process(samples, 0)
+
+
+def _check_rate(sample_rate: int) -> int:
+    if isinstance(sample_rate, bool) or int(sample_rate) != sample_rate or sample_rate <= 0:
+        raise ValueError(f"sample_rate must be a positive integer (Hz), got {sample_rate}")
+    return int(sample_rate)
+
+
+def _check_curve(curve: str) -> str:
+    if curve not in ("A", "C", "Z"):
+        raise ValueError(f"curve must be 'A', 'C' or 'Z', got {curve!r}")
+    return curve
+
+
+__all__ = [
+    "LevelMeter",
+    "LevelTrace",
+    "compute_levels",
+    "nominal_calibration",
+    "third_octave_bands",
+    "weighting_response_db",
+    "P_REF_PA",
+    "P_RMS_FLOOR_PA",
+    "PEAK_FLOOR_FS",
+    "TAU_F_S",
+    "TAU_S_S",
+]
