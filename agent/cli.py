@@ -1,4 +1,4 @@
-"""Command-line interface: ``soundscape-agent run | demo | db init | sync --once | model scaffold | model export``.
+"""Command-line interface: ``soundscape-agent run | demo | calibrate | db init | sync --once | model scaffold | model export``.
 
 Every user error is an :class:`~agent.errors.AgentError`: it is printed as one message with
 a hint, and the process exits with the error's sysexits code (78 config, 69 device,
@@ -55,8 +55,9 @@ def format_result(result) -> str:
     from agent.records import Status
 
     t = result.start_time.strftime("%Y-%m-%d %H:%M:%S")
+    flags = f"  [mic: {', '.join(result.health.flags)}]" if result.health and result.health.flags else ""
     head = (f"window {result.index:5d}  {t} UTC  {result.duration_s:4.1f} s  "
-            f"Leq {result.levels.leq_db:5.1f} dB SPL")
+            f"LAeq {result.levels.laeq_db:5.1f} dB(A)  LZeq {result.levels.lzeq_db:5.1f} dB SPL{flags}")
     if result.status is Status.CLASSIFIED:
         labels = ", ".join(f"{d.label} {d.score:.2f}" for d in result.detections)
         tag = "  [SCAFFOLD model: labels meaningless]" if result.model and result.model.is_scaffold else ""
@@ -91,6 +92,7 @@ async def run_pipeline(cfg: Config, *, max_windows: int | None = None, quiet: bo
     Raises:
         AgentError: any stage could not start or capture failed.
     """
+    from agent.analysis.acoustics import AcousticAnalyser, choose_calibration
     from agent.analysis.classifier import load_classifier
     from agent.capture import make_source
     from agent.pipeline import Pipeline
@@ -98,6 +100,16 @@ async def run_pipeline(cfg: Config, *, max_windows: int | None = None, quiet: bo
     from agent.sync import Syncer
 
     async with Outbox(cfg.store) as outbox:
+        calibration, warning = choose_calibration(cfg.levels, await outbox.latest_calibration())
+        if warning:
+            log.warning("%s", warning)
+        print(f"levels: calibration offset {calibration.offset_db:+.2f} dB "
+              + (f"(measured {calibration.calibrated_at:%Y-%m-%d %H:%M} UTC with a {calibration.reference_db:g} dB "
+                 "calibrator)" if calibration.calibrated_at else
+                 "(set in [levels])" if cfg.levels.calibration_offset_db is not None else
+                 "(nominal chain: never calibrated; see `soundscape-agent calibrate`)"), flush=True)
+        hop = cfg.windows.hop_s if cfg.windows.hop_s not in (None, cfg.windows.length_s) else None
+        analyser = AcousticAnalyser(cfg.levels, cfg.indices, cfg.health, calibration, hop_s=hop)
         # The device first: a missing microphone is reported before a slow model load.
         source = make_source(cfg.capture)
         await asyncio.to_thread(source.open)
@@ -107,7 +119,7 @@ async def run_pipeline(cfg: Config, *, max_windows: int | None = None, quiet: bo
             _announce_model(classifier.info)
         syncer = Syncer(cfg.sync, outbox) if cfg.sync.dsn else None
         pipeline = Pipeline(
-            device_id=cfg.agent.device_id, source=source, windows=cfg.windows, levels=cfg.levels,
+            device_id=cfg.agent.device_id, source=source, windows=cfg.windows, acoustics=analyser,
             classifier=classifier, queue_size=cfg.classifier.queue_size, outbox=outbox, syncer=syncer,
             on_result=None if quiet else (lambda r: print(format_result(r), flush=True)),
             max_windows=max_windows, final_sync_timeout_s=cfg.sync.final_timeout_s,
@@ -178,6 +190,66 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
         migrate(cfg.sync.dsn, cfg.sync.connect_timeout_s)
     return asyncio.run(run_pipeline(cfg, classifier=classifier))
+
+
+async def _record(cfg: Config, seconds: float):
+    """``seconds`` of audio from the configured capture device: (float32 samples, rate)."""
+    import numpy as np
+
+    from agent.capture import make_source
+
+    source = make_source(cfg.capture)
+    await asyncio.to_thread(source.open)
+    parts, rate, have = [], 0, 0
+    try:
+        async for chunk in source.chunks():
+            if rate and chunk.sample_rate != rate:
+                break
+            rate = chunk.sample_rate
+            parts.append(chunk.samples)
+            have += len(chunk.samples)
+            if have >= seconds * rate:
+                break
+    finally:
+        source.stop()
+    if not parts:
+        from agent.errors import DeviceError
+
+        raise DeviceError("the capture device delivered no audio", "check the device with `arecord -l` and [capture]")
+    return np.concatenate(parts)[: int(seconds * rate)], rate
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """``calibrate``: measure the calibration offset with an acoustic calibrator, keep it in the
+    local queue; ``run`` applies it to every level from then on."""
+    from datetime import datetime, timezone
+
+    from agent.analysis.acoustics import measure_calibration
+    from agent.store import Outbox
+
+    def describe_source(c) -> str:
+        what = getattr(c, "pcm", "") or getattr(c, "device", "") or getattr(c, "path", "")
+        return f"{c.type} capture {what}".strip()
+
+    cfg = load_config(args.config)
+
+    async def go() -> int:
+        async with Outbox(cfg.store) as outbox:  # first: refused at once while the service runs
+            print(f"calibrate: recording {args.seconds:g} s from {describe_source(cfg.capture)}; "
+                  f"calibrator {args.reference_db:g} dB at {args.frequency:g} Hz on the microphone", flush=True)
+            samples, rate = await _record(cfg, args.seconds)
+            calibration, levels = measure_calibration(samples, rate, cfg.levels, args.reference_db, args.frequency,
+                                                      datetime.now(timezone.utc))
+            await outbox.add_calibration(calibration, args.frequency, describe_source(cfg.capture))
+        measured = args.reference_db - calibration.offset_db
+        print(f"calibrate: nominal level {measured:.2f} dB (gain {cfg.levels.gain_db:g} dB, sensitivity "
+              f"{cfg.levels.sensitivity_dbv:g} dBV/Pa, Vadc {cfg.levels.vadc:g} V); offset {calibration.offset_db:+.2f} dB "
+              f"stored in {cfg.store.path}")
+        print("calibrate: `run` applies it to every level from now on and stores it with each window. "
+              f"For a fleet-managed config instead: [levels] calibration_offset_db = {calibration.offset_db:.2f}")
+        return 0
+
+    return asyncio.run(go())
 
 
 def cmd_db_init(args: argparse.Namespace) -> int:
@@ -303,6 +375,13 @@ def build_parser() -> argparse.ArgumentParser:
     init = with_config(dbsub.add_parser("init", help="create or upgrade the schema (idempotent)"))
     init.add_argument("--dsn", default=None, help="PostgreSQL DSN (default: sync.dsn)")
     init.set_defaults(func=cmd_db_init)
+
+    cal = with_config(sub.add_parser("calibrate", help="measure the calibration offset with an acoustic calibrator"))
+    cal.add_argument("--reference-db", type=float, required=True,
+                     help="the calibrator's level, dB re 20 uPa (e.g. 94 or 114)")
+    cal.add_argument("--frequency", type=float, default=1000.0, help="the calibrator's frequency, Hz (default 1000)")
+    cal.add_argument("--seconds", type=float, default=10.0, help="how long to record, s (default 10)")
+    cal.set_defaults(func=cmd_calibrate)
 
     sync = with_config(sub.add_parser("sync", help="push queued windows to PostgreSQL"))
     sync.add_argument("--once", action="store_true", required=True, help="one round, then exit")

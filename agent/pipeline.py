@@ -2,15 +2,15 @@
 
 ::
 
-    capture ─Chunk─▶ windows ─Window─▶ levels (SPL, every window)
-      (reader thread)                      │
+    capture ─Chunk─▶ windows ─Window─▶ acoustics: levels, bands, indices, health (every window)
+      (reader thread)                      │  (acoustics thread, filter state carried in order)
                                            ├─ classify queue not full ─▶ classifier (worker thread) ─┐
                                            └─ queue full: classification skipped, counted ───────────┤
                                                                                                      ▼
                                   PostgreSQL ◀─ sync (async psycopg, batches, backoff) ◀─ outbox (SQLite, one writer thread)
 
-Nothing here blocks the event loop: capture reads in its own thread, SPL and inference run in
-executors (torch and numpy release the GIL while they compute), SQLite has one writer thread,
+Nothing here blocks the event loop: capture reads in its own thread, acoustics and inference
+run in executors of one thread each (torch and numpy release the GIL while they compute), SQLite has one writer thread,
 and PostgreSQL is reached with async psycopg. Raw audio lives only in :class:`~agent.records.Window`
 objects in RAM and is dropped once a window is analysed.
 
@@ -28,11 +28,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from agent.analysis.acoustics import AcousticAnalyser, Acoustics
 from agent.analysis.classifier import Classifier
-from agent.analysis.levels import compute_levels
 from agent.capture import ThreadedSource
-from agent.config import LevelsConfig, WindowsConfig
-from agent.records import Levels, Status, Window, WindowResult
+from agent.config import WindowsConfig
+from agent.records import Status, Window, WindowResult
 from agent.store import Outbox
 from agent.sync import Syncer
 from agent.windows import Windower
@@ -59,13 +59,14 @@ class PipelineStats:
 
 
 class Pipeline:
-    """Capture → windows → levels → classification → outbox, with sync alongside.
+    """Capture → windows → acoustics (levels, bands, indices, health) → classification → outbox,
+    with sync alongside.
 
     Args:
         device_id: stored with every window.
         source: an opened capture source.
         windows: the ``[windows]`` section.
-        levels: the ``[levels]`` section.
+        acoustics: levels, indices and health of each window (its state follows the stream).
         classifier: a loaded classifier, or ``None`` to store levels only.
         queue_size: windows that may wait for classification; when it is full, a live source's
             new windows skip classification (counted; SPL is still stored), while a
@@ -79,14 +80,14 @@ class Pipeline:
     """
 
     def __init__(self, *, device_id: str, source: ThreadedSource, windows: WindowsConfig,
-                 levels: LevelsConfig, classifier: Classifier | None, queue_size: int,
+                 acoustics: AcousticAnalyser, classifier: Classifier | None, queue_size: int,
                  outbox: Outbox, syncer: Syncer | None,
                  on_result: Callable[[WindowResult], None] | None = None,
                  max_windows: int | None = None, final_sync_timeout_s: float = 10.0) -> None:
         self.device_id = device_id
         self.source = source
         self.windower = Windower(windows, stream_id=uuid.uuid4().hex[:16])
-        self.levels_cfg = levels
+        self.acoustics = acoustics
         self.classifier = classifier
         self.outbox = outbox
         self.syncer = syncer
@@ -94,11 +95,13 @@ class Pipeline:
         self.max_windows = max_windows
         self.final_sync_timeout_s = final_sync_timeout_s
         self.stats = PipelineStats()
-        self._classify_q: asyncio.Queue[tuple[Window, Levels] | None] = asyncio.Queue(queue_size)
+        self._classify_q: asyncio.Queue[tuple[Window, Acoustics] | None] = asyncio.Queue(queue_size)
         self._stop = asyncio.Event()
         # One inference thread: the classifier is not thread-safe, and one at a time is all
         # a Pi 4 can afford next to capture.
         self._infer_pool = ThreadPoolExecutor(1, thread_name_prefix="classifier")
+        # One acoustics thread: the level meter's filter state must see the windows in order.
+        self._acoustics_pool = ThreadPoolExecutor(1, thread_name_prefix="acoustics")
 
     def request_stop(self) -> None:
         """Stop capture; windows in flight are finished. Safe to call from a signal handler."""
@@ -126,6 +129,7 @@ class Pipeline:
             await self._classify_q.put(None)  # after the windows in flight
             await classify_task
             self._infer_pool.shutdown(wait=True)
+            self._acoustics_pool.shutdown(wait=True)
             if sync_task is not None:
                 sync_stop.set()
                 await sync_task
@@ -146,26 +150,27 @@ class Pipeline:
         self.windower.finish()
 
     async def _analyse(self, window: Window) -> None:
-        levels = await asyncio.to_thread(compute_levels, window.samples, window.sample_rate, self.levels_cfg)
+        acoustics = await asyncio.get_running_loop().run_in_executor(
+            self._acoustics_pool, self.acoustics.analyse, window)
         self.stats.windows += 1
         if self.classifier is None:
-            await self._store(window, levels, Status.DISABLED)
+            await self._store(window, acoustics, Status.DISABLED)
             return
         if not self.source.live:  # offline replay: wait for the classifier, skip nothing
-            await self._classify_q.put((window, levels))
+            await self._classify_q.put((window, acoustics))
             return
         try:
-            self._classify_q.put_nowait((window, levels))
+            self._classify_q.put_nowait((window, acoustics))
         except asyncio.QueueFull:
             self.stats.skipped += 1
             log.warning("analysis behind: classification of window %d skipped (%d skipped so far); levels kept",
                         window.index, self.stats.skipped)
-            await self._store(window, levels, Status.SKIPPED_BACKLOG)
+            await self._store(window, acoustics, Status.SKIPPED_BACKLOG)
 
     async def _classify_loop(self) -> None:
         loop = asyncio.get_running_loop()
         while (item := await self._classify_q.get()) is not None:
-            window, levels = item
+            window, acoustics = item
             assert self.classifier is not None
             try:
                 detections = await loop.run_in_executor(
@@ -173,17 +178,17 @@ class Pipeline:
             except Exception:
                 self.stats.failed += 1
                 log.exception("classification of window %d failed; its levels are kept", window.index)
-                await self._store(window, levels, Status.FAILED)
+                await self._store(window, acoustics, Status.FAILED)
                 continue
             self.stats.classified += 1
-            await self._store(window, levels, Status.CLASSIFIED, detections)
+            await self._store(window, acoustics, Status.CLASSIFIED, detections)
 
-    async def _store(self, window: Window, levels: Levels, status: Status, detections: tuple = ()) -> None:
+    async def _store(self, window: Window, acoustics: Acoustics, status: Status, detections: tuple = ()) -> None:
         result = WindowResult(
             key=window.key, device_id=self.device_id, index=window.index, start_time=window.start_time,
             duration_s=window.duration_s, sample_rate=window.sample_rate,
-            clock_synchronised=window.clock_synchronised, xruns=window.xruns, levels=levels,
-            status=status, detections=tuple(detections),
+            clock_synchronised=window.clock_synchronised, xruns=window.xruns, levels=acoustics.levels,
+            indices=acoustics.indices, health=acoustics.health, status=status, detections=tuple(detections),
             model=self.classifier.info if (self.classifier is not None and status is Status.CLASSIFIED) else None,
         )
         await self.outbox.put(result)

@@ -22,6 +22,7 @@ Design, in short:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import fcntl
 import json
 import os
@@ -37,7 +38,9 @@ from typing import Any, TypeVar
 
 from agent.config import StoreConfig
 from agent.errors import StoreError
-from agent.records import Detection, Levels, ModelInfo, Status, WindowResult
+from agent.records import (
+    AcousticIndices, Calibration, Detection, Levels, MicHealth, ModelInfo, Status, WindowResult,
+)
 
 log = logging.getLogger("agent.store")
 
@@ -84,6 +87,24 @@ _MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (window_key, rank)
     ) WITHOUT ROWID;
     """,
+    # 2: noise indicators, bands, acoustic indices, microphone health and calibration
+    # provenance (one JSON document per window: the outbox is a queue, not a query store);
+    # the calibrations measured by `soundscape-agent calibrate`.
+    """
+    ALTER TABLE windows ADD COLUMN indicators TEXT;     -- JSON, see _indicators_json(); NULL
+                                                        -- for windows stored by schema 1
+    CREATE TABLE calibrations (
+        id               INTEGER PRIMARY KEY,
+        measured_at      TEXT NOT NULL,                 -- ISO-8601 UTC
+        reference_db     REAL NOT NULL,                 -- calibrator level, dB re 20 uPa
+        offset_db        REAL NOT NULL,                 -- reference - nominal measured level
+        sensitivity_dbv  REAL NOT NULL,
+        gain_db          REAL NOT NULL,
+        vadc             REAL NOT NULL,
+        frequency_hz     REAL NOT NULL,
+        source           TEXT NOT NULL                  -- the capture device it was measured on
+    );
+    """,
 )
 
 #: Schema version this code writes and reads (``PRAGMA user_version``).
@@ -92,7 +113,7 @@ SCHEMA_VERSION = len(_MIGRATIONS)
 _WINDOW_COLUMNS = (
     "key, device_id, window_index, start_time, duration_s, sample_rate, clock_synchronised,"
     " xruns, leq_db, leq_series_db, peak_dbfs, status, model_id, model_hash, model_backend,"
-    " model_is_scaffold"
+    " model_is_scaffold, indicators"
 )
 
 
@@ -140,6 +161,49 @@ def _unreal(x: float | None) -> float:
     return math.nan if x is None else float(x)
 
 
+def _plain(value: Any) -> Any:
+    """A record field as JSON: tuples as lists, datetimes as ISO text."""
+    if isinstance(value, datetime):
+        return _to_text(value)
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _indicators_json(r: WindowResult) -> str:
+    """Everything of a window's analysis beyond the schema-1 columns, as one JSON document:
+    ``{"levels": {...}, "calibration": {...}, "indices": {...} | null, "health": {...} | null}``
+    (field names as in :mod:`agent.records`; NaN / ±inf as JSON's NaN / Infinity tokens)."""
+    lv = r.levels
+    levels = {f.name: _plain(getattr(lv, f.name)) for f in dataclasses.fields(Levels)
+              if f.name not in ("lzeq_db", "lzeq_series_db", "peak_dbfs", "calibration")}
+    doc = {
+        "levels": levels,
+        "calibration": {f.name: _plain(getattr(lv.calibration, f.name)) for f in dataclasses.fields(Calibration)},
+        "indices": None if r.indices is None else dataclasses.asdict(r.indices),
+        "health": None if r.health is None else {f.name: _plain(getattr(r.health, f.name))
+                                                  for f in dataclasses.fields(MicHealth)},
+    }
+    return json.dumps(doc, allow_nan=True, separators=(",", ":"))
+
+
+def _levels_from(doc: dict | None, lzeq_db: float, lzeq_series: tuple[float, ...], peak_dbfs: float) -> Levels:
+    """:class:`Levels` from the schema-1 columns and the ``indicators`` document (None for a
+    window stored by schema 1: its other indicators were never computed, so NaN / empty)."""
+    nan = math.nan
+    if doc is None:
+        return Levels(lzeq_db=lzeq_db, laeq_db=nan, lceq_db=nan, lafmax_db=nan, lafmin_db=nan, lasmax_db=nan,
+                      la10_db=nan, la50_db=nan, la90_db=nan, laeq_series_db=(), lzeq_series_db=lzeq_series,
+                      peak_dbfs=peak_dbfs, band_centres_hz=(), band_leq_db=(),
+                      calibration=Calibration(sensitivity_dbv=nan, gain_db=nan, vadc=nan))
+    cal = dict(doc["calibration"])
+    if cal.get("calibrated_at") is not None:
+        cal["calibrated_at"] = _from_text(cal["calibrated_at"])
+    values = {k: tuple(float(x) for x in v) if isinstance(v, list) else float(v) for k, v in doc["levels"].items()}
+    return Levels(lzeq_db=lzeq_db, lzeq_series_db=lzeq_series, peak_dbfs=peak_dbfs,
+                  calibration=Calibration(**cal), **values)
+
+
 def _window_row(r: WindowResult, stored_at: str) -> tuple[Any, ...]:
     m = r.model
     return (
@@ -151,22 +215,23 @@ def _window_row(r: WindowResult, stored_at: str) -> tuple[Any, ...]:
         int(r.sample_rate),
         int(bool(r.clock_synchronised)),
         int(r.xruns),
-        _real(r.levels.leq_db),
+        _real(r.levels.lzeq_db),
         # allow_nan: json writes NaN / Infinity tokens, which json.loads reads back.
-        json.dumps([float(v) for v in r.levels.leq_series_db], allow_nan=True),
+        json.dumps([float(v) for v in r.levels.lzeq_series_db], allow_nan=True),
         _real(r.levels.peak_dbfs),
         Status(r.status).value,
         m.model_id if m else None,
         m.model_hash if m else None,
         m.backend if m else None,
         int(bool(m.is_scaffold)) if m else None,
+        _indicators_json(r),
         stored_at,
     )
 
 
 def _result_from_row(row: tuple[Any, ...], detections: tuple[Detection, ...]) -> WindowResult:
     (key, device_id, index, start_time, duration_s, sample_rate, clock_sync, xruns, leq_db,
-     leq_series, peak_dbfs, status, model_id, model_hash, model_backend, model_is_scaffold) = row
+     leq_series, peak_dbfs, status, model_id, model_hash, model_backend, model_is_scaffold, indicators) = row
     model = None
     if model_id is not None:
         model = ModelInfo(
@@ -175,6 +240,11 @@ def _result_from_row(row: tuple[Any, ...], detections: tuple[Detection, ...]) ->
             backend=model_backend,
             is_scaffold=bool(model_is_scaffold),
         )
+    doc = json.loads(indicators) if indicators is not None else None
+    health = None
+    if doc is not None and doc.get("health") is not None:
+        h = doc["health"]
+        health = MicHealth(**{**h, "flags": tuple(h["flags"])})
     return WindowResult(
         key=key,
         device_id=device_id,
@@ -184,14 +254,13 @@ def _result_from_row(row: tuple[Any, ...], detections: tuple[Detection, ...]) ->
         sample_rate=int(sample_rate),
         clock_synchronised=bool(clock_sync),
         xruns=int(xruns),
-        levels=Levels(
-            leq_db=_unreal(leq_db),
-            leq_series_db=tuple(float(v) for v in json.loads(leq_series)),
-            peak_dbfs=_unreal(peak_dbfs),
-        ),
+        levels=_levels_from(doc, _unreal(leq_db), tuple(float(v) for v in json.loads(leq_series)),
+                            _unreal(peak_dbfs)),
         status=Status(status),
         detections=detections,
         model=model,
+        indices=AcousticIndices(**doc["indices"]) if doc is not None and doc.get("indices") is not None else None,
+        health=health,
     )
 
 
@@ -468,7 +537,7 @@ class Outbox:
             # ON CONFLICT (key) DO NOTHING, not INSERT OR IGNORE: OR IGNORE would also
             # silently drop rows violating NOT NULL / CHECK constraints.
             cur = conn.execute(
-                f"INSERT INTO windows ({_WINDOW_COLUMNS}, stored_at) VALUES ({', '.join('?' * 17)})"
+                f"INSERT INTO windows ({_WINDOW_COLUMNS}, stored_at) VALUES ({', '.join('?' * 18)})"
                 " ON CONFLICT (key) DO NOTHING",
                 row,
             )
@@ -572,6 +641,51 @@ class Outbox:
             )
 
         return await self._submit(work, "read queue statistics")
+
+
+    async def add_calibration(self, calibration: Calibration, frequency_hz: float, source: str) -> None:
+        """Keep a calibration measured by ``soundscape-agent calibrate``.
+
+        Args:
+            calibration: the measurement: ``offset_db``, ``reference_db`` and
+                ``calibrated_at`` (tz-aware) set, with the nominal chain it was measured with.
+            frequency_hz: the calibrator's frequency, Hz.
+            source: the capture device it was measured on (for the record).
+
+        Raises:
+            StoreError: the file cannot be written.
+            ValueError: ``calibrated_at`` or ``reference_db`` missing.
+        """
+        if calibration.calibrated_at is None or calibration.reference_db is None:
+            raise ValueError("a stored calibration needs calibrated_at and reference_db")
+        row = (_to_text(calibration.calibrated_at), float(calibration.reference_db), float(calibration.offset_db),
+               float(calibration.sensitivity_dbv), float(calibration.gain_db), float(calibration.vadc),
+               float(frequency_hz), str(source))
+
+        def work(conn: sqlite3.Connection) -> None:
+            conn.execute("INSERT INTO calibrations (measured_at, reference_db, offset_db, sensitivity_dbv, gain_db,"
+                         " vadc, frequency_hz, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row)
+
+        await self._submit(lambda conn: self._in_transaction(conn, work), "store the calibration")
+
+    async def latest_calibration(self) -> Calibration | None:
+        """The most recent calibration kept by :meth:`add_calibration`, or ``None``.
+
+        Raises:
+            StoreError: the file cannot be read.
+        """
+
+        def work(conn: sqlite3.Connection) -> Calibration | None:
+            row = conn.execute("SELECT measured_at, reference_db, offset_db, sensitivity_dbv, gain_db, vadc"
+                               " FROM calibrations ORDER BY measured_at DESC, id DESC LIMIT 1").fetchone()
+            if row is None:
+                return None
+            measured_at, reference_db, offset_db, sensitivity, gain, vadc = row
+            return Calibration(sensitivity_dbv=float(sensitivity), gain_db=float(gain), vadc=float(vadc),
+                               offset_db=float(offset_db), calibrated_at=_from_text(measured_at),
+                               reference_db=float(reference_db))
+
+        return await self._submit(work, "read the latest calibration")
 
 
 __all__ = ["Outbox", "QueueStats", "SCHEMA_VERSION"]

@@ -59,9 +59,19 @@ _INSERT_WINDOW = """
 INSERT INTO windows (
     window_key, device, window_index, start_time, duration_s, sample_rate, clock_synchronised,
     xruns, leq_db, leq_series_db, peak_dbfs, status, model_id, model_hash, model_backend,
-    model_is_scaffold, sync_id
+    model_is_scaffold, sync_id,
+    laeq_db, lceq_db, lafmax_db, lafmin_db, lasmax_db, la10_db, la50_db, la90_db, laeq_series_db,
+    band_centres_hz, band_leq_db,
+    aci, adi, aei, bi, ndsi, hf, ht,
+    clipping_ratio, dc_offset_fs, rms_dbfs, hum_share, health_flags,
+    cal_offset_db, cal_sensitivity_dbv, cal_gain_db, cal_vadc, cal_reference_db, cal_time
 ) VALUES (
-    %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::double precision[], %s, %s, %s, %s, %s, %s, %s::uuid
+    %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::double precision[], %s, %s, %s, %s, %s, %s, %s::uuid,
+    %s, %s, %s, %s, %s, %s, %s, %s, %s::double precision[],
+    %s::real[], %s::real[],
+    %s, %s, %s, %s, %s, %s, %s,
+    %s, %s, %s, %s, %s::text[],
+    %s, %s, %s, %s, %s, %s
 ) ON CONFLICT DO NOTHING
 """
 
@@ -237,8 +247,16 @@ def migrate(dsn: str, connect_timeout_s: float = 10) -> int:
 # one batch
 
 
+def _num(x: float) -> float | None:
+    """A measured value for PostgreSQL: NaN (undefined, e.g. an index of digital silence)
+    becomes NULL, which aggregates (avg, percentile) skip; NaN would poison them."""
+    x = float(x)
+    return None if math.isnan(x) else x
+
+
 def _window_params(r: WindowResult, sync_id: uuid.UUID) -> tuple:
-    m = r.model
+    m, lv, ix, h = r.model, r.levels, r.indices, r.health
+    cal = lv.calibration
     return (
         r.key,
         r.device_id,
@@ -248,15 +266,27 @@ def _window_params(r: WindowResult, sync_id: uuid.UUID) -> tuple:
         int(r.sample_rate),
         bool(r.clock_synchronised),
         int(r.xruns),
-        float(r.levels.leq_db),
-        [float(v) for v in r.levels.leq_series_db],
-        float(r.levels.peak_dbfs),
+        float(lv.lzeq_db),
+        [float(v) for v in lv.lzeq_series_db],
+        float(lv.peak_dbfs),
         Status(r.status).value,
         m.model_id if m else None,
         m.model_hash if m else None,
         m.backend if m else None,
         bool(m.is_scaffold) if m else None,
         sync_id,
+        _num(lv.laeq_db), _num(lv.lceq_db), _num(lv.lafmax_db), _num(lv.lafmin_db), _num(lv.lasmax_db),
+        _num(lv.la10_db), _num(lv.la50_db), _num(lv.la90_db),
+        [float(v) for v in lv.laeq_series_db],
+        [float(v) for v in lv.band_centres_hz] if lv.band_centres_hz else None,
+        [float(v) for v in lv.band_leq_db] if lv.band_centres_hz else None,
+        *((_num(ix.aci), _num(ix.adi), _num(ix.aei), _num(ix.bi), _num(ix.ndsi), _num(ix.hf), _num(ix.ht))
+          if ix else (None,) * 7),
+        *((_num(h.clipping_ratio), _num(h.dc_offset_fs), _num(h.rms_dbfs), _num(h.hum_share), list(h.flags))
+          if h else (None,) * 5),
+        float(cal.offset_db), float(cal.sensitivity_dbv), float(cal.gain_db), float(cal.vadc),
+        None if cal.reference_db is None else float(cal.reference_db),
+        cal.calibrated_at,
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from agent.records import Detection, Levels, ModelInfo, Status, WindowResult
+from agent.records import AcousticIndices, Calibration, Detection, Levels, MicHealth, ModelInfo, Status, WindowResult
 
 T0 = datetime(2024, 5, 1, 4, 30, 0, 123456, tzinfo=timezone.utc)
 
@@ -16,6 +16,25 @@ MODEL = ModelInfo(
 )
 
 LABELS = ("Bird vocalization, bird call, bird song", "Wind noise (microphone)", "Speech", "Rain", "Insect")
+
+
+CALIBRATION = Calibration(sensitivity_dbv=-38.0, gain_db=44.3, vadc=3.3, offset_db=-1.25,
+                          calibrated_at=datetime(2024, 4, 30, 9, 0, tzinfo=timezone.utc), reference_db=94.0)
+BANDS_HZ = (25.0, 31.5, 40.0, 50.0, 63.0, 80.0, 100.0, 125.0)
+
+
+def make_levels(index: int = 0, calibration: Calibration = CALIBRATION) -> Levels:
+    """Distinct, plausible levels for window ``index``."""
+    lz = 41.25 + index / 7
+    return Levels(
+        lzeq_db=lz, laeq_db=lz - 6.5, lceq_db=lz - 1.0, lafmax_db=lz + 3.0, lafmin_db=lz - 12.0,
+        lasmax_db=lz + 1.0, la10_db=lz - 4.0, la50_db=lz - 7.0, la90_db=lz - 10.0,
+        laeq_series_db=tuple(34.0 + i * 0.3 + index / 11 for i in range(10)),
+        lzeq_series_db=tuple(40.0 + i * 0.3 + index / 11 for i in range(10)),
+        peak_dbfs=-12.5 - index / 13,
+        band_centres_hz=BANDS_HZ, band_leq_db=tuple(20.0 + i + index / 17 for i in range(len(BANDS_HZ))),
+        calibration=calibration,
+    )
 
 
 def make_result(index: int = 0, *, device: str = "audiomoth-01", stream: str = "s1", k: int = 3,
@@ -36,11 +55,11 @@ def make_result(index: int = 0, *, device: str = "audiomoth-01", stream: str = "
         sample_rate=48000,
         clock_synchronised=index % 2 == 0,
         xruns=xruns,
-        levels=Levels(
-            leq_db=41.25 + index / 7,
-            leq_series_db=tuple(40.0 + i * 0.3 + index / 11 for i in range(10)),
-            peak_dbfs=-12.5 - index / 13,
-        ),
+        levels=make_levels(index),
+        indices=AcousticIndices(aci=1500.0 + index, adi=2.1, aei=0.4, bi=5.5 + index / 3, ndsi=0.25,
+                                hf=0.8, ht=0.95),
+        health=MicHealth(clipping_ratio=0.0, dc_offset_fs=1e-4, rms_dbfs=-45.0 + index / 9, hum_share=0.01,
+                         flags=("mains_hum",) if index % 5 == 4 else ()),
         status=status,
         detections=dets,
         model=model if classified else None,

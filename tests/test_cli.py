@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.sync import known_schema_version
 from tests.audio import RECORDINGS
 from tests.test_run import agent, write_config
 
@@ -134,7 +135,7 @@ def test_db_init_is_idempotent_and_sync_once_delivers_the_queue(tmp_path, queued
     cfg, db = queued
     for _ in range(2):
         r = agent("db", "init", "--dsn", pg_dsn)
-        assert r.returncode == 0 and "schema at version 1" in r.stdout, r.stderr
+        assert r.returncode == 0 and f"schema at version {known_schema_version()}" in r.stdout, r.stderr
     assert "password" not in r.stdout.lower() or "***" in r.stdout
     conf = str(write_config(tmp_path / "sync.toml", **cfg))
     r = agent("sync", "--once", "--config", conf, "--dsn", pg_dsn)

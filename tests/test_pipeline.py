@@ -11,8 +11,10 @@ import pytest
 
 from agent.analysis.classifier import load_classifier
 from agent.capture import make_source
-from agent.config import (AlsaCaptureConfig, FileCaptureConfig, LevelsConfig, StoreConfig,
-                          TorchClassifierConfig, WindowsConfig)
+from agent.analysis.acoustics import AcousticAnalyser
+from agent.analysis.levels import nominal_calibration
+from agent.config import (AlsaCaptureConfig, FileCaptureConfig, HealthConfig, IndicesConfig, LevelsConfig,
+                          StoreConfig, TorchClassifierConfig, WindowsConfig)
 from agent.pipeline import Pipeline
 from agent.store import Outbox
 from tests.audio import PCM_NAME, RECORDINGS, real_audio_s16, write_alsa_file_pcm
@@ -21,7 +23,8 @@ from tests.audio import PCM_NAME, RECORDINGS, real_audio_s16, write_alsa_file_pc
 async def _run(source, classifier, db, *, windows: WindowsConfig, queue_size: int, max_windows=None):
     source.open()
     async with Outbox(StoreConfig(path=db)) as outbox:
-        p = Pipeline(device_id="t", source=source, windows=windows, levels=LevelsConfig(),
+        acoustics = AcousticAnalyser(LevelsConfig(), IndicesConfig(), HealthConfig(), nominal_calibration(LevelsConfig()))
+        p = Pipeline(device_id="t", source=source, windows=windows, acoustics=acoustics,
                      classifier=classifier, queue_size=queue_size, outbox=outbox, syncer=None,
                      max_windows=max_windows)
         stats = await p.run()

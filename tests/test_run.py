@@ -74,6 +74,11 @@ def test_run_alsa_source_to_postgres_every_window_exactly_once(tmp_path, tiny_mo
                            "FROM windows ORDER BY window_index").fetchall()
         dets = con.execute("SELECT window_key, array_agg(rank ORDER BY rank), count(*) FROM detections "
                            "GROUP BY window_key").fetchall()
+        indicators = con.execute(
+            "SELECT n.laeq_db, n.lafmax_db, n.la10_db, n.la50_db, n.la90_db, n.cal_offset_db, n.cal_gain_db,"
+            " n.cal_time, i.aci, i.ndsi, h.healthy, h.flags, (SELECT count(*) FROM band_levels b"
+            " WHERE b.window_key = n.window_key) FROM noise_levels n JOIN acoustic_indices i USING (window_key)"
+            " JOIN mic_health h USING (window_key) ORDER BY n.start_time").fetchall()
         flat = con.execute("SELECT * FROM detections_flat LIMIT 1")
         flat_cols = [c.name for c in flat.description][:5]
     assert [r[1] for r in rows] == list(range(n_windows))
@@ -85,9 +90,18 @@ def test_run_alsa_source_to_postgres_every_window_exactly_once(tmp_path, tiny_mo
     n = 10 * RATE
     for key, index, leq, *_ in rows:
         x = audio[index * n:(index + 1) * n].astype(np.float32) / 32768
-        assert abs(leq - compute_levels(x, RATE, LevelsConfig()).leq_db) < 1e-6
+        assert abs(leq - compute_levels(x, RATE, LevelsConfig()).lzeq_db) < 1e-6
     local = queue_rows(tmp_path / "queue.db")
     assert [k for k, _ in local] == sorted(r[0] for r in rows) and all(s for _, s in local)
+    # Every window carries calibrated LAeq / LAFmax / Ln, bands, indices and health, with the
+    # calibration it used (never calibrated here: the nominal AudioMoth chain, offset 0).
+    assert len(indicators) == n_windows
+    for laeq, lafmax, la10, la50, la90, offset, gain, cal_time, aci, ndsi, healthy, flags, n_bands in indicators:
+        assert lafmax >= la10 >= la50 >= la90 and laeq < lafmax
+        assert (offset, gain, cal_time) == (0.0, LevelsConfig().gain_db, None)
+        assert np.isfinite(aci) and -1 <= ndsi <= 1
+        assert healthy and flags == []  # real field recordings: no health flag
+        assert n_bands == 30  # 25 Hz ... 20 kHz at 48 kHz
 
 
 def test_sigterm_finishes_windows_in_flight_syncs_and_exits_0(tmp_path, tiny_model_dir, migrated_dsn):

@@ -12,7 +12,7 @@ import pytest
 
 from agent.config import StoreConfig
 from agent.errors import StoreError
-from agent.records import Detection, Levels, ModelInfo, Status
+from agent.records import Detection, ModelInfo, Status
 from agent.store import SCHEMA_VERSION, Outbox, QueueStats
 from tests.factories import T0, make_result, make_results
 
@@ -49,12 +49,16 @@ def test_round_trip_is_exact_including_times_detections_and_model(tmp_path):
     assert by_key["s1-1"].model == scaffold and by_key["s1-1"].model.is_scaffold is True
     assert [d.rank for d in by_key["s1-0"].detections] == [1, 2, 3, 4, 5]
     assert by_key["s1-2"].status is Status.SKIPPED_BACKLOG and by_key["s1-2"].model is None
-    assert isinstance(by_key["s1-0"].levels.leq_series_db, tuple)
+    assert isinstance(by_key["s1-0"].levels.lzeq_series_db, tuple)
+    assert by_key["s1-0"].levels.band_centres_hz == results[0].levels.band_centres_hz
+    assert by_key["s1-4"].health.flags == ("mains_hum",) and by_key["s1-0"].indices == results[0].indices
 
 
 def test_silence_levels_minus_infinity_and_nan_survive(tmp_path):
     r = replace(make_result(0),
-                levels=Levels(leq_db=math.nan, leq_series_db=(-math.inf, 3.0, math.nan), peak_dbfs=-math.inf))
+                levels=replace(make_result(0).levels, lzeq_db=math.nan, lzeq_series_db=(-math.inf, 3.0, math.nan),
+                               peak_dbfs=-math.inf, laeq_db=math.nan),
+                indices=replace(make_result(0).indices, aci=math.nan))
 
     async def main():
         async with outbox(tmp_path) as ob:
@@ -62,9 +66,9 @@ def test_silence_levels_minus_infinity_and_nan_survive(tmp_path):
             return (await ob.pending(1))[0]
 
     got = asyncio.run(main())
-    assert math.isnan(got.levels.leq_db)
+    assert math.isnan(got.levels.lzeq_db) and math.isnan(got.levels.laeq_db) and math.isnan(got.indices.aci)
     assert got.levels.peak_dbfs == -math.inf
-    assert got.levels.leq_series_db[:2] == (-math.inf, 3.0) and math.isnan(got.levels.leq_series_db[2])
+    assert got.levels.lzeq_series_db[:2] == (-math.inf, 3.0) and math.isnan(got.levels.lzeq_series_db[2])
 
 
 @pytest.mark.parametrize(
@@ -302,3 +306,44 @@ def test_using_a_closed_outbox_raises_store_error(tmp_path):
 
     with pytest.raises(StoreError, match="not open"):
         asyncio.run(main())
+
+
+def test_a_schema_1_queue_is_migrated_and_its_windows_kept(tmp_path):
+    """A queue written by the first release (no indicators column) opens with this agent: the
+    unsynced window is still there, with the levels it had and NaN / empty for the rest."""
+    from agent.store import _MIGRATIONS
+
+    path = tmp_path / "old.db"
+    con = sqlite3.connect(path, isolation_level=None)
+    con.executescript(f"BEGIN; {_MIGRATIONS[0]} PRAGMA user_version = 1; COMMIT;")
+    con.execute(
+        "INSERT INTO windows (key, device_id, window_index, start_time, duration_s, sample_rate, clock_synchronised,"
+        " xruns, leq_db, leq_series_db, peak_dbfs, status, stored_at) VALUES"
+        " ('old-0', 'moth', 0, '2024-05-01T04:30:00.000000+00:00', 10.0, 48000, 1, 0, 51.5, '[50.0, 53.0]', -20.0,"
+        " 'disabled', '2024-05-01T04:30:10.000000+00:00')")
+    con.close()
+
+    async def main():
+        async with Outbox(StoreConfig(path=path)) as ob:
+            return await ob.pending(10), await ob.latest_calibration()
+
+    (old,), calibration = asyncio.run(main())
+    assert calibration is None
+    assert old.key == "old-0" and old.levels.lzeq_db == 51.5 and old.levels.lzeq_series_db == (50.0, 53.0)
+    assert math.isnan(old.levels.laeq_db) and old.levels.band_centres_hz == () and old.indices is None
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION >= 2
+
+
+def test_latest_calibration_is_the_newest_measurement(tmp_path):
+    from tests.factories import CALIBRATION
+
+    later = replace(CALIBRATION, offset_db=0.75, calibrated_at=CALIBRATION.calibrated_at + timedelta(days=30))
+
+    async def main():
+        async with outbox(tmp_path) as ob:
+            assert await ob.latest_calibration() is None
+            await ob.add_calibration(later, 1000.0, "alsa capture hw:1")
+            await ob.add_calibration(CALIBRATION, 1000.0, "alsa capture hw:1")  # older, stored afterwards
+            return await ob.latest_calibration()
+
+    assert asyncio.run(main()) == later

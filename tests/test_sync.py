@@ -4,6 +4,7 @@ unreachable servers, an INSERT-only role, backoff and prompt shutdown."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import re
@@ -15,7 +16,7 @@ import sys
 import threading
 import time
 import uuid
-from datetime import timezone
+from datetime import timedelta, timezone
 from pathlib import Path
 
 import psycopg
@@ -189,7 +190,7 @@ def test_sync_once_delivers_every_window_once_and_marks_them(migrated_dsn, tmp_p
     for r, row in zip(results, server):
         assert row[:8] == (r.key, r.device_id, r.index, r.start_time, r.duration_s, r.sample_rate,
                            r.clock_synchronised, r.xruns)
-        assert row[8] == r.levels.leq_db and tuple(row[9]) == r.levels.leq_series_db
+        assert row[8] == r.levels.lzeq_db and tuple(row[9]) == r.levels.lzeq_series_db
         assert row[11] == r.status.value
         if r.model:
             assert row[12:16] == (r.model.model_id, r.model.model_hash, r.model.backend, r.model.is_scaffold)
@@ -199,6 +200,49 @@ def test_sync_once_delivers_every_window_once_and_marks_them(migrated_dsn, tmp_p
         sid, at = local[r.key]
         assert sid == str(row[16])
         assert at == row[17].astimezone(timezone.utc).isoformat(timespec="microseconds")
+
+
+def test_indicator_views_give_every_family_without_knowing_the_layout(migrated_dsn, tmp_path):
+    """One view per indicator family: levels, per-second series, bands, indices, mic health,
+    each with its calibration provenance where it applies; values exactly as measured."""
+    results = make_results(5, k=1)
+
+    async def main():
+        ob = await filled_outbox(tmp_path, results)
+        try:
+            await Syncer(sync_cfg(migrated_dsn), ob).sync_once()
+        finally:
+            await ob.close()
+
+    asyncio.run(main())
+    with psycopg.connect(migrated_dsn) as con:
+        levels = con.execute("SELECT window_key, lzeq_db, laeq_db, lceq_db, lafmax_db, lafmin_db, lasmax_db,"
+                             " la10_db, la50_db, la90_db, cal_offset_db, cal_sensitivity_dbv, cal_gain_db, cal_vadc,"
+                             " cal_reference_db, cal_time FROM noise_levels ORDER BY start_time").fetchall()
+        series = con.execute("SELECT window_key, interval_start, interval_s, laeq_db, lzeq_db FROM noise_levels_series"
+                             " ORDER BY interval_start").fetchall()
+        bands = con.execute("SELECT window_key, band_hz, leq_db FROM band_levels ORDER BY window_key, band_hz").fetchall()
+        indices = con.execute("SELECT window_key, aci, adi, aei, bi, ndsi, hf, ht FROM acoustic_indices"
+                              " ORDER BY start_time").fetchall()
+        health = con.execute("SELECT window_key, healthy, flags, clipping_ratio, dc_offset_fs, rms_dbfs, hum_share"
+                             " FROM mic_health ORDER BY start_time").fetchall()
+    for r, row in zip(results, levels, strict=True):
+        lv, cal = r.levels, r.levels.calibration
+        assert row[:10] == (r.key, lv.lzeq_db, lv.laeq_db, lv.lceq_db, lv.lafmax_db, lv.lafmin_db, lv.lasmax_db,
+                            lv.la10_db, lv.la50_db, lv.la90_db)
+        assert row[10:] == (cal.offset_db, cal.sensitivity_dbv, cal.gain_db, cal.vadc, cal.reference_db,
+                            cal.calibrated_at)
+    assert len(series) == 5 * 10
+    first = [row for row in series if row[0] == results[1].key]
+    assert [row[1] for row in first] == [results[1].start_time + timedelta(seconds=i) for i in range(10)]
+    assert [row[3] for row in first] == list(results[1].levels.laeq_series_db) and first[0][2] == 1.0
+    assert len(bands) == 5 * 8
+    mine = [(b, v) for k, b, v in bands if k == results[2].key]
+    assert [b for b, _ in mine] == list(results[2].levels.band_centres_hz)
+    assert [v for _, v in mine] == pytest.approx(results[2].levels.band_leq_db, abs=1e-5)  # real[]: float32
+    assert [row[1:] for row in indices] == [tuple(dataclasses.astuple(r.indices)) for r in results]
+    assert [row[1] for row in health] == [True, True, True, True, False]
+    assert health[4][2] == ["mains_hum"] and health[0][3:] == (0.0, 1e-4, -45.0, 0.01)
 
 
 def test_replayed_batch_inserts_nothing(migrated_dsn):
