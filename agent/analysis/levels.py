@@ -145,6 +145,7 @@ AudioMoth defaults is about -1.3 dB SPL), so a floored value reads as "digital s
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass
@@ -176,6 +177,10 @@ _C1000_DB = -0.062
 #: IEC 61672-1:2013, 3.7-3.8: time constants of time weightings F and S, s.
 TAU_F_S = 0.125
 TAU_S_S = 1.0
+
+# Audio processed at once inside a window, s: bounds the meter's working memory (~0.1 KB per
+# sample of a block: ~5 MB at 48 kHz) whatever the window length.
+_BLOCK_S = 1.0
 
 # Highest frequency a capture rate is trusted with, as a fraction of the rate.
 _MAX_FRACTION = 0.45
@@ -523,7 +528,8 @@ class LevelMeter:
 
     Not thread-safe (it holds the stream's state): feed one stream's windows in order from
     one thread. Filter designs are cached per rate and shared between meters (read-only).
-    Working memory is about 100 bytes per sample of a window (~48 MB for 10 s at 48 kHz).
+    Working memory: the window's per-sample LAF (8 bytes per sample, 3.8 MB for 10 s at
+    48 kHz) plus ~5 MB for the block being filtered (:data:`_BLOCK_S` of audio at a time).
     """
 
     def __init__(
@@ -600,9 +606,7 @@ class LevelMeter:
     # -- internals
 
     def _process(self, samples: np.ndarray, start_frame: int, trace: bool) -> tuple[Levels, LevelTrace | None]:
-        import maad.spl  # lazy: scikit-maad pulls in pandas
-
-        x = np.asarray(samples, dtype=np.float64)
+        x = np.asarray(samples)
         if x.ndim != 1 or x.size == 0:
             raise ValueError(f"samples must be a non-empty 1-D array, got shape {x.shape}")
         if not np.all(np.isfinite(x)):
@@ -613,62 +617,83 @@ class LevelMeter:
         n = x.size
         split = n if self._hop is None else min(self._hop, n)
         cal = self._calibration
-        p = np.asarray(
-            maad.spl.wav2pressure(x, gain=cal.gain_db, Vadc=cal.vadc, sensitivity=cal.sensitivity_dbv),
-            dtype=np.float64,
-        )
+        m = self._interval
+        k = n // m
 
         fresh = self._state is None or start_frame != self._next_start
-        st = self._initial_state(float(p[0])) if fresh else self._state
+        st = self._initial_state(float(self._pressure(x[:1])[0])) if fresh else self._state
         assert st is not None
+        if fresh:  # time weighting starts from the mean square of the first τ (module docstring)
+            head = self._pressure(x[: max(1, round(TAU_S_S * self._rate))])
+            tw_head = _run_weighting(self._a, head, st.a)[0] ** 2 + _MS_FLOOR
+            st = dataclasses.replace(
+                st,
+                f_zi=np.array([self._alpha_f * float(np.mean(tw_head[: max(1, round(TAU_F_S * self._rate))]))]),
+                s_zi=np.array([self._alpha_s * float(np.mean(tw_head))]),
+            )
 
-        pa, a_mid = self._two_parts(lambda seg, s: _run_weighting(self._a, seg, s), p, st.a, split)
-        pc, c_mid = self._two_parts(lambda seg, s: _run_weighting(self._c, seg, s), p, st.c, split)
-        pa2 = pa * pa
-        pc2 = pc * pc
-        pz2 = p * p
-
-        tw_in = pa2 + _MS_FLOOR
-        f_zi, s_zi = st.f_zi, st.s_zi
-        if fresh:
-            f_zi = np.array([self._alpha_f * float(np.mean(tw_in[: max(1, round(TAU_F_S * self._rate))]))])
-            s_zi = np.array([self._alpha_s * float(np.mean(tw_in[: max(1, round(TAU_S_S * self._rate))]))])
-        ms_f, f_mid = self._two_parts(lambda seg, z: self._exp(self._alpha_f, seg, z), tw_in, f_zi, split)
-        ms_s, s_mid = self._two_parts(lambda seg, z: self._exp(self._alpha_s, seg, z), tw_in, s_zi, split)
-
-        band_levels: tuple[float, ...] = ()
-        band_mid = None
-        if self._bank is not None and st.bands is not None:
-            sums, counts, band_mid = _run_bands(self._bank, p[:split], st.bands)
-            if split < n:
-                s2, c2, _ = _run_bands(self._bank, p[split:], band_mid)
-                sums, counts = sums + s2, counts + c2
-            ms_bands = np.where(counts > 0, sums / np.maximum(counts, 1), 0.0)
-            band_levels = tuple(float(v) for v in self._db(ms_bands))
-
-        self._state = _State(a=a_mid, c=c_mid, f_zi=f_mid, s_zi=s_mid, bands=band_mid)
+        # Block by block (at most _BLOCK_S of audio at a time, split at the hop snapshot), so
+        # working memory stays a few MB whatever the window length; only the per-sample LAF
+        # level (for the percentiles) spans the window.
+        sum_z = sum_a = sum_c = 0.0
+        series_a = np.zeros(k + 1)
+        series_z = np.zeros(k + 1)
+        laf = np.empty(n)
+        las_max = -math.inf
+        band_sums = band_counts = None
+        mid: _State | None = None
+        traces: list[tuple[np.ndarray, ...]] = []
+        block = max(1, round(_BLOCK_S * self._rate))
+        bounds = sorted({*range(0, n, block), split, n})
+        for b0, b1 in zip(bounds[:-1], bounds[1:]):
+            p = self._pressure(x[b0:b1])
+            pa, a_zi = _run_weighting(self._a, p, st.a)
+            pc, c_zi = _run_weighting(self._c, p, st.c)
+            pa2, pc2, pz2 = pa * pa, pc * pc, p * p
+            tw_in = pa2 + _MS_FLOOR
+            ms_f, f_zi = self._exp(self._alpha_f, tw_in, st.f_zi)
+            ms_s, s_zi = self._exp(self._alpha_s, tw_in, st.s_zi)
+            bands = st.bands
+            if self._bank is not None and st.bands is not None:
+                sums, counts, bands = _run_bands(self._bank, p, st.bands)
+                band_sums = sums if band_sums is None else band_sums + sums
+                band_counts = counts if band_counts is None else band_counts + counts
+            st = _State(a=a_zi, c=c_zi, f_zi=f_zi, s_zi=s_zi, bands=bands)
+            if b1 == split:
+                mid = st
+            sum_z += float(np.sum(pz2))
+            sum_a += float(np.sum(pa2))
+            sum_c += float(np.sum(pc2))
+            idx = np.minimum(np.arange(b0, b1) // m, k)  # samples past the last full interval -> k
+            series_a += np.bincount(idx, weights=pa2, minlength=k + 1)
+            series_z += np.bincount(idx, weights=pz2, minlength=k + 1)
+            laf[b0:b1] = 10.0 * np.log10(ms_f / _P_REF2) + self._offset
+            las_max = max(las_max, float(np.max(ms_s)))
+            if trace:
+                traces.append((p, pa, pc, ms_s))
+        assert mid is not None
+        self._state = mid
         self._next_start = start_frame + split
 
-        laf_db = 10.0 * np.log10(ms_f / _P_REF2) + self._offset
-        la90, la50, la10 = np.percentile(laf_db, [10.0, 50.0, 90.0])
-        k = n // self._interval
-        m = self._interval
-        la_series = self._db(pa2[: k * m].reshape(k, m).mean(axis=1)) if k else np.empty(0)
-        lz_series = self._db(pz2[: k * m].reshape(k, m).mean(axis=1)) if k else np.empty(0)
+        band_levels: tuple[float, ...] = ()
+        if band_sums is not None and band_counts is not None:
+            ms_bands = np.where(band_counts > 0, band_sums / np.maximum(band_counts, 1), 0.0)
+            band_levels = tuple(float(v) for v in self._db(ms_bands))
+        la90, la50, la10 = np.percentile(laf, [10.0, 50.0, 90.0])
         peak = max(float(np.max(np.abs(x))), PEAK_FLOOR_FS)
 
         levels = Levels(
-            lzeq_db=float(self._db(np.mean(pz2))),
-            laeq_db=float(self._db(np.mean(pa2))),
-            lceq_db=float(self._db(np.mean(pc2))),
-            lafmax_db=float(np.max(laf_db)),
-            lafmin_db=float(np.min(laf_db)),
-            lasmax_db=float(self._db(np.max(ms_s))),
+            lzeq_db=float(self._db(sum_z / n)),
+            laeq_db=float(self._db(sum_a / n)),
+            lceq_db=float(self._db(sum_c / n)),
+            lafmax_db=float(np.max(laf)),
+            lafmin_db=float(np.min(laf)),
+            lasmax_db=float(self._db(las_max)),
             la10_db=float(la10),
             la50_db=float(la50),
             la90_db=float(la90),
-            laeq_series_db=tuple(float(v) for v in la_series),
-            lzeq_series_db=tuple(float(v) for v in lz_series),
+            laeq_series_db=tuple(float(v) for v in self._db(series_a[:k] / m)),
+            lzeq_series_db=tuple(float(v) for v in self._db(series_z[:k] / m)),
             peak_dbfs=20.0 * math.log10(peak),
             band_centres_hz=self._band_centres if self._bank is not None else (),
             band_leq_db=band_levels,
@@ -676,8 +701,18 @@ class LevelMeter:
         )
         tr = None
         if trace:
-            tr = LevelTrace(pz_pa=p, pa_pa=pa, pc_pa=pc, laf_db=laf_db, las_db=self._db(ms_s))
+            pz, pa, pc, ms_s = (np.concatenate(parts) for parts in zip(*traces))
+            tr = LevelTrace(pz_pa=pz, pa_pa=pa, pc_pa=pc, laf_db=laf, las_db=self._db(ms_s))
         return levels, tr
+
+    def _pressure(self, x: np.ndarray) -> np.ndarray:
+        """Sound pressure, Pa, float64, of full-scale samples through the calibration chain
+        (``maad.spl.wav2pressure``)."""
+        import maad.spl  # lazy: scikit-maad pulls in pandas
+
+        cal = self._calibration
+        return np.asarray(maad.spl.wav2pressure(np.asarray(x, dtype=np.float64), gain=cal.gain_db, Vadc=cal.vadc,
+                                                sensitivity=cal.sensitivity_dbv), dtype=np.float64)
 
     def _db(self, mean_square):
         """dB re 20 µPa of a mean square (Pa²), floored, plus the calibration offset."""
