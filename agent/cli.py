@@ -113,8 +113,13 @@ async def run_pipeline(cfg: Config, *, max_windows: int | None = None, quiet: bo
         # The device first: a missing microphone is reported before a slow model load.
         source = make_source(cfg.capture)
         await asyncio.to_thread(source.open)
-        if classifier is None and cfg.classifier.enabled:
-            classifier = await asyncio.to_thread(load_classifier, cfg.classifier)
+        # The acoustics' one-off imports and filter designs run while the model loads.
+        warm = asyncio.ensure_future(asyncio.to_thread(analyser.warm_up, getattr(cfg.capture, "sample_rate", None)))
+        try:
+            if classifier is None and cfg.classifier.enabled:
+                classifier = await asyncio.to_thread(load_classifier, cfg.classifier)
+        finally:
+            await warm
         if classifier is not None:
             _announce_model(classifier.info)
         syncer = Syncer(cfg.sync, outbox) if cfg.sync.dsn else None

@@ -57,6 +57,15 @@ def main(argv: list[str] | None = None) -> int:
     import scipy.special  # noqa: F401
     import soxr  # noqa: F401
     stages.append({"stage": "run-time imports (agent, numpy, scipy, scikit-maad, soxr, onnxruntime)", **rss_mb()})
+    try:  # the acoustics of every window (agents with acoustic indices and weighted levels)
+        import agent.analysis.acoustics  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        import maad.features  # noqa: F401  (indices; pulls in matplotlib, scikit-image)
+        import maad.sound  # noqa: F401
+        import scipy.signal  # noqa: F401  (weighting and band filters; pulls in scipy.stats)
+        stages.append({"stage": "acoustics imports (scipy.signal, scikit-maad features and sound)", **rss_mb()})
 
     from agent.analysis.classifier import load_classifier
     from agent.config import OnnxClassifierConfig

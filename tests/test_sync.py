@@ -55,6 +55,19 @@ async def filled_outbox(tmp_path, results) -> Outbox:
     return ob
 
 
+def queue_and_sync_once(tmp_path, results, dsn: str) -> None:
+    """Queue ``results`` in a fresh outbox and run one sync round to ``dsn``."""
+
+    async def main():
+        ob = await filled_outbox(tmp_path, results)
+        try:
+            await Syncer(sync_cfg(dsn), ob).sync_once()
+        finally:
+            await ob.close()
+
+    asyncio.run(main())
+
+
 def failed_sync_once(tmp_path, results, cfg: SyncConfig):
     """Fill an outbox with ``results``, expect ``sync_once`` to raise SyncError.
 
@@ -128,15 +141,7 @@ def test_concurrent_db_init_runs_are_safe(pg_dsn):
 
 def test_detections_flat_keeps_the_prototype_layout(migrated_dsn, tmp_path):
     results = make_results(2, k=2)
-
-    async def main():
-        ob = await filled_outbox(tmp_path, results)
-        try:
-            await Syncer(sync_cfg(migrated_dsn), ob).sync_once()
-        finally:
-            await ob.close()
-
-    asyncio.run(main())
+    queue_and_sync_once(tmp_path, results, migrated_dsn)
     with psycopg.connect(migrated_dsn) as con:
         cur = con.execute("SELECT * FROM detections_flat ORDER BY window_key, rank")
         names = [c.name for c in cur.description]
@@ -206,15 +211,7 @@ def test_indicator_views_give_every_family_without_knowing_the_layout(migrated_d
     """One view per indicator family: levels, per-second series, bands, indices, mic health,
     each with its calibration provenance where it applies; values exactly as measured."""
     results = make_results(5, k=1)
-
-    async def main():
-        ob = await filled_outbox(tmp_path, results)
-        try:
-            await Syncer(sync_cfg(migrated_dsn), ob).sync_once()
-        finally:
-            await ob.close()
-
-    asyncio.run(main())
+    queue_and_sync_once(tmp_path, results, migrated_dsn)
     with psycopg.connect(migrated_dsn) as con:
         levels = con.execute("SELECT window_key, lzeq_db, laeq_db, lceq_db, lafmax_db, lafmin_db, lasmax_db,"
                              " la10_db, la50_db, la90_db, cal_offset_db, cal_sensitivity_dbv, cal_gain_db, cal_vadc,"
