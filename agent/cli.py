@@ -113,13 +113,20 @@ async def run_pipeline(cfg: Config, *, max_windows: int | None = None, quiet: bo
         # The device first: a missing microphone is reported before a slow model load.
         source = make_source(cfg.capture)
         await asyncio.to_thread(source.open)
-        # The acoustics' one-off imports and filter designs run while the model loads.
-        warm = asyncio.ensure_future(asyncio.to_thread(analyser.warm_up, getattr(cfg.capture, "sample_rate", None)))
-        try:
-            if classifier is None and cfg.classifier.enabled:
+        # The acoustics' one-off imports and filter designs run while an ONNX model loads. Not
+        # beside torch's import: scipy's array-API probe can see a half-imported torch module.
+        rate = getattr(cfg.capture, "sample_rate", None)
+        loading = classifier is None and cfg.classifier.enabled
+        if loading and cfg.classifier.type == "onnx":
+            warm = asyncio.ensure_future(asyncio.to_thread(analyser.warm_up, rate))
+            try:
                 classifier = await asyncio.to_thread(load_classifier, cfg.classifier)
-        finally:
-            await warm
+            finally:
+                await warm
+        else:
+            await asyncio.to_thread(analyser.warm_up, rate)
+            if loading:
+                classifier = await asyncio.to_thread(load_classifier, cfg.classifier)
         if classifier is not None:
             _announce_model(classifier.info)
         syncer = Syncer(cfg.sync, outbox) if cfg.sync.dsn else None
