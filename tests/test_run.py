@@ -15,7 +15,7 @@ import numpy as np
 import psycopg
 import pytest
 
-from agent.analysis.levels import compute_levels
+from agent.analysis.levels import LevelMeter, nominal_calibration
 from agent.config import LevelsConfig
 from tests.audio import PCM_NAME, RECORDINGS, real_audio_s16, write_alsa_file_pcm
 
@@ -87,10 +87,12 @@ def test_run_alsa_source_to_postgres_every_window_exactly_once(tmp_path, tiny_mo
     assert len(dets) == n_windows and all(d[1] == [1, 2, 3, 4, 5] for d in dets)
     assert flat_cols == ["label", "score", "device", "sync_id", "sync_time"]
     # The stored SPL is that of exactly the samples ALSA delivered for each window.
+    # (a level meter fed the same windows in order: filter states carry from window to window)
     n = 10 * RATE
+    meter = LevelMeter(LevelsConfig(), RATE, nominal_calibration(LevelsConfig()))
     for key, index, leq, *_ in rows:
         x = audio[index * n:(index + 1) * n].astype(np.float32) / 32768
-        assert abs(leq - compute_levels(x, RATE, LevelsConfig()).lzeq_db) < 1e-6
+        assert abs(leq - meter.process(x, index * n).lzeq_db) < 1e-6
     local = queue_rows(tmp_path / "queue.db")
     assert [k for k, _ in local] == sorted(r[0] for r in rows) and all(s for _, s in local)
     # Every window carries calibrated LAeq / LAFmax / Ln, bands, indices and health, with the

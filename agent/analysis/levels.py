@@ -29,6 +29,12 @@ C1000 = -0.062 dB, A1000 = -2.000 dB::
 
 (with the rounded constants A(1 kHz) = +0.0003 dB and C(1 kHz) = +0.0001 dB.)
 
+Z is realised as flat with a DC-blocking 2nd-order Butterworth high-pass at
+:data:`Z_HIGHPASS_HZ` (5 Hz): -0.26 dB at 10 Hz, -0.04 dB at 16 Hz, inside Table 3's Class 1
+limits for Z (+3.0/-inf dB at 10 Hz, +2.0/-4.0 dB at 16 Hz), so that a chain's DC offset,
+which is no sound pressure, does not enter LZeq (the Song Meter recordings bundled here carry
++0.029 FS of DC: ~20 dB of spurious LZeq without it).
+
 Digital realisation at the capture rate fs (any rate; verified at 16, 22.05, 32, 44.1 and
 48 kHz), in two parts:
 
@@ -127,8 +133,9 @@ at 0, a gap, a hop longer than the window) resets the meter. After a reset the s
 initialised from the first window rather than from silence:
 
 - every IIR filter (weighting high-passes, anti-alias, band-passes) with
-  ``scipy.signal.sosfilt_zi`` scaled by the first sample in Pa (its steady state as if the
-  input had always been that value: no step transient from a DC offset) and the FIR likewise
+  ``scipy.signal.sosfilt_zi`` scaled by the mean of the first 0.1 s in Pa (its steady state
+  as if the input had always been that value: no step transient from a DC offset, and none
+  from one noisy first sample) and the FIR likewise
   (``scipy.signal.lfilter_zi`` times its steady input, 0 after a high-pass);
 - each time weighting with the mean square of the first τ (0.125 s for F, 1 s for S; the whole
   window if shorter) of the weighted signal (plus the floor), so LAFmin/LAS do not start from
@@ -177,6 +184,12 @@ _C1000_DB = -0.062
 #: IEC 61672-1:2013, 3.7-3.8: time constants of time weightings F and S, s.
 TAU_F_S = 0.125
 TAU_S_S = 1.0
+
+#: Z weighting's DC-blocking high-pass (2nd-order Butterworth), Hz. IEC 61672-1:2013 Table 3
+#: gives Z as 0 dB with Class 1 limits of +3.0/-inf dB at 10 Hz, +2.5/-inf at 12.5 Hz and
+#: +2.0/-4.0 at 16 Hz: this filter reads -0.26 dB at 10 Hz and -0.04 dB at 16 Hz, and keeps a
+#: microphone chain's DC offset (a voltage, not a sound pressure) out of LZeq.
+Z_HIGHPASS_HZ = 5.0
 
 # Audio processed at once inside a window, s: bounds the meter's working memory (~0.1 KB per
 # sample of a block: ~5 MB at 48 kHz) whatever the window length.
@@ -237,8 +250,12 @@ def _fir_amplitude(coef: np.ndarray, omega: np.ndarray) -> np.ndarray:
 
 @functools.lru_cache(maxsize=32)
 def _weighting_design(curve: str, sample_rate: int) -> _Weighting:
-    """Design the digital A or C weighting for ``sample_rate`` (see the module docstring)."""
+    """Design the digital A, C or Z weighting for ``sample_rate`` (see the module docstring)."""
     import scipy.signal as sps  # lazy: scipy.signal costs ~0.6 s to import
+    if curve == "Z":  # flat, but no DC or infrasound: a 2nd-order Butterworth high-pass
+        sos = sps.butter(2, Z_HIGHPASS_HZ, btype="highpass", output="sos", fs=float(sample_rate))
+        one = np.ones(1)
+        return _Weighting(sos=sos, fir=one, sos_zi=sps.sosfilt_zi(sos), sos_dc=0.0, fir_zi=np.zeros(0))
     z, p, k = _highpass_zpk(curve)
     zd, pd, kd = sps.bilinear_zpk(z, p, k, float(sample_rate))
     sos = sps.zpk2sos(zd, pd, kd)
@@ -274,14 +291,15 @@ def weighting_response_db(curve: str, sample_rate: int, freqs_hz: np.ndarray) ->
     """Magnitude response of the digital frequency weighting :class:`LevelMeter` uses.
 
     Args:
-        curve: ``"A"``, ``"C"`` or ``"Z"`` (IEC 61672-1:2013, 5.5; Z is flat, 0 dB).
+        curve: ``"A"``, ``"C"`` or ``"Z"`` (IEC 61672-1:2013, 5.5; Z is flat, 0 dB, from 10 Hz
+            up; here with a DC-blocking high-pass at :data:`Z_HIGHPASS_HZ`).
         sample_rate: capture rate, Hz (positive int).
         freqs_hz: frequencies, Hz, any shape, each in [0, sample_rate/2].
 
     Returns:
         float64 array of ``freqs_hz``'s shape: ``20·lg|H(e^{j2πf/fs})|``, dB, of the cascade
         actually run (bilinear high-pass sections times the FIR correction, see the module
-        docstring); -inf at 0 Hz for A and C (zeros at DC).
+        docstring); -inf at 0 Hz (zeros at DC, Z included).
 
     Raises:
         ValueError: unknown curve, non-positive rate, or a frequency outside [0, fs/2] or
@@ -293,8 +311,6 @@ def weighting_response_db(curve: str, sample_rate: int, freqs_hz: np.ndarray) ->
     f = np.asarray(freqs_hz, dtype=np.float64)
     if not np.all(np.isfinite(f)) or np.any(f < 0) or np.any(f > sample_rate / 2.0):
         raise ValueError(f"frequencies must be finite and within [0, {sample_rate / 2} Hz]")
-    if curve == "Z":
-        return np.zeros(f.shape, dtype=np.float64)
     design = _weighting_design(curve, sample_rate)
     flat = f.reshape(-1)
     _, h_sos = sps.sosfreqz(design.sos, worN=flat, fs=sample_rate)
@@ -433,6 +449,7 @@ class _BandState:
 
 @dataclass(slots=True)
 class _State:
+    z: tuple[np.ndarray, np.ndarray]  # (sos zi, fir zi) of Z (its DC-blocking high-pass)
     a: tuple[np.ndarray, np.ndarray]  # (sos zi, fir zi) of A
     c: tuple[np.ndarray, np.ndarray]
     f_zi: np.ndarray  # (1,) lfilter state of the F time weighting
@@ -546,6 +563,7 @@ class LevelMeter:
             )
         self._calibration = calibration
         self._offset = float(calibration.offset_db)
+        self._z = _weighting_design("Z", self._rate)
         self._a = _weighting_design("A", self._rate)
         self._c = _weighting_design("C", self._rate)
         self._alpha_f = math.exp(-1.0 / (TAU_F_S * self._rate))
@@ -621,7 +639,10 @@ class LevelMeter:
         k = n // m
 
         fresh = self._state is None or start_frame != self._next_start
-        st = self._initial_state(float(self._pressure(x[:1])[0])) if fresh else self._state
+        # A fresh state is the filters' steady state for the mean of the first 0.1 s (the
+        # chain's DC offset, if any), so neither a DC step nor one noisy first sample rings.
+        st = (self._initial_state(float(np.mean(self._pressure(x[: max(1, round(0.1 * self._rate))]))))
+              if fresh else self._state)
         assert st is not None
         if fresh:  # time weighting starts from the mean square of the first τ (module docstring)
             head = self._pressure(x[: max(1, round(TAU_S_S * self._rate))])
@@ -647,9 +668,10 @@ class LevelMeter:
         bounds = sorted({*range(0, n, block), split, n})
         for b0, b1 in zip(bounds[:-1], bounds[1:]):
             p = self._pressure(x[b0:b1])
+            pz, z_zi = _run_weighting(self._z, p, st.z)
             pa, a_zi = _run_weighting(self._a, p, st.a)
             pc, c_zi = _run_weighting(self._c, p, st.c)
-            pa2, pc2, pz2 = pa * pa, pc * pc, p * p
+            pa2, pc2, pz2 = pa * pa, pc * pc, pz * pz
             tw_in = pa2 + _MS_FLOOR
             ms_f, f_zi = self._exp(self._alpha_f, tw_in, st.f_zi)
             ms_s, s_zi = self._exp(self._alpha_s, tw_in, st.s_zi)
@@ -658,7 +680,7 @@ class LevelMeter:
                 sums, counts, bands = _run_bands(self._bank, p, st.bands)
                 band_sums = sums if band_sums is None else band_sums + sums
                 band_counts = counts if band_counts is None else band_counts + counts
-            st = _State(a=a_zi, c=c_zi, f_zi=f_zi, s_zi=s_zi, bands=bands)
+            st = _State(z=z_zi, a=a_zi, c=c_zi, f_zi=f_zi, s_zi=s_zi, bands=bands)
             if b1 == split:
                 mid = st
             sum_z += float(np.sum(pz2))
@@ -670,7 +692,7 @@ class LevelMeter:
             laf[b0:b1] = 10.0 * np.log10(ms_f / _P_REF2) + self._offset
             las_max = max(las_max, float(np.max(ms_s)))
             if trace:
-                traces.append((p, pa, pc, ms_s))
+                traces.append((pz, pa, pc, ms_s))
         assert mid is not None
         self._state = mid
         self._next_start = start_frame + split
@@ -737,6 +759,7 @@ class LevelMeter:
             return (w.sos_zi * v, w.fir_zi * (v * w.sos_dc))
 
         return _State(
+            z=weighting(self._z),
             a=weighting(self._a),
             c=weighting(self._c),
             f_zi=np.zeros(1),  # replaced from the window's first τ in _process
