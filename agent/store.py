@@ -151,8 +151,11 @@ def _from_text(s: str) -> datetime:
     return datetime.fromisoformat(s).astimezone(timezone.utc)
 
 
-def _real(x: float) -> float | None:
-    # SQLite turns NaN into NULL on its own; make it explicit (and read NULL back as NaN).
+def nan_to_none(x: float) -> float | None:
+    """A measured value for a database column: NaN (undefined, e.g. an index of digital
+    silence) becomes NULL (``None``), which SQL aggregates (avg, percentiles) skip and read
+    back as NaN here; SQLite would turn NaN into NULL on its own, PostgreSQL would keep a NaN
+    that poisons aggregates. Used by the outbox and by the sync."""
     x = float(x)
     return None if math.isnan(x) else x
 
@@ -215,10 +218,10 @@ def _window_row(r: WindowResult, stored_at: str) -> tuple[Any, ...]:
         int(r.sample_rate),
         int(bool(r.clock_synchronised)),
         int(r.xruns),
-        _real(r.levels.lzeq_db),
+        nan_to_none(r.levels.lzeq_db),
         # allow_nan: json writes NaN / Infinity tokens, which json.loads reads back.
         json.dumps([float(v) for v in r.levels.lzeq_series_db], allow_nan=True),
-        _real(r.levels.peak_dbfs),
+        nan_to_none(r.levels.peak_dbfs),
         Status(r.status).value,
         m.model_id if m else None,
         m.model_hash if m else None,
@@ -688,4 +691,4 @@ class Outbox:
         return await self._submit(work, "read the latest calibration")
 
 
-__all__ = ["Outbox", "QueueStats", "SCHEMA_VERSION"]
+__all__ = ["Outbox", "QueueStats", "SCHEMA_VERSION", "nan_to_none"]

@@ -35,7 +35,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from agent.config import SyncConfig
 from agent.errors import AgentError, StoreError, SyncError
 from agent.records import Status, WindowResult
-from agent.store import Outbox
+from agent.store import Outbox, nan_to_none
 
 log = logging.getLogger("agent.sync")
 
@@ -247,13 +247,6 @@ def migrate(dsn: str, connect_timeout_s: float = 10) -> int:
 # one batch
 
 
-def _num(x: float) -> float | None:
-    """A measured value for PostgreSQL: NaN (undefined, e.g. an index of digital silence)
-    becomes NULL, which aggregates (avg, percentile) skip; NaN would poison them."""
-    x = float(x)
-    return None if math.isnan(x) else x
-
-
 def _window_params(r: WindowResult, sync_id: uuid.UUID) -> tuple:
     m, lv, ix, h = r.model, r.levels, r.indices, r.health
     cal = lv.calibration
@@ -275,14 +268,13 @@ def _window_params(r: WindowResult, sync_id: uuid.UUID) -> tuple:
         m.backend if m else None,
         bool(m.is_scaffold) if m else None,
         sync_id,
-        _num(lv.laeq_db), _num(lv.lceq_db), _num(lv.lafmax_db), _num(lv.lafmin_db), _num(lv.lasmax_db),
-        _num(lv.la10_db), _num(lv.la50_db), _num(lv.la90_db),
+        *(nan_to_none(v) for v in (lv.laeq_db, lv.lceq_db, lv.lafmax_db, lv.lafmin_db, lv.lasmax_db,
+                                   lv.la10_db, lv.la50_db, lv.la90_db)),
         [float(v) for v in lv.laeq_series_db],
         [float(v) for v in lv.band_centres_hz] if lv.band_centres_hz else None,
         [float(v) for v in lv.band_leq_db] if lv.band_centres_hz else None,
-        *((_num(ix.aci), _num(ix.adi), _num(ix.aei), _num(ix.bi), _num(ix.ndsi), _num(ix.hf), _num(ix.ht))
-          if ix else (None,) * 7),
-        *((_num(h.clipping_ratio), _num(h.dc_offset_fs), _num(h.rms_dbfs), _num(h.hum_share), list(h.flags))
+        *((nan_to_none(v) for v in (ix.aci, ix.adi, ix.aei, ix.bi, ix.ndsi, ix.hf, ix.ht)) if ix else (None,) * 7),
+        *((*(nan_to_none(v) for v in (h.clipping_ratio, h.dc_offset_fs, h.rms_dbfs, h.hum_share)), list(h.flags))
           if h else (None,) * 5),
         float(cal.offset_db), float(cal.sensitivity_dbv), float(cal.gain_db), float(cal.vadc),
         None if cal.reference_db is None else float(cal.reference_db),

@@ -389,19 +389,18 @@ def start_runs(variant: str, agent: Path, classifier: dict, model_dir: Path, aud
 
 
 def run_agent(variant: str, agent: Path, classifier: dict, model_file: Path, audio: BenchAudio, work: Path,
-              offline_windows: int, cold_repeats: int, env: dict[str, str] | None = None) -> dict:
+              offline_windows: int, cold_repeats: int) -> dict:
     """(b)-(d): ``soundscape-agent run`` cold starts (file not paced), then live (paced in real time).
 
-    Load time and time to first result are the median of ``cold_repeats`` cold starts; ``env``
-    is added to every run's environment.
+    Load time and time to first result are the median of ``cold_repeats`` cold starts.
     """
     work.mkdir(parents=True, exist_ok=True)
-    env = {"HF_HUB_OFFLINE": "1", **(env or {})}
+    env = {"HF_HUB_OFFLINE": "1"}
     out: dict = {"variant": variant, "backend": classifier["type"], "window_s": WINDOW_S,
                  "threads": classifier.get("threads"), "model_file": model_file.name,
                  "model_file_mb": round(model_file.stat().st_size / 1e6, 1), "audio_s": audio.seconds,
                  "process": f"{agent.relative_to(REPO)} run", "classifier_config": classifier,
-                 "environment": env or {}}
+                 "environment": env}
 
     colds, warm, model_files = start_runs(variant, agent, classifier, model_file.parent, audio, work, env,
                                           offline_windows, cold_repeats)

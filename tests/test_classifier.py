@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import soxr
 from tests.model_fixtures import AUDIO, copy_model, read_recording, shared_labels
+from tests.isolation import modules_imported_by
 
 from agent.analysis.classifier import (
     BACKENDS,
@@ -226,10 +227,8 @@ def test_onnx_backend_imports_neither_torch_nor_transformers(tiny_model_dir):
         f"clf = load_classifier(OnnxClassifierConfig(model={str(tiny_model_dir)!r}))\n"
         f"x, rate = sf.read({str(AUDIO / 'S4A03895_20190522_060000.wav')!r}, dtype='float32')\n"
         "assert len(clf.classify(x, rate)) == 5\n"
-        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'optimum'))\n"
-        "assert not heavy, heavy\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parent.parent)
+    assert modules_imported_by(code, ("torch", "transformers", "optimum")) == []
 
 
 def test_onnx_rejects_a_model_whose_outputs_do_not_match_the_labels(tiny_model_dir, tmp_path):
@@ -334,10 +333,7 @@ def test_checkpoint_without_classifier_head_is_refused(tiny_model_dir, tmp_path)
 
 def test_imports_are_lazy():
     code = (
-        "import sys, agent.analysis, agent.analysis.levels, agent.analysis.models, agent.analysis.classifier\n"
-        "heavy = [m for m in ('torch', 'transformers', 'optimum', 'onnxruntime', 'maad', 'huggingface_hub')"
-        " if m in sys.modules]\n"
-        "assert not heavy, heavy\n"
+        "import agent.analysis, agent.analysis.levels, agent.analysis.models, agent.analysis.classifier\n"
     )
-    root = Path(__file__).resolve().parent.parent
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=root)
+    heavy = ("torch", "transformers", "optimum", "onnxruntime", "maad", "huggingface_hub")
+    assert modules_imported_by(code, heavy) == []

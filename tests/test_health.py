@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
 import warnings
 
 import numpy as np
@@ -14,7 +12,8 @@ import soundfile as sf
 from agent.analysis.health import RMS_FLOOR_DBFS, assess_health
 from agent.config import HealthConfig
 from agent.records import HEALTH_FLAGS
-from tests.audio import ROOT, real_recordings
+from tests.audio import real_recordings
+from tests.isolation import modules_imported_by
 
 FS = 48000
 N = 10 * FS
@@ -232,6 +231,4 @@ def test_input_is_not_modified():
 
 
 def test_module_import_needs_only_numpy():
-    code = "import sys, agent.analysis.health; print('scipy' in sys.modules, 'maad' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["False", "False"]
+    assert modules_imported_by("import agent.analysis.health", ("scipy", "maad")) == []

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
 import warnings
 
 import maad.features
@@ -15,7 +13,8 @@ import soundfile as sf
 
 from agent.analysis.indices import compute_indices
 from agent.config import IndicesConfig
-from tests.audio import ROOT, real_recordings
+from tests.audio import real_recordings
+from tests.isolation import modules_imported_by
 
 FIELDS = ("aci", "adi", "aei", "bi", "ndsi", "hf", "ht")
 
@@ -202,6 +201,4 @@ def test_invalid_input_raises_value_error():
 
 
 def test_module_import_does_not_load_scikit_maad():
-    code = "import sys, agent.analysis.indices; print('maad' in sys.modules, 'pandas' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["False", "False"]
+    assert modules_imported_by("import agent.analysis.indices", ("maad", "pandas")) == []

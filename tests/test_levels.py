@@ -6,8 +6,6 @@ with real signals: sines, tone bursts, pink noise and the bundled field recordin
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -28,6 +26,7 @@ from agent.analysis.levels import (
 )
 from agent.config import LevelsConfig
 from agent.records import Calibration
+from tests.isolation import modules_imported_by
 
 # bundled copies of the scikit-maad recordings (/work/shared/audio, byte-identical)
 AUDIO = Path(__file__).resolve().parent.parent / "data" / "recordings"
@@ -739,10 +738,7 @@ def test_rejects_invalid_parameters():
 
 
 def test_import_is_pure_and_lazy():
-    code = ("import sys, agent.analysis.levels as m; "
-            "heavy = [k for k in ('maad', 'pandas', 'scipy.signal') if k in sys.modules]; "
-            "assert not heavy, heavy")
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parent.parent)
+    assert modules_imported_by("import agent.analysis.levels", ("maad", "pandas", "scipy.signal")) == []
 
 
 def test_public_api_documented():

@@ -110,7 +110,9 @@ class AcousticAnalyser:
             :class:`Acoustics`.
 
         Raises:
-            ValueError: the samples are empty or hold NaN/inf.
+            ValueError: the samples are empty or hold NaN/inf; or the window is too short for
+                the ``[indices]`` spectrogram settings (see
+                :func:`~agent.analysis.indices.compute_indices`).
         """
         levels = self._meter_for(window.sample_rate).process(window.samples, window.start_frame)
         indices = (compute_indices(window.samples, window.sample_rate, self.indices_cfg)
@@ -185,15 +187,15 @@ def measure_calibration(samples: np.ndarray, sample_rate: int, cfg: LevelsConfig
     if x.size < 2 * sample_rate:
         raise InputError(f"calibration needs at least 2 s of audio, got {x.size / sample_rate:.2f} s",
                          "record longer: --seconds 10")
-    chain = dataclasses.replace(nominal_calibration(cfg), offset_db=0.0)
-    band_cfg = cfg.model_copy(update={"bands": True, "band_min_hz": max(10.0, frequency_hz / 1.5),
-                                      "band_max_hz": frequency_hz * 1.5})
-    levels = compute_levels(x, sample_rate, band_cfg, chain)
     peak = float(np.max(np.abs(x)))
     if peak >= 0.999:
         raise InputError(f"the calibrator tone clips (peak {20 * math.log10(peak):.2f} dBFS)",
                          "calibrate at a lower gain ([levels] gain_db and the device's gain setting), "
                          "then set the operating gain back")
+    chain = dataclasses.replace(nominal_calibration(cfg), offset_db=0.0)
+    band_cfg = cfg.model_copy(update={"bands": True, "band_min_hz": max(10.0, frequency_hz / 1.5),
+                                      "band_max_hz": frequency_hz * 1.5})
+    levels = compute_levels(x, sample_rate, band_cfg, chain)
     if not levels.band_centres_hz:
         raise InputError(f"no one-third-octave band at {frequency_hz:g} Hz at {sample_rate} Hz sampling",
                          "use the calibrator's frequency (usually 1000 Hz) with --frequency")

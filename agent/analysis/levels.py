@@ -744,16 +744,6 @@ class LevelMeter:
     def _exp(alpha: float, x: np.ndarray, zi: np.ndarray):
         return _lfilter(np.array([1.0 - alpha]), np.array([1.0, -alpha]), x, zi)
 
-    @staticmethod
-    def _two_parts(fn, x: np.ndarray, state, split: int):
-        """Run a streaming stage on [0, split) then [split, n); return all output and the
-        state at ``split``."""
-        y1, mid = fn(x[:split], state)
-        if split == x.size:
-            return y1, mid
-        y2, _ = fn(x[split:], mid)
-        return np.concatenate([y1, y2]), mid
-
     def _initial_state(self, v: float) -> _State:
         def weighting(w: _Weighting):
             return (w.sos_zi * v, w.fir_zi * (v * w.sos_dc))
