@@ -134,7 +134,7 @@ def build_export(cache: Path, scaffold_dir: Path, quantize: str, rebuild: bool) 
     out = cache / "models" / f"ast-full-onnx-{quantize}"
     stamp_file = cache / "models" / f"ast-full-onnx-{quantize}.stamp.json"
     stamp = {"source_hash": model_hash(scaffold_dir), "quantize": quantize,
-             "export_code": _tree_hash([REPO / "agent" / "analysis" / "export.py"])}
+             "export_code": _tree_hash([REPO / "agent" / "analysis" / "export.py", REPO / "agent" / "analysis" / "fusion.py"])}
     reuse = (not rebuild and (out / "manifest.json").is_file() and stamp_file.is_file()
              and json.loads(stamp_file.read_text()) == stamp)
     started = time.monotonic()

@@ -131,10 +131,21 @@ def test_exported_model_loads_and_stays_a_scaffold(cli_export, tiny_model_dir):
         np.testing.assert_allclose(clf.scores(x, rate), reference, atol=atol, rtol=0)
 
 
-def test_export_without_quantisation_replaces_an_earlier_export(cli_export, tiny_model_dir, tmp_path):
-    out = tmp_path / "again"
+@pytest.fixture(scope="module")
+def unfused_export(cli_export, tiny_model_dir, tmp_path_factory):
+    """fp32 only, attention not fused, written over a copy of an earlier int8 export."""
+    out = tmp_path_factory.mktemp("unfused") / "again"
     shutil.copytree(cli_export[0], out)  # an earlier (int8) export: replaced, nothing stale kept
-    result = export_model(str(tiny_model_dir), out, quantize="none")
+    result = export_model(str(tiny_model_dir), out, quantize="none", fuse_attention=False)
+    return out, result
+
+
+def _tiny_config(model_dir: Path) -> dict:
+    return json.loads((model_dir / "config.json").read_text())
+
+
+def test_export_without_quantisation_replaces_an_earlier_export(unfused_export):
+    out, result = unfused_export
     assert result.passed and result.is_scaffold and result.model_id.startswith(SCAFFOLD_ID_PREFIX)
     assert {p.name for p in out.iterdir()} == {SCAFFOLD_MARKER, "config.json", "preprocessor_config.json",
                                                FP32_FILE, MANIFEST_NAME}
@@ -143,6 +154,64 @@ def test_export_without_quantisation_replaces_an_earlier_export(cli_export, tiny
     assert [c["name"] for c in m["verification"]["checks"]] == ["onnx-fp32 vs torch"]
     assert set(m["files"]) == {SCAFFOLD_MARKER, "config.json", "preprocessor_config.json", FP32_FILE}
     assert m["files"][FP32_FILE]["sha256"] == _sha256(out / FP32_FILE)
+
+
+def test_attention_is_fused_into_multiheadattention_and_verified(cli_export, unfused_export, tiny_model_dir):
+    """Default export: every layer's MatMul-Softmax-MatMul becomes one com.microsoft.MultiHeadAttention
+    (FlashAttention on the CPU), in fp32 and int8, and the fused graph passed the same verification
+    against PyTorch; ``--no-fuse-attention`` keeps the standard-operator graph."""
+    out, r = cli_export
+    cfg = _tiny_config(tiny_model_dir)
+    layers, heads = cfg["num_hidden_layers"], cfg["num_attention_heads"]
+    m = _manifest(out)
+    fusion = m["graph_rewrites"]["attention_fusion"]
+    assert fusion["enabled"] is True and fusion["op"] == "com.microsoft.MultiHeadAttention"
+    assert fusion["fused"] == layers and fusion["unfused_softmax"] == 0 and fusion["num_heads"] == heads
+    assert fusion["scale"] == pytest.approx((cfg["hidden_size"] / heads) ** -0.5, rel=1e-6)
+    assert f"attention: {layers} blocks fused" in r.stdout
+    assert m["op_types_fp32"]["MultiHeadAttention"] == layers and "Softmax" not in m["op_types_fp32"]
+    assert m["quantization"]["op_types_int8"]["MultiHeadAttention"] == layers
+    assert m["verification"]["passed"] is True
+
+    unfused = _manifest(unfused_export[0])
+    assert unfused["graph_rewrites"] == {"attention_fusion": {"enabled": False}}
+    assert unfused["op_types_fp32"]["Softmax"] == layers and "MultiHeadAttention" not in unfused["op_types_fp32"]
+    assert unfused["verification"]["passed"] is True
+
+
+def test_fusion_rewrites_only_blocks_that_match_exactly(unfused_export, tiny_model_dir):
+    """A block that deviates from the pattern (here: one layer's key transposed differently) is left
+    as it was and counted; the others are fused; a graph without attention is left unchanged."""
+    import onnx
+    from onnx import helper
+
+    from agent.analysis.fusion import fuse_attention
+
+    layers = _tiny_config(tiny_model_dir)["num_hidden_layers"]
+    path = unfused_export[0] / FP32_FILE
+    model = onnx.load(str(path))
+    n_nodes = len(model.graph.node)
+    fusion = fuse_attention(model)
+    assert (fusion.fused, fusion.unfused, fusion.nodes_before) == (layers, 0, n_nodes)
+    assert fusion.nodes_after < n_nodes and sum(n.op_type == "MultiHeadAttention" for n in model.graph.node) == layers
+    assert any(o.domain == "com.microsoft" for o in model.opset_import)
+
+    model = onnx.load(str(path))
+    key_transposes = [n for n in model.graph.node if n.op_type == "Transpose"
+                      and list(helper.get_attribute_value(n.attribute[0])) == [0, 2, 3, 1]]
+    assert len(key_transposes) == layers
+    key_transposes[0].attribute[0].CopyFrom(helper.make_attribute("perm", [0, 2, 1, 3]))
+    fusion = fuse_attention(model)
+    assert (fusion.fused, fusion.unfused) == (layers - 1, 1)
+    assert sum(n.op_type == "Softmax" for n in model.graph.node) == 1
+
+    empty = helper.make_model(helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2])]))
+    fusion = fuse_attention(empty)
+    assert (fusion.fused, fusion.unfused, fusion.nodes_after) == (0, 0, 1)
+    assert [o.domain for o in empty.opset_import] == [""]
 
 
 # ------------------------------------------------------------------------------ failures

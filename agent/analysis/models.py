@@ -527,7 +527,9 @@ def scaffold(out_dir: Path, tiny: bool = False, *, onnx: bool = False, seed: int
     written directory is still marked), ``config.json`` (with the custom key
     ``soundscape_scaffold``), ``model.safetensors``, ``preprocessor_config.json`` (the packaged
     one) and, with ``onnx=True``, ``model.onnx`` exported by optimum
-    (``ORTModelForAudioClassification.from_pretrained(out_dir, export=True)``).
+    (``ORTModelForAudioClassification.from_pretrained(out_dir, export=True)``) with its attention
+    fused as ``model export`` does (:func:`agent.analysis.fusion.fuse_attention_file`; not
+    verified: ``model export`` is the verified path).
 
     Its labels are meaningless: use it only to exercise the code path and measure speed.
 
@@ -601,6 +603,9 @@ def scaffold(out_dir: Path, tiny: bool = False, *, onnx: bool = False, seed: int
         except Exception as e:  # noqa: BLE001
             raise ModelError(f"ONNX export of {out_dir} failed: {type(e).__name__}: {e}",
                              "check that optimum-onnx and onnx are installed") from e
+        from agent.analysis.fusion import fuse_attention_file
+
+        fuse_attention_file(out_dir / "model.onnx")  # as `model export` does (agent.analysis.fusion)
 
     size = sum(p.stat().st_size for _, p in _model_files(out_dir))
     digest = model_hash(out_dir)
