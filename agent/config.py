@@ -203,8 +203,9 @@ class LevelsConfig(_Section):
 
 
 class IndicesConfig(_Section):
-    """Acoustic indices per window, computed with scikit-maad (``maad.features``) on one
-    spectrogram of the window (``maad.sound.spectrogram``), with these parameters.
+    """Acoustic indices per window, as scikit-maad 1.5 defines them (``maad.features``, reproduced
+    in numpy by :mod:`agent.analysis.indices`) on one spectrogram of the window, with these
+    parameters.
 
     Attributes:
         enabled: compute indices (default true).

@@ -143,7 +143,8 @@ class Levels:
 
 @dataclass(frozen=True, slots=True)
 class AcousticIndices:
-    """Acoustic indices of one window, each computed by scikit-maad (``maad.features``) with
+    """Acoustic indices of one window, each as scikit-maad's ``maad.features`` computes it
+    (:mod:`agent.analysis.indices`, equal to maad's results in the tests) with
     the parameters of the ``[indices]`` section; NaN where an index is undefined (e.g. silence).
 
     Attributes:

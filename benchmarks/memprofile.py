@@ -5,8 +5,9 @@ Run by ``run.py`` with the torch-free virtualenv's Python, in its own process::
     python benchmarks/memprofile.py --model EXPORT_DIR [--file-name model_quantized.onnx] --wav BENCH.wav
 
 Stages, each reported as ``VmRSS`` and ``VmHWM`` (peak) from ``/proc/self/status``, MB:
-interpreter (then glibc's malloc thresholds pinned, as ``run`` does); the agent's run-time imports (CLI, pipeline, capture, store, sync, levels with
-scikit-maad, scipy, soxr, onnxruntime); the model loaded through
+interpreter (then glibc's malloc thresholds pinned, as ``run`` does); the agent's run-time
+imports (CLI, pipeline, capture, store, sync, scipy.special, soxr, onnxruntime); the acoustics'
+scipy.signal; the model loaded through
 :func:`agent.analysis.classifier.load_classifier`; the first and the second 10 s window
 classified. A diagnostic next to the measured peak RSS of ``soundscape-agent run``, not a
 replacement for it. Prints one JSON object.
@@ -52,20 +53,17 @@ def main(argv: list[str] | None = None) -> int:
     import agent.pipeline  # noqa: F401
     import agent.store  # noqa: F401
     import agent.sync  # noqa: F401
-    import maad.spl  # noqa: F401  (imported by agent.analysis.levels on the first window)
     import onnxruntime  # noqa: F401
     import scipy.special  # noqa: F401
     import soxr  # noqa: F401
-    stages.append({"stage": "run-time imports (agent, numpy, scipy, scikit-maad, soxr, onnxruntime)", **rss_mb()})
+    stages.append({"stage": "run-time imports (agent, numpy, scipy.special, soxr, onnxruntime)", **rss_mb()})
     try:  # the acoustics of every window (agents with acoustic indices and weighted levels)
         import agent.analysis.acoustics  # noqa: F401
     except ImportError:
         pass
     else:
-        import maad.features  # noqa: F401  (indices; pulls in matplotlib, scikit-image)
-        import maad.sound  # noqa: F401
-        import scipy.signal  # noqa: F401  (weighting and band filters; pulls in scipy.stats)
-        stages.append({"stage": "acoustics imports (scipy.signal, scikit-maad features and sound)", **rss_mb()})
+        import scipy.signal  # noqa: F401  (weighting and band filters)
+        stages.append({"stage": "acoustics imports (scipy.signal)", **rss_mb()})
 
     from agent.analysis.classifier import load_classifier
     from agent.config import OnnxClassifierConfig

@@ -33,8 +33,8 @@ else
   tar -C "$REPO" --exclude=__pycache__ -cf - pyproject.toml README.md agent | tar -C "$SRC" -xf -
   "${PIP[@]}" "$SRC"
 fi
-if "$DIR/bin/python" -c 'import importlib.util as u, sys; sys.exit(0 if any(u.find_spec(m) for m in ("torch", "transformers", "optimum")) else 1)'; then
-  echo "make-onnx-venv: torch, transformers or optimum got installed into $DIR: a core dependency pulls them" >&2
+if "$DIR/bin/python" -c 'import importlib.util as u, sys; sys.exit(0 if any(u.find_spec(m) for m in ("torch", "transformers", "optimum", "maad", "pandas", "matplotlib")) else 1)'; then
+  echo "make-onnx-venv: torch, transformers, optimum, scikit-maad, pandas or matplotlib got installed into $DIR: a core dependency pulls them" >&2
   exit 1
 fi
 echo "make-onnx-venv: $DIR ready ($(( SECONDS - started )) s): soundscape-agent core, onnxruntime $("$DIR/bin/python" -c 'import onnxruntime; print(onnxruntime.__version__)'), no torch"

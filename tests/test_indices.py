@@ -1,4 +1,5 @@
-"""Acoustic indices: scikit-maad's own functions on the real recordings, silence, behaviour."""
+"""Acoustic indices: the numpy implementation against scikit-maad's own functions (the
+reference, a test-only dependency) on the real recordings, silence, behaviour, import cost."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from agent.analysis.indices import compute_indices
+from agent.analysis.indices import _spectrogram, compute_indices
 from agent.config import IndicesConfig
 from tests.audio import real_recordings
 from tests.isolation import modules_imported_by
@@ -75,6 +76,10 @@ def _window(path, seconds: float = 10.0) -> tuple[np.ndarray, int]:
 
 
 def _assert_equal(result, ref: dict[str, float]) -> None:
+    # The module repeats maad's and scipy's arithmetic operation for operation (same FFT
+    # library as scipy.fft, same array layouts, hence the same summation order), and with
+    # numpy 2.4 / scipy 1.17 / maad 1.5.2 every value is bit-identical. rel=1e-12 leaves room
+    # only for a future numpy/scipy changing the rounding of one side's FFT or reductions.
     for name in FIELDS:
         value = getattr(result, name)
         assert type(value) is float, name  # a Python float, not numpy
@@ -93,12 +98,60 @@ def test_equals_scikit_maad_on_real_recordings(path):
 
 
 @pytest.mark.parametrize("name", ["S4A03895_20190522_060000", "spinetail_20180919_160000"])
-def test_every_parameter_reaches_maad(name):
+def test_every_parameter_is_used_as_maad_uses_it(name):
     x, fs = _window(next(p for p in real_recordings() if p.stem == name))
     result = compute_indices(x, fs, _config(OTHER))
     _assert_equal(result, maad_reference(x, fs, OTHER))
     default = compute_indices(x, fs, IndicesConfig())
     assert all(getattr(result, f) != getattr(default, f) for f in FIELDS if f != "ht")
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        # scipy's frame count (noverlap > nperseg/2), odd nperseg, int-truncated band edges
+        dict(window="blackman", nperseg=1000, noverlap=700, fmin=250.5, bin_step=777.7, anthro=(0.0, 1500.0)),
+        # boxcar: every mean-removed segment of PCM audio has an exactly-zero 0 Hz bin, so ACI
+        # is NaN (maad's 0/0); a pooled NDSI bin width that is no multiple of the bin width
+        dict(window="boxcar", nperseg=64, noverlap=48, anthro=(300.0, 1234.5), bio=(2500.0, 30000.0)),
+        # the anthrophony band exactly one bin wide (44.1 kHz / 1024)
+        dict(anthro=(0.0, 44100 / 1024), bi_flim=(1000.0, 30000.0)),
+        # every ADI/AEI band score zero (maad's entropy of zeros is 1: ADI = ln 5), one band
+        dict(db_threshold=0.0, fmin=15000.0),
+        dict(fmax=1500.0),
+    ],
+    ids=["blackman-overlap", "boxcar-64", "anthro-one-bin", "adi-no-activity", "adi-one-band"],
+)
+def test_other_windows_and_edge_parameters(changes):
+    x, fs = _window(next(p for p in real_recordings() if p.stem == "spinetail_20180919_160000"))
+    p = dict(DEFAULTS, **changes)
+    result = compute_indices(x, fs, _config(p))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # maad's own 0/0 warnings for an ACI/Hf bin of zeros
+        ref = {name: float(v) for name, v in maad_reference(x, fs, p).items()}
+    for name in FIELDS:
+        if math.isfinite(ref[name]):
+            assert getattr(result, name) == pytest.approx(ref[name], rel=1e-12, abs=1e-15), name
+        else:
+            assert math.isnan(getattr(result, name)), name
+    if p["window"] == "boxcar":
+        assert math.isnan(result.aci) and math.isnan(ref["aci"])
+
+
+@pytest.mark.parametrize(
+    ("window", "nperseg", "noverlap"),
+    [("hann", 1024, 0), ("hamming", 512, 256), ("blackman", 1000, 700), ("boxcar", 64, 0)],
+)
+def test_spectrogram_is_maads_bit_for_bit(window, nperseg, noverlap):
+    x, fs = _window(next(p for p in real_recordings() if p.stem == "S4A03895_20190522_060000"))
+    x = x.astype(np.float64)
+    ref, _, fn_ref, _ = maad.sound.spectrogram(
+        x, fs, window=window, nperseg=nperseg, noverlap=noverlap, mode="amplitude"
+    )
+    amp, fn = _spectrogram(x, fs, window, nperseg, noverlap)
+    assert np.array_equal(amp, ref) and np.array_equal(fn, fn_ref)
+    # the same memory layout as maad's, hence numpy's same summation order in the indices
+    assert amp.strides == ref.strides
 
 
 @pytest.mark.parametrize("rate", [8000, 16000, 96000])
@@ -198,7 +251,24 @@ def test_invalid_input_raises_value_error():
         compute_indices(np.ones(2000, np.float32), 48000, cfg)
     with pytest.raises(ValueError, match="narrower than one spectrogram bin"):
         compute_indices(np.ones(480000, np.float32), 48000, IndicesConfig(nperseg=64, ndsi_anthro_hz=(0.0, 500.0)))
+    with pytest.raises(ValueError, match="window must be"):  # only an unvalidated config can
+        compute_indices(np.ones(480000, np.float32), 48000, IndicesConfig.model_construct(window="kaiser"))
+
+
+HEAVY = ("maad", "pandas", "matplotlib", "skimage", "PIL", "scipy.stats", "scipy.signal", "scipy.ndimage")
 
 
 def test_module_import_does_not_load_scikit_maad():
-    assert modules_imported_by("import agent.analysis.indices", ("maad", "pandas")) == []
+    assert modules_imported_by("import agent.analysis.indices", HEAVY) == []
+
+
+def test_computing_indices_does_not_load_scikit_maad_or_scipy_stats():
+    code = (
+        "import math, soundfile\n"
+        "from agent.analysis.indices import compute_indices\n"
+        "from agent.config import IndicesConfig\n"
+        "x, fs = soundfile.read('data/recordings/S4A03895_20190522_060000.wav', dtype='float32')\n"
+        "r = compute_indices(x[: 10 * fs], fs, IndicesConfig())\n"
+        "assert all(math.isfinite(v) for v in (r.aci, r.adi, r.aei, r.bi, r.ndsi, r.hf, r.ht)), r\n"
+    )
+    assert modules_imported_by(code, HEAVY) == []

@@ -22,6 +22,7 @@ from agent.analysis.levels import (
     compute_levels,
     nominal_calibration,
     third_octave_bands,
+    wav_to_pressure,
     weighting_response_db,
 )
 from agent.config import LevelsConfig
@@ -739,6 +740,25 @@ def test_rejects_invalid_parameters():
 
 def test_import_is_pure_and_lazy():
     assert modules_imported_by("import agent.analysis.levels", ("maad", "pandas", "scipy.signal")) == []
+
+
+def test_calibration_chain_is_scikit_maads_bit_for_bit_without_importing_it():
+    """wav_to_pressure == maad.spl.wav2pressure exactly, for several chains, on a real recording;
+    and computing levels (weightings, bands, the chain) never imports scikit-maad or pandas,
+    which would cost ~80 MB of resident memory on the Pi."""
+    import maad.spl
+
+    x, _ = sf.read(AUDIO / RECORDINGS[0], dtype="float32")
+    for s_dbv, g_db, vadc in ((-18.0, 30.0, 2.0), (-38.0, 15.5, 1.8), (0.0, 0.0, 5.0)):
+        cal = Calibration(sensitivity_dbv=s_dbv, gain_db=g_db, vadc=vadc, offset_db=0.0)
+        ours = wav_to_pressure(x, cal)
+        ref = maad.spl.wav2pressure(x.astype(np.float64), gain=g_db, Vadc=vadc, sensitivity=s_dbv)
+        assert ours.dtype == np.float64 and np.array_equal(ours, ref)
+    code = ("import numpy as np, soundfile as sf\n"
+            "from agent.analysis.levels import compute_levels\nfrom agent.config import LevelsConfig\n"
+            f"x, rate = sf.read({str(AUDIO / RECORDINGS[0])!r}, dtype='float32')\n"
+            "assert compute_levels(x, rate, LevelsConfig()).laeq_db > 0")
+    assert modules_imported_by(code, ("maad", "pandas", "matplotlib")) == []
 
 
 def test_public_api_documented():

@@ -81,8 +81,8 @@ class AcousticAnalyser:
         return self._meter
 
     def warm_up(self, sample_rate: int | None = None) -> None:
-        """Do the one-off work of the first window ahead of it: import scipy.signal and
-        scikit-maad (~1.6 CPU-s on x86) and, for a known capture rate, design the filters.
+        """Do the one-off work of the first window ahead of it: import scipy.signal (~0.6 CPU-s
+        on x86) and, for a known capture rate, design the filters.
 
         Call it while the model loads, on another thread, and wait for it before the first
         :meth:`analyse` (not thread-safe with it). Optional: ``analyse`` does the same work
@@ -91,9 +91,6 @@ class AcousticAnalyser:
         Args:
             sample_rate: the expected capture rate, Hz, or ``None`` when unknown (file replay).
         """
-        import maad.features  # noqa: F401  (indices)
-        import maad.sound  # noqa: F401
-        import maad.spl  # noqa: F401  (calibration chain)
         import scipy.signal  # noqa: F401  (weighting and band filters)
 
         if sample_rate:

@@ -1,13 +1,16 @@
 """Calibrated noise indicators of one window: frequency weightings A, C, Z, time weightings
 F and S, percentile levels and one-third-octave band levels, in dB re 20 µPa.
 
-Pure computation: no I/O, no logging; scikit-maad (which pulls in pandas) and scipy.signal
-(~0.6 s) are imported lazily inside the functions that need them, so importing this module
-costs only numpy and the record/config modules.
+Pure computation: no I/O, no logging; scipy.signal (~0.6 s) is imported lazily inside the
+functions that need it, so importing this module costs only numpy and the record/config
+modules. scikit-maad is not imported at all (it pulls in pandas and matplotlib, ~80 MB of
+resident memory on a Pi): its calibration chain is two lines, reproduced below with maad's
+arithmetic and checked against ``maad.spl.wav2pressure`` bit for bit in the tests.
 
 Calibration chain
 -----------------
-scikit-maad's ``maad.spl.wav2pressure`` (version >= 1.5.1, which fixed the missing ``Vadc/2``)::
+scikit-maad's ``maad.spl.wav2pressure`` (version >= 1.5.1, which fixed the missing ``Vadc/2``),
+:func:`wav_to_pressure` here::
 
     volt = x · Vadc / 2                          (maad.spl.wav2volt)
     p    = volt / 10^(S/20) / 10^(G/20)          (maad.spl.volt2pressure)
@@ -522,6 +525,28 @@ class LevelTrace:
     las_db: np.ndarray
 
 
+def wav_to_pressure(samples: np.ndarray, calibration: Calibration) -> np.ndarray:
+    """Instantaneous sound pressure of full-scale samples through a calibration chain.
+
+    ``p = x · Vadc/2 · 10^(-S/20) / 10^(G/20)``, in scikit-maad's order of operations
+    (``maad.spl.wav2volt`` then ``maad.spl.volt2pressure``, version >= 1.5.1), so the result
+    equals ``maad.spl.wav2pressure(x, gain=G, Vadc=Vadc, sensitivity=S)`` bit for bit (tested)
+    without importing scikit-maad. ``offset_db`` is not applied here (it is added to levels in
+    dB).
+
+    Args:
+        samples: shape (n,), any real dtype, full scale ±1.0.
+        calibration: ``sensitivity_dbv`` S (dB re 1 V/Pa), ``gain_db`` G (dB), ``vadc`` (V
+            peak-to-peak ADC range).
+
+    Returns:
+        float64 array, shape (n,), Pa.
+    """
+    volt = np.asarray(samples, dtype=np.float64) * calibration.vadc / 2
+    coeff = 1 / 10 ** (calibration.sensitivity_dbv / 20)
+    return volt * coeff / 10 ** (calibration.gain_db / 20)
+
+
 class LevelMeter:
     """A streaming sound level meter for consecutive (possibly overlapping) windows of one
     capture stream: frequency weightings A/C/Z, time weightings F/S and one-third-octave
@@ -534,7 +559,7 @@ class LevelMeter:
             ``calibration``, not from ``cfg``.
         sample_rate: capture rate, Hz (positive int; 16000-48000 verified).
         calibration: chain (sensitivity dB re 1 V/Pa, gain dB, Vadc V) passed to
-            ``maad.spl.wav2pressure`` and ``offset_db`` added to every level; returned as
+            :func:`wav_to_pressure` (``maad.spl.wav2pressure``) and ``offset_db`` added to every level; returned as
             ``Levels.calibration``. :func:`nominal_calibration` builds one from ``cfg``.
         hop_frames: the windows' hop, samples; ``None`` = contiguous windows (hop = window
             length). With ``hop < n`` the state is snapshot at sample ``hop`` of each window.
@@ -728,13 +753,8 @@ class LevelMeter:
         return levels, tr
 
     def _pressure(self, x: np.ndarray) -> np.ndarray:
-        """Sound pressure, Pa, float64, of full-scale samples through the calibration chain
-        (``maad.spl.wav2pressure``)."""
-        import maad.spl  # lazy: scikit-maad pulls in pandas
-
-        cal = self._calibration
-        return np.asarray(maad.spl.wav2pressure(np.asarray(x, dtype=np.float64), gain=cal.gain_db, Vadc=cal.vadc,
-                                                sensitivity=cal.sensitivity_dbv), dtype=np.float64)
+        """Sound pressure, Pa, float64, of full-scale samples through the calibration chain."""
+        return wav_to_pressure(x, self._calibration)
 
     def _db(self, mean_square):
         """dB re 20 µPa of a mean square (Pa²), floored, plus the calibration offset."""
@@ -820,6 +840,7 @@ __all__ = [
     "nominal_calibration",
     "third_octave_bands",
     "weighting_response_db",
+    "wav_to_pressure",
     "P_REF_PA",
     "P_RMS_FLOOR_PA",
     "PEAK_FLOOR_FS",
