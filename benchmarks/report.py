@@ -121,12 +121,18 @@ def render(results: dict) -> str:
         ]
         for st in mem["stages"]:
             out.append(f"| {st['stage']} | {st['VmRSS']:.0f} | {st['VmHWM']:.0f} | {_f(st.get('seconds'), '.2f', '')} |")
-        out += [
-            "",
-            f"One attention tensor of one layer holds {heads} heads × {a_tok['tokens']}² tokens × 4 bytes = "
-            f"{att_mb:.1f} MB (scores, then softmax, then their uint8 copy and int32 products in the int8 graph): "
-            "inference needs a few of them at once, whatever the weights' precision.",
-        ]
+        fusion = results["models"]["export"].get("graph_rewrites", {}).get("attention_fusion", {})
+        if fusion.get("enabled") and fusion.get("fused"):
+            note = (f"The export fused {fusion['fused']} attention blocks into onnxruntime's "
+                    f"`{fusion['op']}` (`agent/analysis/fusion.py`): FlashAttention on the CPU never materialises "
+                    f"the {heads} heads × {a_tok['tokens']}² tokens × 4 bytes = {att_mb:.1f} MB score tensor of a "
+                    "layer, which the unfused graph holds several times at once (scores, softmax and, in int8, "
+                    "their uint8 copy and int32 products).")
+        else:
+            note = (f"One attention tensor of one layer holds {heads} heads × {a_tok['tokens']}² tokens × 4 bytes = "
+                    f"{att_mb:.1f} MB (scores, then softmax, then their uint8 copy and int32 products in the int8 "
+                    "graph): inference needs a few of them at once, whatever the weights' precision.")
+        out += ["", note]
     macs = results["macs_per_window"]
     a = macs["analytic"]
     parts = a["parts"]

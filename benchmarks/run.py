@@ -657,6 +657,7 @@ def main(argv: list[str] | None = None) -> int:
                        "built_now": export["built_now"], "seconds": export["seconds"],
                        "quantization": export["manifest"].get("quantization", {}).get("config"),
                        "verification_passed": export["manifest"].get("verification", {}).get("passed"),
+                       "graph_rewrites": export["manifest"].get("graph_rewrites", {}),
                        "files_mb": {k: round(v["size_bytes"] / 1e6, 1) for k, v in export["manifest"]["files"].items()}},
             "onnx_venv": {"dir": str(venv["dir"].relative_to(REPO)), "command": venv["command"],
                           "built_now": venv["built_now"], "seconds": venv["seconds"]},
