@@ -134,7 +134,7 @@ async def run_pipeline(cfg: Config, *, max_windows: int | None = None, quiet: bo
             device_id=cfg.agent.device_id, source=source, windows=cfg.windows, acoustics=analyser,
             classifier=classifier, queue_size=cfg.classifier.queue_size, outbox=outbox, syncer=syncer,
             on_result=None if quiet else (lambda r: print(format_result(r), flush=True)),
-            max_windows=max_windows, final_sync_timeout_s=cfg.sync.final_timeout_s,
+            max_windows=max_windows, final_sync_timeout_s=cfg.sync.final_timeout_s, ops=cfg.ops,
         )
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -370,7 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def with_config(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
         sp.add_argument("--config", type=Path, default=None,
-                        help="TOML config file (default /etc/soundscape-agent/config.toml if present)")
+                        help="TOML config file (default /etc/soundscape-agent/agent.toml if present)")
         return sp
 
     run = with_config(sub.add_parser("run", help="capture and analyse continuously (the main job)"))

@@ -23,7 +23,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from agent.errors import ConfigError
 
-DEFAULT_CONFIG_PATH = Path("/etc/soundscape-agent/config.toml")
+DEFAULT_CONFIG_PATH = Path("/etc/soundscape-agent/agent.toml")
 DEFAULT_MODEL_ID = "MIT/ast-finetuned-audioset-10-10-0.4593"
 
 # Link profiles: what a sync batch and its timeouts look like on each kind of link.
@@ -410,9 +410,17 @@ class SyncConfig(_Section):
         backoff_initial_s, backoff_max_s: exponential backoff with full jitter after a failed
             round, s (defaults 5 and 600).
         final_timeout_s: bound on the last sync attempt at shutdown, s (default 10).
+        password_file: file holding the PostgreSQL password (first line; default none: the DSN
+            or libpq's own ``PGPASSFILE`` supplies it). ``${CREDENTIALS_DIRECTORY}`` is expanded,
+            so a systemd credential (``LoadCredential=pg-password:...``) is named
+            ``"${CREDENTIALS_DIRECTORY}/pg-password"``. It must not be readable by group or
+            others (mode 0600 or stricter): :func:`agent.sync.read_password` refuses otherwise.
+            Keeps the password off the command line, out of the environment and out of the
+            config file.
     """
 
     dsn: str = ""
+    password_file: str | None = None
     link: Literal["ethernet", "gsm"] = "ethernet"
     interval_s: float | None = Field(None, ge=0.1, le=86400.0)
     batch_size: int | None = Field(None, ge=1, le=100000)
@@ -431,6 +439,32 @@ class SyncConfig(_Section):
         return self
 
 
+class OpsConfig(_Section):
+    """Operations: heartbeats, node-exporter metrics and the thresholds ``diagnose`` uses.
+
+    Attributes:
+        heartbeat_interval_s: seconds between health rows queued for PostgreSQL (default 300;
+            0 turns heartbeats off).
+        textfile_path: node-exporter textfile collector file (``*.prom``) rewritten with each
+            heartbeat (default none: not written).
+        disk_warn_free_mb, disk_fail_free_mb: free space on the queue's filesystem below which
+            ``diagnose`` warns / fails, MB (defaults 500 and 50).
+        queue_warn_age_s: oldest unsynced window older than this makes ``diagnose`` warn, s
+            (default 7200: two hourly GSM rounds missed).
+        cpu_temp_warn_c: CPU temperature at which ``diagnose`` warns, °C (default 80: the
+            Raspberry Pi 4 starts soft throttling at 80 °C, Raspberry Pi documentation).
+        test_capture_s: length of ``diagnose``'s test capture, s (default 2).
+    """
+
+    heartbeat_interval_s: float = Field(300.0, ge=0.0, le=86400.0)
+    textfile_path: str | None = None
+    disk_warn_free_mb: float = Field(500.0, ge=0.0)
+    disk_fail_free_mb: float = Field(50.0, ge=0.0)
+    queue_warn_age_s: float = Field(7200.0, gt=0.0)
+    cpu_temp_warn_c: float = Field(80.0, gt=0.0, le=150.0)
+    test_capture_s: float = Field(2.0, ge=0.5, le=30.0)
+
+
 class Config(_Section):
     """The whole configuration file; one attribute per TOML table."""
 
@@ -443,6 +477,7 @@ class Config(_Section):
     classifier: ClassifierConfig = Field(default_factory=TorchClassifierConfig)
     store: StoreConfig = StoreConfig()
     sync: SyncConfig = SyncConfig()
+    ops: OpsConfig = OpsConfig()
 
 
 def _format_errors(err: ValidationError, source: str) -> str:
@@ -481,7 +516,7 @@ def load_config(path: Path | None) -> Config:
     """Read and validate the TOML config file.
 
     Args:
-        path: the file; ``None`` means ``/etc/soundscape-agent/config.toml`` if it exists,
+        path: the file; ``None`` means ``/etc/soundscape-agent/agent.toml`` if it exists,
             otherwise the built-in defaults.
 
     Raises:
@@ -506,7 +541,7 @@ def load_config(path: Path | None) -> Config:
 
 __all__ = [
     "AlsaCaptureConfig", "ArecordCaptureConfig", "CaptureConfig", "ClassifierConfig", "Config",
-    "FileCaptureConfig", "HealthConfig", "IndicesConfig", "LevelsConfig", "OnnxClassifierConfig", "StoreConfig", "SyncConfig",
+    "FileCaptureConfig", "HealthConfig", "IndicesConfig", "OpsConfig", "LevelsConfig", "OnnxClassifierConfig", "StoreConfig", "SyncConfig",
     "TorchClassifierConfig", "WindowsConfig", "AgentSection", "LINK_PROFILES",
     "load_config", "parse_config", "DEFAULT_MODEL_ID",
 ]

@@ -16,6 +16,13 @@ objects in RAM and is dropped once a window is analysed.
 
 Shutdown (:meth:`Pipeline.request_stop`, wired to SIGTERM/SIGINT by the CLI): capture stops,
 windows already cut are analysed and stored, one bounded final sync runs, the queue closes.
+
+Supervision, beside the data flow (:meth:`Pipeline._supervise`): ``READY=1`` to systemd once
+the first audio arrives; ``WATCHDOG=1`` every half watchdog interval *only* while captured
+frames advance and windows keep being committed (a stalled capture or a wedged analysis stops
+the pings and systemd restarts the agent); ``STATUS=`` with a one-line summary; a
+:class:`~agent.records.Heartbeat` queued every ``[ops] heartbeat_interval_s`` (and the
+node-exporter textfile rewritten), delivered to PostgreSQL by the same sync as the windows.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -31,8 +39,9 @@ from dataclasses import dataclass
 from agent.analysis.acoustics import AcousticAnalyser, Acoustics
 from agent.analysis.classifier import Classifier
 from agent.capture import ThreadedSource
-from agent.config import WindowsConfig
-from agent.records import Status, Window, WindowResult
+from agent.config import OpsConfig, WindowsConfig
+from agent.ops import SystemdNotifier, host_snapshot, write_textfile
+from agent.records import Heartbeat, Status, Window, WindowResult
 from agent.store import Outbox
 from agent.sync import Syncer
 from agent.windows import Windower
@@ -49,6 +58,8 @@ class PipelineStats:
         classified: windows classified; skipped: classification skipped because the classify
             queue was full (levels still stored); failed: the classifier raised.
         xruns: capture overruns.
+        frames: audio frames received from capture.
+        heartbeats: heartbeats queued.
     """
 
     windows: int = 0
@@ -56,6 +67,8 @@ class PipelineStats:
     skipped: int = 0
     failed: int = 0
     xruns: int = 0
+    frames: int = 0
+    heartbeats: int = 0
 
 
 class Pipeline:
@@ -77,13 +90,17 @@ class Pipeline:
         max_windows: stop after this many windows (``None``: run until stopped or the
             source ends).
         final_sync_timeout_s: bound on the final sync attempt at shutdown, s.
+        ops: the ``[ops]`` section (heartbeats, textfile); ``None``: no heartbeats.
+        notifier: systemd notification (``None``: one built from the environment, which does
+            nothing outside a ``Type=notify`` service).
     """
 
     def __init__(self, *, device_id: str, source: ThreadedSource, windows: WindowsConfig,
                  acoustics: AcousticAnalyser, classifier: Classifier | None, queue_size: int,
                  outbox: Outbox, syncer: Syncer | None,
                  on_result: Callable[[WindowResult], None] | None = None,
-                 max_windows: int | None = None, final_sync_timeout_s: float = 10.0) -> None:
+                 max_windows: int | None = None, final_sync_timeout_s: float = 10.0,
+                 ops: OpsConfig | None = None, notifier: SystemdNotifier | None = None) -> None:
         self.device_id = device_id
         self.source = source
         self.windower = Windower(windows, stream_id=uuid.uuid4().hex[:16])
@@ -95,6 +112,14 @@ class Pipeline:
         self.max_windows = max_windows
         self.final_sync_timeout_s = final_sync_timeout_s
         self.stats = PipelineStats()
+        self.ops = ops
+        self.notifier = notifier if notifier is not None else SystemdNotifier()
+        hop = windows.hop_s or windows.length_s
+        #: the newest window must be younger than this for the watchdog to be fed, s
+        self.commit_deadline_s = 3.0 * max(hop, windows.length_s) + 60.0
+        self._started = time.monotonic()
+        self._ready = asyncio.Event()
+        self._last_commit = 0.0  # monotonic time of the newest stored window (0: none yet)
         self._classify_q: asyncio.Queue[tuple[Window, Acoustics] | None] = asyncio.Queue(queue_size)
         self._stop = asyncio.Event()
         # One inference thread: the classifier is not thread-safe, and one at a time is all
@@ -108,6 +133,7 @@ class Pipeline:
         if not self._stop.is_set():
             log.info("stopping: capture ends, windows in flight are finished")
             self._stop.set()
+            self.notifier.stopping()
             self.source.stop()
 
     async def run(self) -> PipelineStats:
@@ -123,11 +149,14 @@ class Pipeline:
         sync_stop = asyncio.Event()
         sync_task = asyncio.create_task(self.syncer.run(sync_stop)) if self.syncer else None
         classify_task = asyncio.create_task(self._classify_loop())
+        supervise_task = asyncio.create_task(self._supervise())
         try:
             await self._capture_loop()
         finally:
             await self._classify_q.put(None)  # after the windows in flight
             await classify_task
+            supervise_task.cancel()
+            await asyncio.gather(supervise_task, return_exceptions=True)
             self._infer_pool.shutdown(wait=True)
             self._acoustics_pool.shutdown(wait=True)
             if sync_task is not None:
@@ -140,6 +169,10 @@ class Pipeline:
         async with contextlib.aclosing(self.source.chunks()) as chunks:
             async for chunk in chunks:
                 self.stats.xruns += chunk.xruns
+                self.stats.frames += len(chunk.samples)
+                if not self._ready.is_set():
+                    self._ready.set()
+                    self.notifier.ready(f"capturing at {chunk.sample_rate} Hz")
                 for window in self.windower.push(chunk):
                     await self._analyse(window)
                     if self.max_windows is not None and self.stats.windows >= self.max_windows:
@@ -183,6 +216,82 @@ class Pipeline:
             self.stats.classified += 1
             await self._store(window, acoustics, Status.CLASSIFIED, detections)
 
+    async def _supervise(self) -> None:
+        """Watchdog pings, status line and heartbeats, until cancelled (see the module docstring)."""
+        wd = self.notifier.watchdog_interval_s
+        beat_every = self.ops.heartbeat_interval_s if self.ops is not None else 0.0
+        tick = min(wd / 3.0, 5.0) if wd else 5.0  # pings at least every half interval
+        if beat_every:
+            tick = min(tick, beat_every)
+        await self._ready.wait()
+        last_frames = -1
+        stalled = False
+        next_beat = time.monotonic()  # the first heartbeat as soon as audio flows
+        while True:
+            now = time.monotonic()
+            moved = self.stats.frames != last_frames
+            last_frames = self.stats.frames
+            newest = self._last_commit or self._started
+            if moved and now - newest <= self.commit_deadline_s:
+                self.notifier.watchdog()
+                if stalled:
+                    log.info("progress again: feeding the watchdog")
+                stalled = False
+            elif not stalled:
+                stalled = True
+                log.warning("no progress (%s)%s", "capture stalled" if not moved else
+                            f"no window stored for {now - newest:.0f} s",
+                            ": not feeding the watchdog, systemd will restart the agent" if wd else "")
+            if beat_every and now >= next_beat:
+                next_beat = now + beat_every
+                try:
+                    await self._heartbeat()
+                except Exception as err:  # never let health reporting stop the recorder
+                    log.warning("heartbeat not queued: %s", err)
+            self.notifier.status(self.status_line())
+            await asyncio.sleep(tick)
+
+    def status_line(self) -> str:
+        """One-line summary for ``systemctl status`` (STATUS=)."""
+        s = self.stats
+        return (f"{s.windows} windows ({s.classified} classified, {s.skipped} skipped, {s.failed} failed), "
+                f"{s.xruns} xruns, up {time.monotonic() - self._started:.0f} s")
+
+    async def _heartbeat(self) -> Heartbeat:
+        """Take and queue one :class:`Heartbeat` (and rewrite the textfile when configured)."""
+        from datetime import datetime, timezone
+
+        from agent import __version__
+
+        queue = await self.outbox.stats()
+        host = await asyncio.to_thread(host_snapshot, self.outbox.path)
+        info = self.classifier.info if self.classifier is not None else None
+        s = self.stats
+        beat = Heartbeat(
+            heartbeat_id=str(uuid.uuid4()), device_id=self.device_id, time=datetime.now(timezone.utc),
+            uptime_s=round(time.monotonic() - self._started, 3), windows=s.windows, classified=s.classified,
+            skipped=s.skipped, failed=s.failed, xruns=s.xruns, queue_depth=queue.unsynced,
+            oldest_unsynced_start=queue.oldest_unsynced_start, last_sync_at=await self.outbox.last_synced_at(),
+            model_id=info.model_id if info else None, model_hash=info.model_hash if info else None,
+            agent_version=__version__, **host,
+        )
+        await self.outbox.put_heartbeat(beat)
+        s.heartbeats += 1
+        if self.ops is not None and self.ops.textfile_path:
+            metrics = {
+                "uptime_seconds": beat.uptime_s, "windows_total": beat.windows, "skipped_total": beat.skipped,
+                "failed_total": beat.failed, "xruns_total": beat.xruns, "queue_depth": beat.queue_depth,
+                "last_sync_timestamp_seconds": beat.last_sync_at.timestamp() if beat.last_sync_at else None,
+                "cpu_temperature_celsius": beat.cpu_temp_c, "throttled": beat.throttled,
+                "disk_free_bytes": beat.disk_free_bytes, "clock_synchronised": beat.clock_synchronised,
+                "resident_memory_bytes": beat.rss_bytes,
+            }
+            try:
+                await asyncio.to_thread(write_textfile, self.ops.textfile_path, metrics, {"device": self.device_id})
+            except OSError as err:
+                log.warning("node-exporter textfile %s not written: %s", self.ops.textfile_path, err)
+        return beat
+
     async def _store(self, window: Window, acoustics: Acoustics, status: Status, detections: tuple = ()) -> None:
         result = WindowResult(
             key=window.key, device_id=self.device_id, index=window.index, start_time=window.start_time,
@@ -192,5 +301,6 @@ class Pipeline:
             model=self.classifier.info if (self.classifier is not None and status is Status.CLASSIFIED) else None,
         )
         await self.outbox.put(result)
+        self._last_commit = time.monotonic()
         if self.on_result is not None:
             self.on_result(result)

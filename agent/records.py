@@ -272,3 +272,60 @@ class WindowResult:
     model: ModelInfo | None = None
     indices: AcousticIndices | None = None
     health: MicHealth | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """One health row of the running agent, queued like a window and synced to PostgreSQL's
+    ``heartbeats`` table (every ``[ops] heartbeat_interval_s``).
+
+    Counters are since this agent process started. Host values are ``None`` where the host
+    has no such information (no thermal zone, not a Raspberry Pi).
+
+    Attributes:
+        heartbeat_id: UUID text made on the device: the idempotency key of the row.
+        device_id: as ``[agent] device_id``.
+        time: when it was taken, timezone-aware UTC.
+        uptime_s: seconds since the agent started.
+        windows, classified, skipped, failed: windows stored; of those classified,
+            classification skipped for backlog, classification failed.
+        xruns: capture overruns.
+        queue_depth: windows in the outbox not yet synced.
+        oldest_unsynced_start: start time of the oldest of those (UTC), or ``None``.
+        last_sync_at: server time of the last successful delivery, or ``None`` (none yet).
+        cpu_temp_c: SoC temperature, °C.
+        throttled: Raspberry Pi ``get_throttled`` bit field; throttle_flags: its bit names.
+        disk_free_bytes, disk_total_bytes: the queue's filesystem.
+        clock_synchronised: kernel NTP status (``adjtimex``).
+        rss_bytes, peak_rss_bytes: this process's ``VmRSS`` and ``VmHWM``.
+        model_id, model_hash: the loaded classifier, or ``None`` (levels only).
+        agent_version: soundscape-agent's version.
+    """
+
+    heartbeat_id: str
+    device_id: str
+    time: datetime
+    uptime_s: float
+    windows: int
+    classified: int
+    skipped: int
+    failed: int
+    xruns: int
+    queue_depth: int
+    oldest_unsynced_start: datetime | None
+    last_sync_at: datetime | None
+    cpu_temp_c: float | None
+    throttled: int | None
+    throttle_flags: tuple[str, ...]
+    disk_free_bytes: int | None
+    disk_total_bytes: int | None
+    clock_synchronised: bool
+    rss_bytes: int | None
+    peak_rss_bytes: int | None
+    model_id: str | None
+    model_hash: str | None
+    agent_version: str
+
+    def __post_init__(self) -> None:
+        if self.time.tzinfo is None:
+            raise ValueError("Heartbeat.time must be timezone-aware")

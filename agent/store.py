@@ -39,7 +39,7 @@ from typing import Any, TypeVar
 from agent.config import StoreConfig
 from agent.errors import StoreError
 from agent.records import (
-    AcousticIndices, Calibration, Detection, Levels, MicHealth, ModelInfo, Status, WindowResult,
+    AcousticIndices, Calibration, Detection, Heartbeat, Levels, MicHealth, ModelInfo, Status, WindowResult,
 )
 
 log = logging.getLogger("agent.store")
@@ -104,6 +104,16 @@ _MIGRATIONS: tuple[str, ...] = (
         frequency_hz     REAL NOT NULL,
         source           TEXT NOT NULL                  -- the capture device it was measured on
     );
+    """,
+    # 3: heartbeats (records.Heartbeat as JSON), delivered by the sync like windows
+    """
+    CREATE TABLE heartbeats (
+        heartbeat_id  TEXT PRIMARY KEY,                 -- UUID, the idempotency key
+        time          TEXT NOT NULL,                    -- ISO-8601 UTC
+        payload       TEXT NOT NULL,                    -- JSON of records.Heartbeat
+        synced_at     TEXT                              -- server commit time, NULL until synced
+    );
+    CREATE INDEX heartbeats_unsynced ON heartbeats (time) WHERE synced_at IS NULL;
     """,
 )
 
@@ -645,6 +655,87 @@ class Outbox:
 
         return await self._submit(work, "read queue statistics")
 
+
+    async def put_heartbeat(self, heartbeat: Heartbeat) -> bool:
+        """Queue one heartbeat for the sync.
+
+        Returns:
+            True if stored, False if one with the same ``heartbeat_id`` was already there.
+
+        Raises:
+            StoreError: the file cannot be written (disk full, I/O error).
+        """
+        doc = {f.name: getattr(heartbeat, f.name) for f in dataclasses.fields(heartbeat)}
+        for key in ("time", "oldest_unsynced_start", "last_sync_at"):
+            if doc[key] is not None:
+                doc[key] = _to_text(doc[key])
+        doc["throttle_flags"] = list(doc["throttle_flags"])
+        row = (heartbeat.heartbeat_id, _to_text(heartbeat.time), json.dumps(doc, allow_nan=False))
+
+        def work(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute("INSERT INTO heartbeats (heartbeat_id, time, payload) VALUES (?, ?, ?)"
+                               " ON CONFLICT (heartbeat_id) DO NOTHING", row)
+            return cur.rowcount > 0
+
+        return await self._submit(lambda conn: self._in_transaction(conn, work), "store a heartbeat")
+
+    async def pending_heartbeats(self, limit: int) -> list[Heartbeat]:
+        """The oldest unsynced heartbeats (at most ``limit``, >= 1), oldest first.
+
+        Raises:
+            StoreError: the file cannot be read.
+        """
+        limit = int(limit)
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+
+        def work(conn: sqlite3.Connection) -> list[Heartbeat]:
+            rows = conn.execute("SELECT payload FROM heartbeats WHERE synced_at IS NULL ORDER BY time, heartbeat_id"
+                                " LIMIT ?", (limit,)).fetchall()
+            out = []
+            for (payload,) in rows:
+                doc = json.loads(payload)
+                for key in ("time", "oldest_unsynced_start", "last_sync_at"):
+                    if doc[key] is not None:
+                        doc[key] = _from_text(doc[key])
+                doc["throttle_flags"] = tuple(doc["throttle_flags"])
+                out.append(Heartbeat(**doc))
+            return out
+
+        return await self._submit(work, "read pending heartbeats")
+
+    async def mark_heartbeats_synced(self, ids: Iterable[str], sync_time: datetime) -> int:
+        """Record that the server has committed these heartbeats (call after the COMMIT).
+
+        Returns:
+            Heartbeats newly marked.
+
+        Raises:
+            StoreError: the file cannot be written.
+        """
+        when = _to_text(sync_time)
+        params = [(when, i) for i in ids]
+
+        def work(conn: sqlite3.Connection) -> int:
+            cur = conn.executemany("UPDATE heartbeats SET synced_at = ? WHERE heartbeat_id = ? AND synced_at IS NULL",
+                                   params)
+            return max(cur.rowcount, 0)
+
+        return await self._submit(lambda conn: self._in_transaction(conn, work), "mark heartbeats synced")
+
+    async def last_synced_at(self) -> datetime | None:
+        """Server time of the most recent delivery of a window or heartbeat, or ``None``.
+
+        Raises:
+            StoreError: the file cannot be read.
+        """
+
+        def work(conn: sqlite3.Connection) -> datetime | None:
+            row = conn.execute("SELECT max(t) FROM (SELECT max(synced_at) AS t FROM windows"
+                               " UNION ALL SELECT max(synced_at) FROM heartbeats)").fetchone()
+            return _from_text(row[0]) if row and row[0] is not None else None
+
+        return await self._submit(work, "read the last sync time")
 
     async def add_calibration(self, calibration: Calibration, frequency_hz: float, source: str) -> None:
         """Keep a calibration measured by ``soundscape-agent calibrate``.

@@ -34,7 +34,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from agent.config import SyncConfig
 from agent.errors import AgentError, StoreError, SyncError
-from agent.records import Status, WindowResult
+from agent.records import Heartbeat, Status, WindowResult
 from agent.store import Outbox, nan_to_none
 
 log = logging.getLogger("agent.sync")
@@ -75,6 +75,15 @@ INSERT INTO windows (
 ) ON CONFLICT DO NOTHING
 """
 
+_INSERT_HEARTBEAT = """
+INSERT INTO heartbeats (
+    heartbeat_id, device, time, uptime_s, windows, classified, skipped, failed, xruns, queue_depth,
+    oldest_unsynced_start, last_sync_at, cpu_temp_c, throttled, throttle_flags, disk_free_bytes,
+    disk_total_bytes, clock_synchronised, rss_bytes, peak_rss_bytes, model_id, model_hash, agent_version
+) VALUES (%s::uuid, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::text[], %s, %s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT DO NOTHING
+"""
+
 _INSERT_DETECTION = """
 INSERT INTO detections (window_key, rank, label, label_index, score)
 VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING
@@ -83,6 +92,55 @@ VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING
 
 # ---------------------------------------------------------------------------------------------
 # DSN helpers
+
+
+def read_password(path_template: str, environ: dict[str, str] | None = None) -> str:
+    """The PostgreSQL password from ``[sync] password_file``.
+
+    ``${CREDENTIALS_DIRECTORY}`` (systemd's credentials directory, ``LoadCredential=``) and
+    other ``$VAR`` references are expanded from ``environ``. The first line is the password
+    (a trailing newline is not part of it).
+
+    Args:
+        path_template: the configured path.
+        environ: variables for the expansion (default ``os.environ``).
+
+    Returns:
+        The password (never logged).
+
+    Raises:
+        ConfigError: a variable is unset, the file is missing, unreadable or empty, or it is
+            readable by group or others (mode must be 0600 or stricter; systemd credentials
+            are 0400).
+    """
+    import os
+    import stat
+    import string
+
+    from agent.errors import ConfigError
+
+    env = os.environ if environ is None else environ
+    try:
+        path = string.Template(path_template).substitute(env)
+    except (KeyError, ValueError) as e:
+        raise ConfigError(f"[sync] password_file {path_template!r}: variable {e} is not set",
+                          "under systemd, LoadCredential= sets CREDENTIALS_DIRECTORY; otherwise give a plain path") from None
+    try:
+        st = os.stat(path)
+        with open(path, encoding="utf-8") as fh:
+            first = fh.readline().rstrip("\r\n")
+    except FileNotFoundError:
+        raise ConfigError(f"[sync] password_file {path} does not exist",
+                          "create it (mode 0600) holding the PostgreSQL password, or fix the path") from None
+    except OSError as e:
+        raise ConfigError(f"[sync] password_file {path} cannot be read: {e.strerror}",
+                          "make it readable by the agent's user (mode 0600)") from None
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(f"[sync] password_file {path} is accessible to group or others "
+                          f"(mode {stat.S_IMODE(st.st_mode):04o})", f"chmod 600 {path}")
+    if not first:
+        raise ConfigError(f"[sync] password_file {path} is empty", "put the password on its first line")
+    return first
 
 
 def redact_dsn(dsn: str) -> str:
@@ -320,6 +378,33 @@ async def send_batch(conn: psycopg.AsyncConnection, results: Sequence[WindowResu
     return inserted
 
 
+async def send_heartbeats(conn: psycopg.AsyncConnection, heartbeats: Sequence[Heartbeat]) -> int:
+    """Insert heartbeats in the connection's current transaction (the caller commits).
+
+    Like :func:`send_batch`: target-less ``ON CONFLICT DO NOTHING`` on the device-made
+    ``heartbeat_id``, so a replay inserts nothing and an INSERT-only role suffices.
+
+    Returns:
+        Rows newly inserted.
+
+    Raises:
+        ValueError: ``conn`` is in autocommit mode.
+        psycopg.Error: the server refused them.
+    """
+    if conn.autocommit:
+        raise ValueError("send_heartbeats needs a connection with autocommit off")
+    if not heartbeats:
+        return 0
+    rows = [(
+        h.heartbeat_id, h.device_id, h.time, h.uptime_s, h.windows, h.classified, h.skipped, h.failed, h.xruns,
+        h.queue_depth, h.oldest_unsynced_start, h.last_sync_at, h.cpu_temp_c, h.throttled, list(h.throttle_flags), h.disk_free_bytes, h.disk_total_bytes, h.clock_synchronised,
+        h.rss_bytes, h.peak_rss_bytes, h.model_id, h.model_hash, h.agent_version,
+    ) for h in heartbeats]
+    async with conn.cursor() as cur:
+        await cur.executemany(_INSERT_HEARTBEAT, rows)
+        return max(cur.rowcount, 0)
+
+
 # ---------------------------------------------------------------------------------------------
 # the syncer
 
@@ -361,6 +446,8 @@ class Syncer:
         if params.get("options"):
             options = f"{params['options']} {options}"
         extra: dict[str, str] = {}
+        if cfg.password_file:
+            extra["password"] = read_password(cfg.password_file)
         if "application_name" not in params:
             extra["application_name"] = "soundscape-agent"
         bound = cfg.connect_timeout_s + cfg.statement_timeout_s
@@ -424,12 +511,20 @@ class Syncer:
         await conn.commit()
         return inserted, row[0]
 
+    async def _send_heartbeats_and_commit(self, conn: psycopg.AsyncConnection, beats: Sequence[Heartbeat]) -> datetime:
+        await send_heartbeats(conn, beats)
+        cur = await conn.execute("SELECT now()")
+        row = await cur.fetchone()
+        await conn.commit()
+        return row[0]
+
     async def sync_once(self) -> int:
         """Deliver every pending window, batch after batch, over one connection.
 
         Per batch: ``outbox.pending(batch_size)`` -> :func:`send_batch` -> COMMIT ->
         ``outbox.mark_synced(keys, sync_id, server time)``. Stops when the outbox has no more
-        pending windows (a short batch ends the round).
+        pending windows (a short batch ends the round). Then the pending heartbeats, the same
+        way (:func:`send_heartbeats`), after the windows: data first.
 
         Returns:
             Number of windows delivered and marked synced in this round (replayed ones
@@ -482,6 +577,19 @@ class Syncer:
                     inserted_total += inserted
                     log.debug("batch %s: %d windows sent, %d new on the server", sync_id, len(batch), inserted)
                     if len(batch) < batch_size or marked == 0:
+                        break
+                while beats := await self._outbox.pending_heartbeats(batch_size):
+                    try:
+                        sync_time = await asyncio.wait_for(self._send_heartbeats_and_commit(conn, beats), timeout=bound)
+                    except TimeoutError:
+                        raise SyncError(f"PostgreSQL {where}: {len(beats)} heartbeats did not complete within "
+                                        f"{bound:g} s", "slow link: lower [sync] batch_size") from None
+                    except psycopg.Error as err:
+                        text = _scrub(str(err), params)
+                        raise SyncError(f"PostgreSQL {where} refused {len(beats)} heartbeats: {text}",
+                                        _server_hint(err)) from None
+                    marked = await self._outbox.mark_heartbeats_synced([h.heartbeat_id for h in beats], sync_time)
+                    if len(beats) < batch_size or marked == 0:
                         break
             finally:
                 await conn.close()

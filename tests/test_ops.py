@@ -70,3 +70,66 @@ def test_an_operators_malloc_environment_wins():
 def test_threshold_must_be_positive():
     with pytest.raises(ValueError, match="> 0 bytes"):
         pin_malloc_thresholds(0)
+
+
+def test_password_file_is_read_with_credentials_directory_and_must_be_private(tmp_path):
+    """[sync] password_file: ${CREDENTIALS_DIRECTORY} expands (systemd LoadCredential=); the first
+    line is the password; a file readable by group/others, a missing file or an unset variable
+    is a ConfigError naming the fix."""
+    from agent.errors import ConfigError
+    from agent.sync import read_password
+
+    cred = tmp_path / "pg-password"
+    cred.write_text("s3cret pass\nignored\n")
+    cred.chmod(0o600)
+    env = {"CREDENTIALS_DIRECTORY": str(tmp_path)}
+    assert read_password("${CREDENTIALS_DIRECTORY}/pg-password", env) == "s3cret pass"
+    cred.chmod(0o640)
+    with pytest.raises(ConfigError) as e:
+        read_password(str(cred), env)
+    assert "0640" in e.value.message and "chmod 600" in e.value.hint
+    with pytest.raises(ConfigError) as e:
+        read_password("${CREDENTIALS_DIRECTORY}/pg-password", {})
+    assert "CREDENTIALS_DIRECTORY" in e.value.message
+    with pytest.raises(ConfigError):
+        read_password(str(tmp_path / "missing"), env)
+
+
+def test_systemd_notifier_protocol(tmp_path):
+    """sd_notify datagrams: abstract and path sockets, watchdog interval only for this pid,
+    nothing sent (and no error) without NOTIFY_SOCKET."""
+    import socket
+
+    from agent.ops import SystemdNotifier
+
+    assert not SystemdNotifier({}).enabled and SystemdNotifier({}).ready() is False
+    path = tmp_path / "n.sock"
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.bind(str(path))
+    s.settimeout(2)
+    n = SystemdNotifier({"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "3000000", "WATCHDOG_PID": str(os.getpid())})
+    assert n.watchdog_interval_s == 3.0
+    assert n.ready("capturing\nat 48 kHz")
+    assert s.recv(4096).decode() == "READY=1\nSTATUS=capturing at 48 kHz"
+    assert n.watchdog() and s.recv(4096) == b"WATCHDOG=1"
+    n.close()
+    s.close()
+    other = SystemdNotifier({"NOTIFY_SOCKET": "@abstract-test", "WATCHDOG_USEC": "3000000", "WATCHDOG_PID": "1"})
+    assert other.watchdog_interval_s is None  # the watchdog is someone else's
+    assert other.notify(status="x") is False  # nobody listens: no exception
+
+
+def test_host_probes_read_sysfs_and_report_absence(tmp_path):
+    from agent.ops import PI_THROTTLED_PATH, cpu_temperature_c, throttle_flags, throttled_state
+
+    assert cpu_temperature_c(str(tmp_path)) is None
+    zone = tmp_path / "class/thermal/thermal_zone0"
+    zone.mkdir(parents=True)
+    (zone / "temp").write_text("61234\n")
+    assert cpu_temperature_c(str(tmp_path)) == pytest.approx(61.234)
+    fw = tmp_path / PI_THROTTLED_PATH
+    fw.parent.mkdir(parents=True)
+    fw.write_text("50005\n")
+    assert throttled_state(str(tmp_path)) == 0x50005
+    assert throttle_flags(0x50005) == ("under_voltage", "throttled", "under_voltage_occurred", "throttled_occurred")
+    assert throttle_flags(None) == () and throttle_flags(0) == ()
