@@ -609,6 +609,43 @@ class FileSource(ThreadedSource):
 
 
 #: The explicit registry: ``[capture] type`` -> source class.
+async def record(cfg: CaptureConfig, seconds: float) -> tuple[np.ndarray, int]:
+    """``seconds`` of audio from the configured source, then the source is stopped.
+
+    Used by ``calibrate`` and ``diagnose`` (never while the service holds the device: ALSA
+    refuses a second opener with "Device or resource busy").
+
+    Args:
+        cfg: the ``[capture]`` section.
+        seconds: how much to record, s (> 0).
+
+    Returns:
+        (float32 samples, shape (n,), full scale ±1; rate, Hz). Shorter than asked only when
+        the source ended (a file) or changed rate.
+
+    Raises:
+        DeviceError: the device cannot be opened or delivered no audio.
+        InputError: a file source cannot be read.
+    """
+    source = make_source(cfg)
+    await asyncio.to_thread(source.open)
+    parts, rate, have = [], 0, 0
+    try:
+        async for chunk in source.chunks():
+            if rate and chunk.sample_rate != rate:
+                break
+            rate = chunk.sample_rate
+            parts.append(chunk.samples)
+            have += len(chunk.samples)
+            if have >= seconds * rate:
+                break
+    finally:
+        source.stop()
+    if not parts:
+        raise DeviceError("the capture device delivered no audio", "check the device with `arecord -l` and [capture]")
+    return np.concatenate(parts)[: int(seconds * rate)], rate
+
+
 SOURCES: dict[str, type[ThreadedSource]] = {
     "alsa": AlsaSource,
     "arecord": ArecordSource,

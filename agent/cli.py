@@ -17,7 +17,7 @@ from pathlib import Path
 
 from agent import __version__
 from agent.config import Config, load_config, parse_config
-from agent.errors import EX_SOFTWARE, EX_USAGE, AgentError, ModelError, SyncError
+from agent.errors import EX_SOFTWARE, EX_USAGE, AgentError, InputError, ModelError, SyncError
 
 log = logging.getLogger("agent.cli")
 
@@ -204,39 +204,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return asyncio.run(run_pipeline(cfg, classifier=classifier))
 
 
-async def _record(cfg: Config, seconds: float):
-    """``seconds`` of audio from the configured capture device: (float32 samples, rate)."""
-    import numpy as np
-
-    from agent.capture import make_source
-
-    source = make_source(cfg.capture)
-    await asyncio.to_thread(source.open)
-    parts, rate, have = [], 0, 0
-    try:
-        async for chunk in source.chunks():
-            if rate and chunk.sample_rate != rate:
-                break
-            rate = chunk.sample_rate
-            parts.append(chunk.samples)
-            have += len(chunk.samples)
-            if have >= seconds * rate:
-                break
-    finally:
-        source.stop()
-    if not parts:
-        from agent.errors import DeviceError
-
-        raise DeviceError("the capture device delivered no audio", "check the device with `arecord -l` and [capture]")
-    return np.concatenate(parts)[: int(seconds * rate)], rate
-
-
 def cmd_calibrate(args: argparse.Namespace) -> int:
     """``calibrate``: measure the calibration offset with an acoustic calibrator, keep it in the
     local queue; ``run`` applies it to every level from then on."""
     from datetime import datetime, timezone
 
     from agent.analysis.acoustics import measure_calibration
+    from agent.capture import record
     from agent.store import Outbox
 
     def describe_source(c) -> str:
@@ -249,7 +223,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         async with Outbox(cfg.store) as outbox:  # first: refused at once while the service runs
             print(f"calibrate: recording {args.seconds:g} s from {describe_source(cfg.capture)}; "
                   f"calibrator {args.reference_db:g} dB at {args.frequency:g} Hz on the microphone", flush=True)
-            samples, rate = await _record(cfg, args.seconds)
+            samples, rate = await record(cfg.capture, args.seconds)
             calibration, levels = measure_calibration(samples, rate, cfg.levels, args.reference_db, args.frequency,
                                                       datetime.now(timezone.utc))
             await outbox.add_calibration(calibration, args.frequency, describe_source(cfg.capture))
@@ -275,6 +249,25 @@ def cmd_db_init(args: argparse.Namespace) -> int:
     version = migrate(dsn, cfg.sync.connect_timeout_s)
     print(f"schema at version {version} on {redact_dsn(dsn)}")
     return 0
+
+
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    """``diagnose [--json] [--check NAME]``: run the checks of :mod:`agent.diagnose`; exit 0 when
+    all are ok, 1 when any warns, 2 when any fails (a broken config is a failed check, not a
+    usage error)."""
+    from agent.diagnose import CHECKS, EXIT_CODES, overall, report_json, report_table, run_checks
+
+    try:
+        results = run_checks(args.config, args.check, spectrogram=args.spectrogram)
+    except ValueError as e:
+        raise InputError(str(e), f"--check takes one of: {', '.join(CHECKS)}") from None
+    device = None
+    try:
+        device = load_config(args.config).agent.device_id
+    except AgentError:
+        pass
+    print(report_json(results, device) if args.json else report_table(results), flush=True)
+    return EXIT_CODES[overall(results)]
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
@@ -398,6 +391,16 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--frequency", type=float, default=1000.0, help="the calibrator's frequency, Hz (default 1000)")
     cal.add_argument("--seconds", type=float, default=10.0, help="how long to record, s (default 10)")
     cal.set_defaults(func=cmd_calibrate)
+
+    diag = with_config(sub.add_parser(
+        "diagnose", help="one-shot health checks (config, capture, model, queue, PostgreSQL, clock, disk, CPU); "
+                         "exit 0 ok, 1 warning, 2 failure; safe while the service runs"))
+    diag.add_argument("--json", action="store_true", help="one JSON document instead of the table")
+    diag.add_argument("--check", action="append", default=None, metavar="NAME",
+                      help="run only this check (repeatable): config, capture, model, sqlite, postgres, clock, disk, cpu")
+    diag.add_argument("--spectrogram", type=Path, default=None, metavar="PNG",
+                      help="also write a spectrogram of the test capture to this PNG file")
+    diag.set_defaults(func=cmd_diagnose)
 
     sync = with_config(sub.add_parser("sync", help="push queued windows to PostgreSQL"))
     sync.add_argument("--once", action="store_true", required=True, help="one round, then exit")

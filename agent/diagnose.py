@@ -1,0 +1,560 @@
+"""``soundscape-agent diagnose``: one-shot health checks of a device, safe while the service runs.
+
+A registry of checks (:data:`CHECKS`), each a function of a shared :class:`Context` returning a
+:class:`CheckResult` (name, status ``ok``/``warn``/``fail``, value, threshold, hint), run one
+after the other, each bounded by its own timeout. The report is a table or one JSON document;
+the exit status is 0 when every check is ok, 1 when any warns, 2 when any fails.
+
+Safe beside the running agent: the queue is opened read-only (``mode=ro``: no lock, no write,
+no checkpoint: SQLite 3.40's WAL-reset bug needs two *writers*); the capture device is
+tried once and, if the service holds it (ALSA: "Device or resource busy"), the service's own
+latest window health from the queue is reported instead; PostgreSQL's insert privilege is
+checked inside a transaction that is rolled back.
+
+=========  ==============================================================================
+check      what, and when it warns / fails
+=========  ==============================================================================
+config     the TOML file parses and validates (fail: every invalid key with its rule)
+capture    the device is found and a ``[ops] test_capture_s`` capture gives level, clipping,
+           DC and silence (fail: missing device, digital silence; warn: clipping, DC, hum)
+model      loads through the run path, one timed inference on the test capture, estimated
+           real-time factor = inference time / hop (warn: RTF >= 0.8: windows will be skipped)
+sqlite     ``PRAGMA quick_check``, queue depth, oldest unsynced window (fail: damaged file;
+           warn: oldest unsynced older than ``[ops] queue_warn_age_s``, no queue yet)
+postgres   connect, schema version, INSERT privilege in a rolled-back transaction (fail: any
+           of them; ok with "not configured" when ``[sync] dsn`` is empty)
+clock      the kernel's NTP status, ``adjtimex`` (warn: not synchronised)
+disk       free space on the queue's filesystem (warn / fail below ``[ops] disk_warn_free_mb``
+           / ``disk_fail_free_mb``)
+cpu        SoC temperature and Raspberry Pi throttling/under-voltage (warn: temperature >=
+           ``[ops] cpu_temp_warn_c``, throttling now or since boot; fail: under-voltage now);
+           "not available" (ok) on hosts without a thermal zone or Pi firmware
+=========  ==============================================================================
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from agent.errors import AgentError
+
+log = logging.getLogger("agent.diagnose")
+
+Status = Literal["ok", "warn", "fail"]
+_RANK = {"ok": 0, "warn": 1, "fail": 2}
+#: Exit status of ``diagnose`` per worst check status.
+EXIT_CODES = {"ok": 0, "warn": 1, "fail": 2}
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    """One check's outcome.
+
+    Attributes:
+        name: the check (a key of :data:`CHECKS`).
+        status: ``ok``, ``warn`` or ``fail``.
+        value: what was measured (JSON-ready: number, string, dict or None).
+        threshold: the limit it was held to (same units), or None.
+        hint: what to do about a warning or failure (None when ok).
+        detail: one human sentence on what was found.
+        seconds: how long the check took, s.
+    """
+
+    name: str
+    status: Status
+    value: Any = None
+    threshold: Any = None
+    hint: str | None = None
+    detail: str = ""
+    seconds: float = 0.0
+
+
+@dataclass
+class Context:
+    """What the checks share: the config path, the parsed config (None when invalid) and the
+    test capture (samples, rate) once the capture check has made it."""
+
+    config_path: Path | None
+    config: Any = None
+    config_error: AgentError | None = None
+    capture: tuple[np.ndarray, int] | None = None
+    capture_from_service: bool = False
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """A registered check: its function and timeout (s)."""
+
+    name: str
+    run: Callable[[Context], CheckResult]
+    timeout_s: float
+
+
+CHECKS: dict[str, Check] = {}
+
+
+def check(name: str, timeout_s: float) -> Callable[[Callable[[Context], CheckResult]], Callable[[Context], CheckResult]]:
+    """Register a check function under ``name`` with its timeout (decorator)."""
+
+    def register(fn: Callable[[Context], CheckResult]) -> Callable[[Context], CheckResult]:
+        CHECKS[name] = Check(name, fn, timeout_s)
+        return fn
+
+    return register
+
+
+def _needs_config(ctx: Context, name: str) -> CheckResult | None:
+    if ctx.config is None:
+        return CheckResult(name, "fail", hint="fix the configuration first (see the config check)",
+                           detail="not checked: the configuration is invalid")
+    return None
+
+
+# ------------------------------------------------------------------------------ the checks
+
+
+@check("config", timeout_s=10)
+def check_config(ctx: Context) -> CheckResult:
+    """The config file loads and validates."""
+    from agent.config import load_config
+
+    try:
+        ctx.config = load_config(ctx.config_path)
+    except AgentError as err:
+        ctx.config_error = err
+        return CheckResult("config", "fail", value=str(ctx.config_path), hint=err.hint, detail=err.message)
+    where = str(ctx.config_path) if ctx.config_path else "built-in defaults"
+    return CheckResult("config", "ok", value=where, detail=f"configuration valid ({where})")
+
+
+def _latest_window_health(store_path: str) -> dict[str, Any] | None:
+    """The newest window's health from the queue (read-only), or None."""
+    path = Path(store_path)
+    if not path.exists():
+        return None
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    try:
+        row = con.execute("SELECT start_time, indicators FROM windows ORDER BY start_time DESC LIMIT 1").fetchone()
+    finally:
+        con.close()
+    if row is None or row[1] is None:
+        return None
+    health = json.loads(row[1]).get("health") or {}
+    return {"start_time": row[0], **health}
+
+
+@check("capture", timeout_s=30)
+def check_capture(ctx: Context) -> CheckResult:
+    """The device is there and delivers sound with sane level, clipping, DC."""
+    if (failed := _needs_config(ctx, "capture")) is not None:
+        return failed
+    from agent.analysis.health import assess_health
+    from agent.capture import record
+
+    cfg = ctx.config
+    seconds = cfg.ops.test_capture_s
+    try:
+        samples, rate = asyncio.run(record(cfg.capture, seconds))
+    except AgentError as err:
+        if "busy" in err.message.lower():
+            latest = _latest_window_health(cfg.store.path)
+            if latest is None:
+                return CheckResult("capture", "warn", hint="wait for the service's first window, then run diagnose again",
+                                   detail="the device is in use (by the service?) and the queue has no window yet")
+            ctx.capture_from_service = True
+            flags = latest.get("flags") or []
+            status: Status = "fail" if "silence" in flags else ("warn" if flags else "ok")
+            return CheckResult("capture", status, value=latest, threshold=None,
+                               hint=None if status == "ok" else _health_hint(flags),
+                               detail=f"device held by the running service; its latest window "
+                                      f"({latest['start_time']}): RMS {latest.get('rms_dbfs', float('nan')):.1f} dBFS, "
+                                      f"flags {flags or 'none'}")
+        return CheckResult("capture", "fail", value=getattr(cfg.capture, "pcm", None) or getattr(cfg.capture, "device", None)
+                           or getattr(cfg.capture, "path", None), hint=err.hint, detail=err.message)
+    ctx.capture = (samples, rate)
+    health = assess_health(samples, rate, cfg.health)
+    peak = float(np.max(np.abs(samples))) if samples.size else 0.0
+    value = {"seconds": round(len(samples) / rate, 3), "sample_rate": rate, "rms_dbfs": round(health.rms_dbfs, 1),
+             "peak_dbfs": round(20 * math.log10(peak), 1) if peak > 0 else None,
+             "clipping_ratio": health.clipping_ratio, "dc_offset_fs": round(health.dc_offset_fs, 5),
+             "hum_share": round(health.hum_share, 3), "flags": list(health.flags)}
+    threshold = {"max_clipping_ratio": cfg.health.max_clipping_ratio, "max_dc_offset_fs": cfg.health.max_dc_offset_fs,
+                 "silence_dbfs": cfg.health.silence_dbfs, "max_hum_share": cfg.health.max_hum_share}
+    flags = list(health.flags)
+    status = "fail" if "silence" in flags else ("warn" if flags else "ok")
+    return CheckResult("capture", status, value=value, threshold=threshold,
+                       hint=None if status == "ok" else _health_hint(flags),
+                       detail=f"{value['seconds']:g} s at {rate} Hz: RMS {value['rms_dbfs']} dBFS, "
+                              f"flags {', '.join(flags) or 'none'}")
+
+
+def _health_hint(flags: list[str]) -> str:
+    hints = {
+        "silence": "digital silence: the microphone delivers zeros or a constant: check the USB cable, "
+                   "the AudioMoth's USB microphone firmware and its gain switch",
+        "clipping": "the signal clips: lower the AudioMoth gain or [levels] gain setting",
+        "dc_offset": "a DC offset: check the microphone chain (AudioMoth firmware removes DC)",
+        "mains_hum": "mains hum: move the cable away from power supplies, use a ferrite or a USB isolator",
+    }
+    return "; ".join(hints[f] for f in flags if f in hints) or "see the flags"
+
+
+@check("model", timeout_s=180)
+def check_model(ctx: Context) -> CheckResult:
+    """The classifier loads through the run path; one timed inference; real-time factor."""
+    if (failed := _needs_config(ctx, "model")) is not None:
+        return failed
+    cfg = ctx.config
+    if not cfg.classifier.enabled:
+        return CheckResult("model", "ok", value=None, detail="classification disabled ([classifier] enabled = false)")
+    from agent.analysis.classifier import load_classifier
+
+    t0 = time.perf_counter()
+    try:
+        clf = load_classifier(cfg.classifier)
+    except AgentError as err:
+        return CheckResult("model", "fail", value=cfg.classifier.model, hint=err.hint, detail=err.message)
+    load_s = time.perf_counter() - t0
+    length = cfg.windows.length_s
+    hop = cfg.windows.hop_s or length
+    if ctx.capture is not None:
+        samples, rate = ctx.capture
+        n = int(length * rate)
+        x = np.resize(samples, n).astype(np.float32) if samples.size else np.zeros(n, np.float32)
+        source = "the test capture"
+    else:
+        rate = 16000
+        x = np.zeros(int(length * rate), np.float32)
+        source = "silence (no test capture: the service holds the device)"
+    t0 = time.perf_counter()
+    clf.scores(x, rate)
+    infer_s = time.perf_counter() - t0
+    rtf = infer_s / hop
+    info = clf.info
+    value = {"model_id": info.model_id, "model_hash": info.model_hash[:16], "backend": info.backend,
+             "is_scaffold": info.is_scaffold, "load_s": round(load_s, 2), "inference_s": round(infer_s, 3),
+             "window_s": length, "hop_s": hop, "real_time_factor": round(rtf, 3)}
+    status: Status = "ok" if rtf < 0.8 else "warn"
+    hint = None
+    if status == "warn":
+        hint = ("inference takes most of each hop: windows will be stored with levels only (skipped_backlog); "
+                "use the int8 ONNX export, fewer [classifier] threads competing, or a longer hop")
+    scaffold = " (SCAFFOLD test model: random weights, labels meaningless)" if info.is_scaffold else ""
+    return CheckResult("model", status, value=value, threshold={"max_real_time_factor": 0.8}, hint=hint,
+                       detail=f"{info.backend} model {info.model_id}{scaffold} loaded in {load_s:.1f} s; one "
+                              f"{length:g} s window of {source} in {infer_s:.2f} s: real-time factor {rtf:.2f}")
+
+
+@check("sqlite", timeout_s=60)
+def check_sqlite(ctx: Context) -> CheckResult:
+    """Queue integrity (read-only quick_check), depth, oldest unsynced window."""
+    if (failed := _needs_config(ctx, "sqlite")) is not None:
+        return failed
+    cfg = ctx.config
+    path = Path(cfg.store.path)
+    if not path.exists():
+        return CheckResult("sqlite", "warn", value=str(path), hint="start the agent once: it creates the queue",
+                           detail=f"no queue file at {path} yet")
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+        try:
+            integrity = [r[0] for r in con.execute("PRAGMA quick_check").fetchall()]
+            depth, oldest = con.execute(
+                "SELECT count(*), min(start_time) FROM windows WHERE synced_at IS NULL").fetchone()
+        finally:
+            con.close()
+    except sqlite3.Error as err:
+        return CheckResult("sqlite", "fail", value=str(path), detail=f"the queue {path} cannot be read: {err}",
+                           hint=f"the queue file is damaged or not a queue: stop the agent, move {path} (and its "
+                                "-wal/-shm files) aside and start again; windows not yet synced from it are lost")
+    if integrity != ["ok"]:
+        return CheckResult("sqlite", "fail", value={"quick_check": integrity[:5]},
+                           detail=f"quick_check found damage in {path}",
+                           hint=f"stop the agent, copy {path} for analysis, move it aside and start again")
+    age = None
+    if oldest is not None:
+        age = (datetime.now(timezone.utc) - datetime.fromisoformat(oldest)).total_seconds()
+    value = {"path": str(path), "quick_check": "ok", "unsynced": int(depth),
+             "oldest_unsynced_age_s": round(age, 1) if age is not None else None}
+    limit = cfg.ops.queue_warn_age_s
+    if age is not None and age > limit:
+        return CheckResult("sqlite", "warn", value=value, threshold={"queue_warn_age_s": limit},
+                           hint="windows are not leaving the device: see the postgres check and the journal",
+                           detail=f"{depth} windows wait; the oldest is {age / 3600:.1f} h old")
+    return CheckResult("sqlite", "ok", value=value, threshold={"queue_warn_age_s": limit},
+                       detail=f"queue intact, {depth} windows waiting")
+
+
+@check("postgres", timeout_s=60)
+def check_postgres(ctx: Context) -> CheckResult:
+    """Connect, schema version, INSERT privilege (rolled back)."""
+    if (failed := _needs_config(ctx, "postgres")) is not None:
+        return failed
+    cfg = ctx.config
+    if not cfg.sync.dsn.strip():
+        return CheckResult("postgres", "ok", value=None, detail="sync not configured ([sync] dsn is empty): "
+                                                                "results stay on the device")
+    import uuid
+
+    import psycopg
+
+    from agent.sync import _connect_hint, _params, _scrub, _where, known_schema_version, read_password
+
+    params = _params(cfg.sync.dsn)
+    where = _where(params)
+    extra: dict[str, Any] = {}
+    try:
+        if cfg.sync.password_file:
+            extra["password"] = read_password(cfg.sync.password_file)
+        with psycopg.connect(cfg.sync.dsn, connect_timeout=max(2, int(cfg.sync.connect_timeout_s)),
+                             application_name="soundscape-agent diagnose", **extra) as conn:
+            row = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()
+            version = int(row[0]) if row and row[0] is not None else 0
+            conn.rollback()
+            known = known_schema_version()
+            if version != known:
+                return CheckResult("postgres", "fail", value={"server": where, "schema_version": version},
+                                   threshold={"schema_version": known},
+                                   hint="run 'soundscape-agent db init' as the database owner" if version < known
+                                   else "upgrade soundscape-agent on this device",
+                                   detail=f"schema version {version} on {where}; this agent needs {known}")
+            try:
+                conn.execute(
+                    "INSERT INTO heartbeats (heartbeat_id, device, time, uptime_s, windows, classified, skipped,"
+                    " failed, xruns, queue_depth, clock_synchronised, agent_version)"
+                    " VALUES (%s, %s, now(), 0, 0, 0, 0, 0, 0, 0, false, 'diagnose-probe')",
+                    (str(uuid.uuid4()), cfg.agent.device_id))
+            finally:
+                conn.rollback()
+    except AgentError as err:
+        return CheckResult("postgres", "fail", value={"server": where}, hint=err.hint, detail=err.message)
+    except psycopg.errors.InsufficientPrivilege as err:
+        return CheckResult("postgres", "fail", value={"server": where}, detail=f"no INSERT privilege on {where}: "
+                           f"{_scrub(str(err), params)}",
+                           hint="grant the device role INSERT on windows, detections and heartbeats "
+                                "(deploy/db.yml does)")
+    except psycopg.Error as err:
+        text = _scrub(str(err), params)
+        return CheckResult("postgres", "fail", value={"server": where}, hint=_connect_hint(text),
+                           detail=f"PostgreSQL at {where}: {text.strip()}")
+    return CheckResult("postgres", "ok", value={"server": where, "schema_version": version, "insert": True},
+                       detail=f"connected to {where}, schema version {version}, INSERT allowed (probe rolled back)")
+
+
+@check("clock", timeout_s=5)
+def check_clock(ctx: Context) -> CheckResult:
+    """The kernel says the clock is NTP-synchronised."""
+    from agent.windows import ntp_synchronised
+
+    synced = ntp_synchronised()
+    if synced:
+        return CheckResult("clock", "ok", value=True, detail="system clock NTP-synchronised")
+    return CheckResult("clock", "warn", value=False, threshold=True,
+                       hint="window timestamps may be off: enable systemd-timesyncd or chrony and check the "
+                            "network; windows record clock_synchronised = false meanwhile",
+                       detail="the kernel reports the clock as not synchronised (adjtimex TIME_ERROR)")
+
+
+@check("disk", timeout_s=5)
+def check_disk(ctx: Context) -> CheckResult:
+    """Free space on the queue's filesystem."""
+    if (failed := _needs_config(ctx, "disk")) is not None:
+        return failed
+    from agent.ops import disk_free_bytes
+
+    cfg = ctx.config
+    usage = disk_free_bytes(cfg.store.path)
+    if usage is None:
+        return CheckResult("disk", "fail", value=cfg.store.path, detail="free space cannot be read",
+                           hint=f"check that {Path(cfg.store.path).parent} exists and is readable")
+    free_mb, total_mb = usage[0] / 1e6, usage[1] / 1e6
+    value = {"path": str(Path(cfg.store.path).parent), "free_mb": round(free_mb, 1), "total_mb": round(total_mb, 1)}
+    threshold = {"warn_below_mb": cfg.ops.disk_warn_free_mb, "fail_below_mb": cfg.ops.disk_fail_free_mb}
+    hint = "free space on the SD card / disk holding the queue (old logs: journalctl --vacuum-size=50M)"
+    if free_mb < cfg.ops.disk_fail_free_mb:
+        return CheckResult("disk", "fail", value=value, threshold=threshold, hint=hint,
+                           detail=f"only {free_mb:.1f} MB free: the queue cannot grow")
+    if free_mb < cfg.ops.disk_warn_free_mb:
+        return CheckResult("disk", "warn", value=value, threshold=threshold, hint=hint,
+                           detail=f"{free_mb:.0f} MB free")
+    return CheckResult("disk", "ok", value=value, threshold=threshold, detail=f"{free_mb:.0f} MB free")
+
+
+@check("cpu", timeout_s=10)
+def check_cpu(ctx: Context) -> CheckResult:
+    """SoC temperature, throttling, under-voltage."""
+    from agent.ops import cpu_temperature_c, throttle_flags, throttled_state
+
+    limit = ctx.config.ops.cpu_temp_warn_c if ctx.config is not None else 80.0
+    temp = cpu_temperature_c()
+    state = throttled_state()
+    flags = throttle_flags(state)
+    value = {"temperature_c": temp, "throttled": hex(state) if state is not None else None, "flags": list(flags)}
+    threshold = {"cpu_temp_warn_c": limit}
+    if temp is None and state is None:
+        return CheckResult("cpu", "ok", value=value, threshold=threshold,
+                           detail="not available on this host (no thermal zone, not a Raspberry Pi)")
+    if "under_voltage" in flags:
+        return CheckResult("cpu", "fail", value=value, threshold=threshold,
+                           hint="under-voltage now: use the official 5.1 V 3 A supply and a short, thick USB-C "
+                                "cable; brown-outs corrupt SD cards", detail="the Pi reports under-voltage now")
+    if flags or (temp is not None and temp >= limit):
+        return CheckResult("cpu", "warn", value=value, threshold=threshold,
+                           hint="add a heatsink or case ventilation; check the supply if under-voltage occurred",
+                           detail=f"temperature {temp} °C, throttling flags {', '.join(flags) or 'none'}")
+    return CheckResult("cpu", "ok", value=value, threshold=threshold,
+                       detail=f"temperature {temp if temp is not None else 'n/a'} °C, no throttling")
+
+
+# ------------------------------------------------------------------------------ spectrogram
+
+
+def spectrogram_png(samples: np.ndarray, sample_rate: int, path: Path, nfft: int = 512,
+                    range_db: float = 80.0) -> tuple[int, int]:
+    """Write a grayscale PNG spectrogram of a capture (time left to right, frequency bottom to
+    top, 0 Hz to Nyquist; white = the loudest cell, black = ``range_db`` below it or quieter).
+
+    Hann window of ``nfft`` samples, hop ``nfft // 2``; power spectral level per bin in dBFS
+    (a full-scale sine's bin ~ 0 dB). PNG written with the standard library (zlib, PNG 1.2
+    specification: signature, IHDR 8-bit grayscale, IDAT, IEND).
+
+    Args:
+        samples: float32/float64, shape (n,), full scale ±1, n >= nfft.
+        sample_rate: Hz (only for the caller's axis; the image spans 0 .. Nyquist).
+        path: the PNG file to write.
+
+    Returns:
+        (width, height) in pixels: (number of frames, nfft // 2 + 1).
+
+    Raises:
+        ValueError: fewer than ``nfft`` samples.
+        OSError: the file cannot be written.
+    """
+    import struct
+    import zlib
+
+    x = np.asarray(samples, dtype=np.float64)
+    if x.size < nfft:
+        raise ValueError(f"need at least {nfft} samples for a spectrogram, got {x.size}")
+    hop = nfft // 2
+    window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(nfft) / nfft)
+    frames = np.lib.stride_tricks.sliding_window_view(x, nfft)[::hop] * window
+    power = np.abs(np.fft.rfft(frames, axis=1)) ** 2 / (np.sum(window) / 2) ** 2
+    level = 10 * np.log10(np.maximum(power, 1e-30))
+    top = float(level.max())
+    pixels = np.clip((level - (top - range_db)) / range_db * 255.0, 0, 255).astype(np.uint8).T[::-1]  # 0 Hz at bottom
+    height, width = pixels.shape
+    raw = b"".join(b"\x00" + row.tobytes() for row in pixels)  # filter type 0 per scanline
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+           + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
+    Path(path).write_bytes(png)
+    return width, height
+
+
+# ------------------------------------------------------------------------------ running
+
+
+def _run_bounded(chk: Check, ctx: Context) -> CheckResult:
+    """Run one check in a daemon thread; a check past its timeout fails (the thread is left)."""
+    box: dict[str, CheckResult | BaseException] = {}
+
+    def target() -> None:
+        try:
+            box["result"] = chk.run(ctx)
+        except BaseException as err:  # noqa: BLE001 - reported as the check's failure
+            box["error"] = err
+
+    t0 = time.perf_counter()
+    thread = threading.Thread(target=target, name=f"diagnose-{chk.name}", daemon=True)
+    thread.start()
+    thread.join(chk.timeout_s)
+    elapsed = round(time.perf_counter() - t0, 3)
+    if thread.is_alive():
+        return CheckResult(chk.name, "fail", threshold={"timeout_s": chk.timeout_s}, seconds=elapsed,
+                           detail=f"did not finish within {chk.timeout_s:g} s",
+                           hint="something hangs: a device, the network or the disk; see the journal")
+    if "error" in box:
+        err = box["error"]
+        log.debug("check %s raised", chk.name, exc_info=err)
+        return CheckResult(chk.name, "fail", seconds=elapsed, detail=f"{type(err).__name__}: {err}",
+                           hint="unexpected error: report it with `soundscape-agent -v diagnose`")
+    result = box["result"]
+    assert isinstance(result, CheckResult)
+    return CheckResult(**{**asdict(result), "seconds": elapsed})
+
+
+def run_checks(config_path: Path | None, names: list[str] | None = None,
+               spectrogram: Path | None = None) -> list[CheckResult]:
+    """Run the named checks (default all, in :data:`CHECKS` order; ``config`` always runs first).
+
+    Args:
+        config_path: the TOML file (None: the default path or built-in defaults).
+        names: checks to run (None: all).
+        spectrogram: write a PNG spectrogram of the test capture here (:func:`spectrogram_png`),
+            when the capture check made one.
+
+    Raises:
+        ValueError: an unknown check name.
+    """
+    chosen = list(CHECKS) if not names else list(dict.fromkeys(["config", *names]))
+    unknown = [n for n in chosen if n not in CHECKS]
+    if unknown:
+        raise ValueError(f"unknown check(s) {unknown}; known: {', '.join(CHECKS)}")
+    ctx = Context(config_path=config_path)
+    results = []
+    for name in chosen:
+        results.append(_run_bounded(CHECKS[name], ctx))
+    if spectrogram is not None and ctx.capture is not None:
+        samples, rate = ctx.capture
+        width, height = spectrogram_png(samples, rate, spectrogram)
+        log.info("spectrogram of the test capture: %s (%d x %d px, 0-%d Hz)", spectrogram, width, height, rate // 2)
+    if names and "config" not in names:
+        results = [r for r in results if r.name != "config" or r.status != "ok"]
+    return results
+
+
+def overall(results: list[CheckResult]) -> Status:
+    """The worst status (``ok`` for no results)."""
+    return max((r.status for r in results), key=_RANK.__getitem__, default="ok")
+
+
+def report_json(results: list[CheckResult], device_id: str | None) -> str:
+    """One JSON document: device, time, overall status and one object per check."""
+    return json.dumps({
+        "device_id": device_id, "checked_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "status": overall(results), "checks": [asdict(r) for r in results],
+    }, indent=2, default=str)
+
+
+def report_table(results: list[CheckResult]) -> str:
+    """A readable table: check, status, detail; hints under failing and warning checks."""
+    width = max((len(r.name) for r in results), default=5)
+    lines = [f"{'check':<{width}}  status  detail"]
+    for r in results:
+        lines.append(f"{r.name:<{width}}  {r.status.upper():<6}  {r.detail}")
+        if r.hint and r.status != "ok":
+            lines.append(f"{'':<{width}}          hint: {r.hint}")
+    lines.append(f"overall: {overall(results).upper()}")
+    return "\n".join(lines)
+
+
+__all__ = ["CHECKS", "Check", "CheckResult", "Context", "EXIT_CODES", "check", "overall", "report_json",
+           "report_table", "run_checks", "spectrogram_png"]
