@@ -97,31 +97,27 @@ class Context:
 
 @dataclass(frozen=True, slots=True)
 class Check:
-    """A registered check: its function and timeout (s)."""
+    """A registered check: its function, timeout (s), and whether it needs a valid config (if
+    so and the config is invalid, it is reported failed without running)."""
 
     name: str
     run: Callable[[Context], CheckResult]
     timeout_s: float
+    needs_config: bool = False
 
 
 CHECKS: dict[str, Check] = {}
 
 
-def check(name: str, timeout_s: float) -> Callable[[Callable[[Context], CheckResult]], Callable[[Context], CheckResult]]:
-    """Register a check function under ``name`` with its timeout (decorator)."""
+def check(name: str, timeout_s: float, needs_config: bool = False
+          ) -> Callable[[Callable[[Context], CheckResult]], Callable[[Context], CheckResult]]:
+    """Register a check function under ``name`` with its timeout, s (decorator)."""
 
     def register(fn: Callable[[Context], CheckResult]) -> Callable[[Context], CheckResult]:
-        CHECKS[name] = Check(name, fn, timeout_s)
+        CHECKS[name] = Check(name, fn, timeout_s, needs_config)
         return fn
 
     return register
-
-
-def _needs_config(ctx: Context, name: str) -> CheckResult | None:
-    if ctx.config is None:
-        return CheckResult(name, "fail", hint="fix the configuration first (see the config check)",
-                           detail="not checked: the configuration is invalid")
-    return None
 
 
 # ------------------------------------------------------------------------------ the checks
@@ -157,11 +153,9 @@ def _latest_window_health(store_path: str) -> dict[str, Any] | None:
     return {"start_time": row[0], **health}
 
 
-@check("capture", timeout_s=30)
+@check("capture", timeout_s=30, needs_config=True)
 def check_capture(ctx: Context) -> CheckResult:
     """The device is there and delivers sound with sane level, clipping, DC."""
-    if (failed := _needs_config(ctx, "capture")) is not None:
-        return failed
     from agent.analysis.health import assess_health
     from agent.capture import record
 
@@ -213,11 +207,9 @@ def _health_hint(flags: list[str]) -> str:
     return "; ".join(hints[f] for f in flags if f in hints) or "see the flags"
 
 
-@check("model", timeout_s=180)
+@check("model", timeout_s=180, needs_config=True)
 def check_model(ctx: Context) -> CheckResult:
     """The classifier loads through the run path; one timed inference; real-time factor."""
-    if (failed := _needs_config(ctx, "model")) is not None:
-        return failed
     cfg = ctx.config
     if not cfg.classifier.enabled:
         return CheckResult("model", "ok", value=None, detail="classification disabled ([classifier] enabled = false)")
@@ -259,11 +251,9 @@ def check_model(ctx: Context) -> CheckResult:
                               f"{length:g} s window of {source} in {infer_s:.2f} s: real-time factor {rtf:.2f}")
 
 
-@check("sqlite", timeout_s=60)
+@check("sqlite", timeout_s=60, needs_config=True)
 def check_sqlite(ctx: Context) -> CheckResult:
     """Queue integrity (read-only quick_check), depth, oldest unsynced window."""
-    if (failed := _needs_config(ctx, "sqlite")) is not None:
-        return failed
     cfg = ctx.config
     path = Path(cfg.store.path)
     if not path.exists():
@@ -299,11 +289,9 @@ def check_sqlite(ctx: Context) -> CheckResult:
                        detail=f"queue intact, {depth} windows waiting")
 
 
-@check("postgres", timeout_s=60)
+@check("postgres", timeout_s=60, needs_config=True)
 def check_postgres(ctx: Context) -> CheckResult:
     """Connect, schema version, INSERT privilege (rolled back)."""
-    if (failed := _needs_config(ctx, "postgres")) is not None:
-        return failed
     cfg = ctx.config
     if not cfg.sync.dsn.strip():
         return CheckResult("postgres", "ok", value=None, detail="sync not configured ([sync] dsn is empty): "
@@ -369,11 +357,9 @@ def check_clock(ctx: Context) -> CheckResult:
                        detail="the kernel reports the clock as not synchronised (adjtimex TIME_ERROR)")
 
 
-@check("disk", timeout_s=5)
+@check("disk", timeout_s=5, needs_config=True)
 def check_disk(ctx: Context) -> CheckResult:
     """Free space on the queue's filesystem."""
-    if (failed := _needs_config(ctx, "disk")) is not None:
-        return failed
     from agent.ops import disk_free_bytes
 
     cfg = ctx.config
@@ -474,6 +460,9 @@ def spectrogram_png(samples: np.ndarray, sample_rate: int, path: Path, nfft: int
 
 def _run_bounded(chk: Check, ctx: Context) -> CheckResult:
     """Run one check in a daemon thread; a check past its timeout fails (the thread is left)."""
+    if chk.needs_config and ctx.config is None:
+        return CheckResult(chk.name, "fail", hint="fix the configuration first (see the config check)",
+                           detail="not checked: the configuration is invalid")
     box: dict[str, CheckResult | BaseException] = {}
 
     def target() -> None:
