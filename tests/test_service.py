@@ -191,3 +191,28 @@ def test_heartbeats_reach_postgres_and_the_textfile(tmp_path, tiny_model_dir, mi
     prom = textfile.read_text()
     assert 'soundscape_agent_windows_total{device="moth-heartbeat"}' in prom
     assert re.search(r'soundscape_agent_resident_memory_bytes\{device="moth-heartbeat"\} \d', prom)
+
+
+def test_agent_runs_under_memory_deny_write_execute(tmp_path, tiny_model_dir, migrated_dsn):
+    """The unit sets MemoryDenyWriteExecute=yes: the agent (onnxruntime, numpy, soundfile's cffi,
+    psycopg) must work when the kernel refuses writable-executable memory. Applied here with the
+    same kernel mechanism systemd uses on Linux >= 6.3 (prctl PR_SET_MDWE), else skipped."""
+    wrapper = ("import ctypes, os, sys\n"
+               "libc = ctypes.CDLL(None, use_errno=True)\n"
+               "if libc.prctl(65, 1, 0, 0, 0) != 0:\n"  # PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN
+               "    sys.exit(77)\n"
+               "os.execv(sys.executable, [sys.executable, '-m', 'agent.cli', *sys.argv[1:]])\n")
+    cfg = write_config(
+        tmp_path / "agent.toml", agent={"device_id": "moth-mdwe"},
+        capture={"type": "file", "path": str(RECORDINGS / "S4A03895_20190522_060000.wav")},
+        windows={"length_s": 2.0}, classifier={"type": "onnx", "model": str(tiny_model_dir)},
+        store={"path": str(tmp_path / "queue.db")}, sync={"dsn": migrated_dsn},
+    )
+    r = subprocess.run([sys.executable, "-c", wrapper, "run", "--config", str(cfg), "--quiet"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=180)
+    if r.returncode == 77:
+        pytest.skip("this kernel has no PR_SET_MDWE (Linux < 6.3)")
+    assert r.returncode == 0, r.stderr
+    assert "done: 5 windows (5 classified" in r.stdout
+    with psycopg.connect(migrated_dsn) as con:
+        assert con.execute("SELECT count(*) FROM windows WHERE device = 'moth-mdwe'").fetchone()[0] == 5
