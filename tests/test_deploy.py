@@ -1,0 +1,592 @@
+"""The Ansible deployment (deploy/): lint, syntax, and real converges, each run twice.
+
+- ``ansible-lint --profile production`` on deploy/ and ``ansible-playbook --syntax-check`` of
+  site.yml and db.yml with the example inventory (vault included).
+- db.yml against a real PostgreSQL (the session's throwaway server, tests/pg.py), twice: the
+  second run reports ``changed=0``. Then the grants are tried for real as a device role: the
+  agent's own batch insert works (and a replay inserts nothing), reading, updating, deleting,
+  creating tables and temporary tables are refused, a role that db.yml did not create cannot
+  connect, and ``soundscape-agent diagnose --check postgres`` passes with the device's
+  credentials.
+- site.yml into a throwaway Debian Bookworm made by debootstrap (the Pi's OS minus the kernel:
+  minbase plus python3, systemd and sudo, which Raspberry Pi OS Lite has), through Ansible's
+  chroot connection, twice: the second run reports ``changed=0``. Then the chroot is inspected:
+  user, venv and CLI, agent.toml (validated by the agent inside the chroot, model loaded),
+  model files against the manifest, credential file, unit file and its enablement. With the
+  credential placed where systemd's LoadCredential= would put it, the agent *inside the
+  chroot* passes its PostgreSQL check against the provisioned database.
+- the health gate on its own (tasks_from: health) in the chroot: passes on ok checks, fails on
+  a warning unless the inventory accepts it, always fails on a failure, and names the hints.
+- every example host's agent.toml renders and validates against the agent's strict schema.
+
+systemd does not run in a chroot, so the converge uses ``soundscape_agent_manage_service:
+false`` (no daemon-reload, start or restart); ``systemctl enable`` works offline and is tested.
+
+Needs root (chroot, mount), ``debootstrap`` and network access to deb.debian.org and PyPI. The
+debootstrap result is cached as a tarball in ``~/.cache/soundscape-agent/deploy-test``
+(``$SOUNDSCAPE_DEPLOY_CACHE``); without it the test builds it (~1 min). CA certificates in the
+host's /usr/local/share/ca-certificates (a TLS-intercepting proxy's) are copied into the
+chroot, and pip there is pointed at the system bundle (``PIP_CERT``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+import uuid
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.deploy
+
+REPO = Path(__file__).resolve().parent.parent
+DEPLOY = REPO / "deploy"
+EXAMPLE = DEPLOY / "inventory" / "example"
+ROLE = DEPLOY / "roles" / "soundscape_agent"
+BIN = Path(sys.executable).parent
+VAULT_PASSWORD = "soundscape-example-vault"  # the example vault's documented password
+
+CACHE = Path(os.environ.get("SOUNDSCAPE_DEPLOY_CACHE")
+             or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "soundscape-agent" / "deploy-test")
+SUITE = "bookworm"
+MIRROR = os.environ.get("SOUNDSCAPE_DEBIAN_MIRROR", "http://deb.debian.org/debian")
+# What Raspberry Pi OS Lite has and the role relies on without installing it.
+BASE_PACKAGES = ("python3", "systemd", "sudo")
+DEVICE = "pi-eth-01"  # the example host the chroot plays
+
+RECAP = re.compile(r"^(?P<host>\S+)\s+:\s+ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+unreachable=(?P<unreachable>\d+)"
+                   r"\s+failed=(?P<failed>\d+)\s+skipped=(?P<skipped>\d+)\s+rescued=(?P<rescued>\d+)"
+                   r"\s+ignored=(?P<ignored>\d+)", re.M)
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+
+def run(cmd, *, timeout: float, check: bool = True, **kw) -> subprocess.CompletedProcess:
+    """Run ``cmd`` (bounded by ``timeout`` seconds), capturing text output."""
+    proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=timeout, **kw)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(map(str, cmd))} exited {proc.returncode}:\n"
+                             f"{proc.stdout[-6000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def ansible_env(**extra: str) -> dict[str, str]:
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "ANSIBLE_CONFIG": str(DEPLOY / "ansible.cfg"),
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_FORCE_COLOR": "0",
+        "ANSIBLE_RETRY_FILES_ENABLED": "0",
+        "PYTHONUNBUFFERED": "1",
+    }
+    env.update(extra)
+    return env
+
+
+def playbook(*args, log: Path, timeout: float = 900) -> subprocess.CompletedProcess:
+    """``ansible-playbook ARGS`` from deploy/; the output is also written to ``log``."""
+    proc = run([BIN / "ansible-playbook", *args], timeout=timeout, check=False, cwd=DEPLOY, env=ansible_env())
+    log.write_text(proc.stdout + "\n--- stderr ---\n" + proc.stderr)
+    return proc
+
+
+def recap(proc: subprocess.CompletedProcess) -> dict[str, dict[str, int]]:
+    """The PLAY RECAP lines: ``{host: {ok, changed, unreachable, failed, ...}}``."""
+    found = {m["host"]: {k: int(v) for k, v in m.groupdict().items() if k != "host"}
+             for m in RECAP.finditer(proc.stdout)}
+    assert found, f"no PLAY RECAP in the output:\n{proc.stdout[-4000:]}\n{proc.stderr[-2000:]}"
+    return found
+
+
+def tail(proc: subprocess.CompletedProcess, n: int = 6000) -> str:
+    return f"{proc.stdout[-n:]}\n--- stderr ---\n{proc.stderr[-2000:]}"
+
+
+def changed_tasks(proc: subprocess.CompletedProcess) -> list[str]:
+    """Names of the tasks that reported a change (to explain a non-idempotent run)."""
+    names, current = [], None
+    for line in proc.stdout.splitlines():
+        if line.startswith(("TASK [", "RUNNING HANDLER [")):
+            current = line.split("[", 1)[1].rsplit("]", 1)[0]
+        elif line.startswith("changed:") and current and current not in names:
+            names.append(current)
+    return names
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_yaml(path: Path, data: object) -> Path:
+    path.write_text(json.dumps(data, indent=2))  # JSON is YAML
+    return path
+
+
+# ------------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def vault_file(tmp_path_factory) -> Path:
+    f = tmp_path_factory.mktemp("vault") / "password"
+    f.write_text(VAULT_PASSWORD + "\n")
+    f.chmod(0o600)
+    return f
+
+
+@pytest.fixture(scope="module")
+def vault(vault_file) -> dict:
+    """The example vault's secrets, decrypted with ansible-vault."""
+    import yaml
+
+    out = run([BIN / "ansible-vault", "view", "--vault-password-file", vault_file,
+               EXAMPLE / "group_vars" / "all" / "vault.yml"], timeout=60, env=ansible_env())
+    return yaml.safe_load(out.stdout)
+
+
+@pytest.fixture(scope="module")
+def model_export(tmp_path_factory) -> Path:
+    """A real model export (tiny scaffold → `model export`, int8 + manifest), made once."""
+    base = tmp_path_factory.mktemp("model")
+    cli = BIN / "soundscape-agent"
+    run([cli, "model", "scaffold", "--tiny", "--out", base / "scaffold"], timeout=600)
+    run([cli, "model", "export", "--model", base / "scaffold", "--out", base / "tiny-int8"], timeout=900)
+    return base / "tiny-int8"
+
+
+def _mounts_under(root: Path) -> list[str]:
+    prefix = str(root.resolve())
+    points = []
+    with open("/proc/self/mountinfo", encoding="utf-8") as fh:
+        for line in fh:
+            point = line.split()[4].replace("\\040", " ")
+            if point == prefix or point.startswith(prefix + "/"):
+                points.append(point)
+    return points
+
+
+def _umount_all(root: Path) -> None:
+    for point in sorted(_mounts_under(root), key=len, reverse=True):
+        if subprocess.run(["umount", point], capture_output=True, timeout=60).returncode != 0:
+            subprocess.run(["umount", "-l", point], capture_output=True, timeout=60)
+
+
+def _remove_tree(root: Path) -> None:
+    """Delete a chroot, never following a mount into the host (refuses while one remains)."""
+    _umount_all(root)
+    left = _mounts_under(root)
+    if left:
+        raise RuntimeError(f"not deleting {root}: still mounted: {left}")
+    subprocess.run(["rm", "-rf", "--one-file-system", str(root)], capture_output=True, timeout=300)
+
+
+def _rootfs_tarball() -> Path:
+    """A Debian Bookworm minbase (+ BASE_PACKAGES) tarball, from the cache or made now."""
+    arch = run(["dpkg", "--print-architecture"], timeout=30).stdout.strip()
+    key = hashlib.sha256(repr((SUITE, arch, MIRROR, BASE_PACKAGES, "minbase")).encode()).hexdigest()[:12]
+    tarball = CACHE / f"debian-{SUITE}-{arch}-minbase-{key}.tar.gz"
+    if tarball.is_file():
+        return tarball
+    CACHE.mkdir(parents=True, exist_ok=True)
+    work = CACHE / f".build-{os.getpid()}"
+    try:
+        run(["debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}", SUITE, work, MIRROR],
+            timeout=1200)
+        for deb in (work / "var" / "cache" / "apt" / "archives").glob("*.deb"):
+            deb.unlink()
+        partial = CACHE / f".{tarball.name}.{os.getpid()}.partial"
+        run(["tar", "-C", work, "--numeric-owner", "-czf", partial, "."], timeout=900)
+        os.replace(partial, tarball)
+    finally:
+        _remove_tree(work)
+    return tarball
+
+
+@pytest.fixture(scope="module")
+def chroot(tmp_path_factory) -> Path:
+    """A fresh Debian Bookworm root for this module, /proc mounted; unmounted and deleted after."""
+    if os.geteuid() != 0:
+        pytest.fail("the deploy converge test needs root (chroot, mount)", pytrace=False)
+    if not shutil.which("debootstrap"):
+        pytest.fail("debootstrap is not installed (Debian: apt-get install -y debootstrap)", pytrace=False)
+    tarball = _rootfs_tarball()
+    root = tmp_path_factory.mktemp("chroot") / "rootfs"
+    root.mkdir()
+    try:
+        run(["tar", "-C", root, "--numeric-owner", "-xzf", tarball], timeout=600)
+        shutil.copyfile("/etc/resolv.conf", root / "etc" / "resolv.conf")
+        # no service starts from package scripts inside the chroot
+        policy = root / "usr" / "sbin" / "policy-rc.d"
+        policy.write_text("#!/bin/sh\nexit 101\n")
+        policy.chmod(0o755)
+        local_ca = root / "usr" / "local" / "share" / "ca-certificates"
+        local_ca.mkdir(parents=True, exist_ok=True)
+        for crt in Path("/usr/local/share/ca-certificates").rglob("*.crt"):
+            shutil.copyfile(crt, local_ca / crt.name)
+        run(["mount", "-t", "proc", "proc", root / "proc"], timeout=60)
+        yield root
+    finally:
+        _remove_tree(root)
+
+
+def in_chroot(root: Path, *cmd, user: str | None = None, timeout: float = 120, check: bool = True):
+    prefix = ["sudo", "-u", user, "--"] if user else []
+    return run(["chroot", root, *prefix, *cmd], timeout=timeout, check=check)
+
+
+@pytest.fixture(scope="module")
+def db_overrides(pg_server, tmp_path_factory) -> dict:
+    """Point the example inventory's database settings at the test server."""
+    return {
+        "soundscape_db_host": "127.0.0.1",
+        "soundscape_db_port": pg_server.port,
+        "soundscape_db_sslmode": "disable",
+        "soundscape_db_admin_user": "admin",
+        "soundscape_db_admin_password": "admin-secret-pw",
+    }
+
+
+@pytest.fixture(scope="module")
+def provisioned_db(db_overrides, vault_file, tmp_path_factory):
+    """db.yml run twice against the test server: (first run, second run)."""
+    tmp = tmp_path_factory.mktemp("db")
+    extra = write_yaml(tmp / "overrides.yml", db_overrides)
+    args = ["db.yml", "-i", EXAMPLE / "hosts.yml", "--vault-password-file", vault_file, "-e", f"@{extra}"]
+    first = playbook(*args, log=tmp / "db-1.log", timeout=600)
+    second = playbook(*args, log=tmp / "db-2.log", timeout=600) if first.returncode == 0 else None
+    return first, second
+
+
+@pytest.fixture(scope="module")
+def device_inventory(chroot, tmp_path_factory) -> Path:
+    """The example inventory's vars, with DEVICE reached through the chroot connection."""
+    inv = tmp_path_factory.mktemp("inventory")
+    shutil.copytree(EXAMPLE / "group_vars", inv / "group_vars")
+    (inv / "host_vars").mkdir()
+    shutil.copyfile(EXAMPLE / "host_vars" / f"{DEVICE}.yml", inv / "host_vars" / f"{DEVICE}.yml")
+    write_yaml(inv / "hosts.yml", {"soundscape_agents": {"children": {"ethernet": {"hosts": {DEVICE: {
+        "ansible_host": str(chroot),
+        "ansible_connection": "community.general.chroot",
+        "ansible_python_interpreter": "/usr/bin/python3",
+    }}}}}})
+    return inv / "hosts.yml"
+
+
+@pytest.fixture(scope="module")
+def device_overrides(model_export, db_overrides, tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("device")
+    pip_env = {"PIP_CERT": "/etc/ssl/certs/ca-certificates.crt"}
+    if os.environ.get("PIP_INDEX_URL", "").startswith(("http://", "https://")):
+        pip_env["PIP_INDEX_URL"] = os.environ["PIP_INDEX_URL"]
+    return write_yaml(tmp / "overrides.yml", {
+        **{k: v for k, v in db_overrides.items() if not k.startswith("soundscape_db_admin")},
+        "soundscape_agent_model_dir": str(model_export),
+        "soundscape_agent_model_allow_scaffold": True,
+        "soundscape_agent_manage_service": False,  # no systemd in a chroot
+        "soundscape_agent_build_dir": str(tmp / "build"),
+        "soundscape_agent_pip_environment": pip_env,
+    })
+
+
+@pytest.fixture(scope="module")
+def converged(device_inventory, device_overrides, vault_file, provisioned_db, tmp_path_factory):
+    """site.yml run twice into the chroot: (first run, second run or None)."""
+    tmp = tmp_path_factory.mktemp("site")
+    args = ["site.yml", "-i", device_inventory, "--vault-password-file", vault_file, "-e", f"@{device_overrides}"]
+    first = playbook(*args, log=tmp / "site-1.log", timeout=1200)
+    second = playbook(*args, log=tmp / "site-2.log", timeout=900) if first.returncode == 0 else None
+    return first, second
+
+
+def _require(run_pair):
+    first, second = run_pair
+    assert first.returncode == 0, f"the first run failed:\n{tail(first)}"
+    assert second is not None and second.returncode == 0, f"the second run failed:\n{tail(second)}"
+    return first, second
+
+
+# ------------------------------------------------------------------------- lint and syntax
+
+
+def test_ansible_lint_production_profile_is_clean(vault_file):
+    proc = run([BIN / "ansible-lint", "--offline", "--profile", "production", "deploy/"], timeout=600, check=False,
+               cwd=REPO, env=ansible_env(ANSIBLE_VAULT_PASSWORD_FILE=str(vault_file)))
+    assert proc.returncode == 0, tail(proc)
+
+
+@pytest.mark.parametrize("play", ["site.yml", "db.yml"])
+def test_playbook_syntax_check(play, vault_file):
+    proc = run([BIN / "ansible-playbook", "--syntax-check", play, "-i", EXAMPLE / "hosts.yml",
+                "--vault-password-file", vault_file], timeout=120, check=False, cwd=DEPLOY, env=ansible_env())
+    assert proc.returncode == 0, tail(proc)
+
+
+def test_requirements_pin_every_core_dependency():
+    """files/requirements.txt pins each [project] dependency exactly, inside its allowed range."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins = {}
+    for line in (ROLE / "files" / "requirements.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            req = Requirement(line)
+            (spec,) = req.specifier
+            assert spec.operator == "==", f"{line}: not an exact pin"
+            pins[canonicalize_name(req.name)] = spec.version
+    core = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    for dep in map(Requirement, core):
+        name = canonicalize_name(dep.name)
+        assert name in pins, f"{dep} is not pinned: run deploy/scripts/freeze_requirements.py"
+        assert dep.specifier.contains(pins[name], prereleases=True), f"{name}=={pins[name]} violates {dep}"
+    assert "torch" not in pins and "soundscape-agent" not in pins
+
+
+def test_every_example_host_gets_a_valid_config(vault_file, tmp_path):
+    """agent.toml of each example host, rendered by the role's template, passes the agent's schema."""
+    from agent.config import load_config
+
+    play = write_yaml(tmp_path / "render.yml", [{
+        "name": "Render agent.toml for every device",
+        "hosts": "soundscape_agents",
+        "connection": "local",
+        "gather_facts": False,
+        "vars": {"ansible_python_interpreter": "{{ ansible_playbook_python }}"},
+        "tasks": [
+            {"name": "Load the role's variables", "ansible.builtin.include_role": {
+                "name": "soundscape_agent", "tasks_from": "validate", "public": True}},
+            {"name": "Render", "ansible.builtin.template": {
+                "src": str(ROLE / "templates" / "agent.toml.j2"),
+                "dest": f"{tmp_path}/{{{{ inventory_hostname }}}}.toml", "mode": "0644"},
+             "vars": {"soundscape_agent_model_name": "ast-int8"}},
+        ],
+    }])
+    proc = run([BIN / "ansible-playbook", play, "-i", EXAMPLE / "hosts.yml", "--vault-password-file", vault_file,
+                "-e", "soundscape_agent_model_dir=/nonexistent/ast-int8",
+                "-e", "soundscape_agent_pg_ca_cert_src=/nonexistent/ca.crt"], timeout=300, check=False, cwd=DEPLOY,
+               env=ansible_env(ANSIBLE_ROLES_PATH=str(DEPLOY / "roles")))
+    assert proc.returncode == 0, tail(proc)
+    configs = {h: load_config(tmp_path / f"{h}.toml") for h in ("pi-eth-01", "pi-eth-02", "pi-gsm-01")}
+    raw = {h: tomllib.loads((tmp_path / f"{h}.toml").read_text()) for h in configs}
+    for host, cfg in configs.items():
+        assert cfg.classifier.type == "onnx" and cfg.classifier.file_name == "model_quantized.onnx"
+        assert str(cfg.classifier.model) == "/opt/soundscape-agent/models/ast-int8"
+        assert cfg.capture.type == "alsa" and cfg.capture.device == "AudioMoth"
+        assert str(cfg.store.path) == "/var/lib/soundscape-agent/queue.db"
+        assert cfg.sync.password_file == "/run/credentials/soundscape-agent.service/pg-password"
+        assert "password" not in cfg.sync.dsn
+        assert "sslmode=verify-full" in cfg.sync.dsn and "dbname=soundscape" in cfg.sync.dsn
+        assert "sslrootcert=/etc/soundscape-agent/pg-ca.crt" in cfg.sync.dsn
+    assert configs["pi-eth-01"].agent.device_id == "audiomoth-eth-01"
+    assert configs["pi-eth-01"].levels.calibration_offset_db == pytest.approx(-1.7)
+    assert "user=sa_audiomoth_eth_01" in configs["pi-eth-01"].sync.dsn
+    assert configs["pi-eth-01"].sync.link == "ethernet" and configs["pi-eth-01"].ops.heartbeat_interval_s == 300
+    assert configs["pi-eth-02"].capture.pcm == "plughw:CARD=AudioMoth,DEV=0"
+    assert configs["pi-gsm-01"].sync.link == "gsm" and configs["pi-gsm-01"].ops.heartbeat_interval_s == 900
+    assert "calibration_offset_db" not in raw["pi-gsm-01"].get("levels", {})  # undefined: key left out
+
+
+# ------------------------------------------------------------------------------ PostgreSQL
+
+
+def test_db_playbook_converges_then_changes_nothing(provisioned_db):
+    first, second = _require(provisioned_db)
+    assert recap(first)["localhost"]["changed"] > 0
+    assert recap(second)["localhost"]["changed"] == 0, f"changed on the second run: {changed_tasks(second)}"
+    assert recap(second)["localhost"]["failed"] == 0
+
+
+def test_device_role_has_exactly_the_agent_privileges(provisioned_db, pg_server, vault, tmp_path):
+    import psycopg
+    from psycopg import errors
+
+    from agent.sync import known_schema_version, send_batch
+    from tests.factories import make_results
+
+    _require(provisioned_db)
+    password = vault["vault_soundscape_pg_passwords"][DEVICE]
+    device_dsn = pg_server.dsn("soundscape", user="sa_audiomoth_eth_01", password=password)
+
+    async def deliver(results) -> int:
+        async with await psycopg.AsyncConnection.connect(device_dsn) as conn:
+            n = await send_batch(conn, results, str(uuid.uuid4()))
+            await conn.commit()
+            return n
+
+    batch = make_results(3, device="audiomoth-eth-01", stream=f"deploy-{uuid.uuid4().hex[:8]}")
+    assert asyncio.run(deliver(batch)) == 3
+    assert asyncio.run(deliver(batch)) == 0  # a replayed batch: ON CONFLICT DO NOTHING with INSERT only
+
+    denied = [
+        "SELECT count(*) FROM windows",
+        "SELECT count(*) FROM detections",
+        "SELECT count(*) FROM heartbeats",
+        "UPDATE windows SET status = 'x'",
+        "DELETE FROM detections",
+        "CREATE TABLE intruder (x int)",
+        "CREATE TEMP TABLE scratch (x int)",
+        "INSERT INTO schema_migrations (version) VALUES (999)",
+    ]
+    with psycopg.connect(device_dsn, autocommit=True) as conn:
+        version = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()[0]
+        assert version == known_schema_version()
+        for sql in denied:
+            with pytest.raises(errors.InsufficientPrivilege):
+                conn.execute(sql)
+
+    # PUBLIC lost CONNECT: a login role db.yml did not provision cannot even connect.
+    with psycopg.connect(pg_server.dsn("postgres"), autocommit=True) as admin:
+        admin.execute("DROP ROLE IF EXISTS deploy_outsider")
+        admin.execute("CREATE ROLE deploy_outsider LOGIN PASSWORD 'outsider-pw'")
+    with pytest.raises(psycopg.OperationalError, match="permission denied for database"):
+        psycopg.connect(pg_server.dsn("soundscape", user="deploy_outsider", password="outsider-pw")).close()
+
+    # The agent's own probe (connect, schema version, INSERT into heartbeats rolled back), with
+    # the DSN the role renders (no password) and the password from a 0600 file.
+    secret = tmp_path / "pg-password"
+    secret.write_text(password)
+    secret.chmod(0o600)
+    cfg = tmp_path / "agent.toml"
+    dsn = f"host=127.0.0.1 port={pg_server.port} dbname=soundscape user=sa_audiomoth_eth_01 sslmode=disable"
+    cfg.write_text(f'[agent]\ndevice_id = "audiomoth-eth-01"\n[sync]\ndsn = "{dsn}"\npassword_file = "{secret}"\n')
+    proc = run([BIN / "soundscape-agent", "diagnose", "--json", "--check", "postgres", "--config", cfg],
+               timeout=120, check=False)
+    assert proc.returncode == 0, tail(proc)
+    report = json.loads(proc.stdout)
+    assert [c["status"] for c in report["checks"] if c["name"] == "postgres"] == ["ok"], report
+
+
+# ------------------------------------------------------------------------- the device (chroot)
+
+
+def test_role_converges_in_a_chroot_then_changes_nothing(converged):
+    first, second = _require(converged)
+    assert recap(first)[DEVICE]["changed"] > 0 and recap(first)[DEVICE]["failed"] == 0
+    assert recap(second)[DEVICE]["changed"] == 0, f"changed on the second run: {changed_tasks(second)}"
+    assert recap(second)[DEVICE]["failed"] == 0 and recap(second)[DEVICE]["unreachable"] == 0
+
+
+def test_chroot_holds_the_installed_agent(converged, chroot, model_export, vault):
+    _require(converged)
+    # the service user, in audio
+    ident = in_chroot(chroot, "id", "soundscape").stdout
+    assert re.search(r"groups=.*\baudio\b", ident) and "gid=" in ident and "(soundscape)" in ident, ident
+    shell = in_chroot(chroot, "getent", "passwd", "soundscape").stdout.strip().split(":")[-1]
+    assert shell == "/usr/sbin/nologin"
+
+    # the console script of the venv, on the chroot's own Python
+    helped = in_chroot(chroot, "/opt/soundscape-agent/venv/bin/soundscape-agent", "--help")
+    assert "diagnose" in helped.stdout
+    in_chroot(chroot, "/opt/soundscape-agent/venv/bin/python", "-m", "pip", "check")
+
+    # agent.toml: the agent validates it and loads the model from it, inside the chroot
+    diag = in_chroot(chroot, "/opt/soundscape-agent/venv/bin/soundscape-agent", "diagnose", "--json",
+                     "--check", "config", "--check", "model", "--config", "/etc/soundscape-agent/agent.toml",
+                     user="soundscape", check=False, timeout=300)
+    assert diag.returncode == 0, tail(diag)
+    assert {c["name"]: c["status"] for c in json.loads(diag.stdout)["checks"]} == {"config": "ok", "model": "ok"}
+    cfg = tomllib.loads((chroot / "etc/soundscape-agent/agent.toml").read_text())
+    assert cfg["agent"]["device_id"] == "audiomoth-eth-01"
+    assert cfg["levels"]["calibration_offset_db"] == pytest.approx(-1.7)
+    assert cfg["classifier"] == {"type": "onnx", "model": f"/opt/soundscape-agent/models/{model_export.name}",
+                                 "file_name": "model_quantized.onnx"}
+    assert cfg["sync"]["link"] == "ethernet" and "password" not in cfg["sync"]["dsn"]
+    assert cfg["sync"]["password_file"] == "/run/credentials/soundscape-agent.service/pg-password"
+    assert cfg["ops"]["heartbeat_interval_s"] == 300
+
+    # the model: every shipped file matches the manifest; the unused fp32 ONNX stayed home
+    manifest = json.loads((model_export / "manifest.json").read_text())
+    dest = chroot / "opt/soundscape-agent/models" / model_export.name
+    shipped = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file())
+    assert "model_quantized.onnx" in shipped and "model.onnx" not in shipped and "manifest.json" in shipped
+    for name in shipped:
+        if name != "manifest.json":
+            assert sha256(dest / name) == manifest["files"][name]["sha256"], name
+    assert (dest / "manifest.json").read_bytes() == (model_export / "manifest.json").read_bytes()
+
+    # the credential: root-only, exactly the vault's password
+    cred = chroot / "etc/soundscape-agent/credentials/pg-password"
+    st = cred.stat()
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (0, 0, 0o600)
+    assert (cred.parent.stat().st_mode & 0o7777) == 0o700
+    assert cred.read_text() == vault["vault_soundscape_pg_passwords"][DEVICE]
+
+    # the unit: the repository's file, enabled for boot
+    unit = chroot / "etc/systemd/system/soundscape-agent.service"
+    assert unit.read_bytes() == (REPO / "systemd/soundscape-agent.service").read_bytes()
+    wants = chroot / "etc/systemd/system/multi-user.target.wants/soundscape-agent.service"
+    assert wants.is_symlink() and os.readlink(wants) == "/etc/systemd/system/soundscape-agent.service"
+
+    # code and config belong to root: the service can read them, not change them
+    for path in ("opt/soundscape-agent/venv/bin/soundscape-agent", "etc/soundscape-agent/agent.toml",
+                 f"opt/soundscape-agent/models/{model_export.name}/model_quantized.onnx"):
+        assert (chroot / path).stat().st_uid == 0, path
+
+
+def test_agent_in_the_chroot_reaches_the_provisioned_database(converged, chroot):
+    """The credential where LoadCredential= puts it; the device's own diagnose against the server."""
+    _require(converged)
+    creds = chroot / "run/credentials/soundscape-agent.service"
+    creds.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(chroot / "etc/soundscape-agent/credentials/pg-password", creds / "pg-password")
+    uid = int(in_chroot(chroot, "id", "-u", "soundscape").stdout)
+    for path, mode in ((creds, 0o500), (creds / "pg-password", 0o400)):
+        os.chown(path, uid, 0)
+        path.chmod(mode)
+    try:
+        proc = in_chroot(chroot, "/opt/soundscape-agent/venv/bin/soundscape-agent", "diagnose", "--json",
+                         "--check", "postgres", "--config", "/etc/soundscape-agent/agent.toml",
+                         user="soundscape", check=False, timeout=120)
+        assert proc.returncode == 0, tail(proc)
+        (check,) = [c for c in json.loads(proc.stdout)["checks"] if c["name"] == "postgres"]
+        assert check["status"] == "ok" and check["value"]["insert"] is True, check
+    finally:
+        shutil.rmtree(chroot / "run/credentials", ignore_errors=True)
+
+
+@pytest.mark.parametrize(("checks", "allow_warn", "passes", "expected", "extra"), [
+    (["config", "model", "disk"], [], True, "is healthy (diagnose status ok)", {}),
+    # no queue yet in the chroot: sqlite warns
+    (["config", "sqlite"], [], False, "[WARN] sqlite", {}),
+    (["config", "sqlite"], ["sqlite"], True, "accepted warnings: sqlite", {}),
+    # no microphone in the chroot: capture fails, and a failure is never accepted
+    (["capture", "sqlite"], ["capture", "sqlite"], False, "[FAIL] capture", {}),
+    # healthy checks, but the unit is not active (no systemd runs in the chroot)
+    (["config", "model"], [], False, "The service is not running (ActiveState=",
+     {"soundscape_agent_manage_service": True}),
+], ids=["ok", "warning", "accepted-warning", "failure", "service-not-running"])
+def test_health_gate(converged, device_inventory, device_overrides, vault_file, tmp_path,
+                     checks, allow_warn, passes, expected, extra):
+    _require(converged)
+    play = write_yaml(tmp_path / "gate.yml", [{
+        "name": "Health gate", "hosts": "soundscape_agents", "become": True, "gather_facts": False,
+        "tasks": [{"name": "Gate", "ansible.builtin.include_role": {"name": "soundscape_agent",
+                                                                     "tasks_from": "health"}}],
+    }])
+    gate = write_yaml(tmp_path / "gate-vars.yml", {
+        "soundscape_agent_health_gate": True, "soundscape_agent_health_checks": checks,
+        "soundscape_agent_health_allow_warn": allow_warn,
+        "soundscape_agent_health_retries": 1, "soundscape_agent_health_delay_s": 1, **extra,
+    })
+    proc = run([BIN / "ansible-playbook", play, "-i", device_inventory, "--vault-password-file", vault_file,
+                "-e", f"@{device_overrides}", "-e", f"@{gate}"], timeout=300, check=False, cwd=DEPLOY,
+               env=ansible_env(ANSIBLE_ROLES_PATH=str(DEPLOY / "roles")))
+    assert (proc.returncode == 0) == passes, tail(proc)
+    assert expected in proc.stdout, tail(proc)
+    if not passes:
+        assert "is not healthy" in proc.stdout, tail(proc)
+    if expected.startswith(("[WARN]", "[FAIL]")):
+        assert "hint: " in proc.stdout, tail(proc)
