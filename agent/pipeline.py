@@ -18,8 +18,9 @@ Shutdown (:meth:`Pipeline.request_stop`, wired to SIGTERM/SIGINT by the CLI): ca
 windows already cut are analysed and stored, one bounded final sync runs, the queue closes.
 
 Supervision, beside the data flow (:meth:`Pipeline._supervise`): ``READY=1`` to systemd once
-the first audio arrives; ``WATCHDOG=1`` every half watchdog interval *only* while captured
-frames advance and windows keep being committed (a stalled capture or a wedged analysis stops
+the first audio arrives; ``WATCHDOG=1`` every third of the watchdog interval *only* while
+captured frames (or windows cut) advance and windows keep being committed (a replay that is not
+live waits for the classifier by design: only its commit deadline counts) (a stalled capture or a wedged analysis stops
 the pings and systemd restarts the agent); ``STATUS=`` with a one-line summary; a
 :class:`~agent.records.Heartbeat` queued every ``[ops] heartbeat_interval_s`` (and the
 node-exporter textfile rewritten), delivered to PostgreSQL by the same sync as the windows.
@@ -224,13 +225,17 @@ class Pipeline:
         if beat_every:
             tick = min(tick, beat_every)
         await self._ready.wait()
-        last_frames = -1
+        last_frames, last_windows = -1, -1
         stalled = False
         next_beat = time.monotonic()  # the first heartbeat as soon as audio flows
         while True:
             now = time.monotonic()
-            moved = self.stats.frames != last_frames
-            last_frames = self.stats.frames
+            # progress: frames captured or windows cut since the last tick (a live backlog
+            # draining); a replay that is not live waits for the classifier by design, so only
+            # its commit deadline counts
+            moved = (not self.source.live or self.stats.frames != last_frames
+                     or self.stats.windows != last_windows)
+            last_frames, last_windows = self.stats.frames, self.stats.windows
             newest = self._last_commit or self._started
             if moved and now - newest <= self.commit_deadline_s:
                 self.notifier.watchdog()
