@@ -45,6 +45,8 @@ from pathlib import Path
 
 import pytest
 
+from agent.analysis.export import sha256_file
+
 pytestmark = pytest.mark.deploy
 
 REPO = Path(__file__).resolve().parent.parent
@@ -121,14 +123,6 @@ def changed_tasks(proc: subprocess.CompletedProcess) -> list[str]:
         elif line.startswith("changed:") and current and current not in names:
             names.append(current)
     return names
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def write_yaml(path: Path, data: object) -> Path:
@@ -514,7 +508,7 @@ def test_chroot_holds_the_installed_agent(converged, chroot, model_export, vault
     assert "model_quantized.onnx" in shipped and "model.onnx" not in shipped and "manifest.json" in shipped
     for name in shipped:
         if name != "manifest.json":
-            assert sha256(dest / name) == manifest["files"][name]["sha256"], name
+            assert sha256_file(dest / name) == manifest["files"][name]["sha256"], name
     assert (dest / "manifest.json").read_bytes() == (model_export / "manifest.json").read_bytes()
 
     # the credential: root-only, exactly the vault's password
