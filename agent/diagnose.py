@@ -161,6 +161,14 @@ def check_capture(ctx: Context) -> CheckResult:
 
     cfg = ctx.config
     seconds = cfg.ops.test_capture_s
+    devices: list[str] | None = None
+    if cfg.capture.type in ("alsa", "arecord"):
+        from agent.capture import list_capture_devices
+
+        try:  # what `arecord -l` enumerates, for the report (the PCM may be a plugin name)
+            devices = [str(d) for d in list_capture_devices()]
+        except AgentError:
+            devices = None
     try:
         samples, rate = asyncio.run(record(cfg.capture, seconds))
     except AgentError as err:
@@ -182,7 +190,8 @@ def check_capture(ctx: Context) -> CheckResult:
     ctx.capture = (samples, rate)
     health = assess_health(samples, rate, cfg.health)
     peak = float(np.max(np.abs(samples))) if samples.size else 0.0
-    value = {"seconds": round(len(samples) / rate, 3), "sample_rate": rate, "rms_dbfs": round(health.rms_dbfs, 1),
+    value = {"devices": devices, "seconds": round(len(samples) / rate, 3), "sample_rate": rate,
+             "rms_dbfs": round(health.rms_dbfs, 1),
              "peak_dbfs": round(20 * math.log10(peak), 1) if peak > 0 else None,
              "clipping_ratio": health.clipping_ratio, "dc_offset_fs": round(health.dc_offset_fs, 5),
              "hum_share": round(health.hum_share, 3), "flags": list(health.flags)}

@@ -64,6 +64,7 @@ def test_healthy_setup_passes_every_check(tmp_path, tiny_model_dir, migrated_dsn
     assert code == (0 if synced else 1) and doc["status"] == ("ok" if synced else "warn")
     cap = checks["capture"]["value"]
     assert cap["sample_rate"] == RATE and cap["seconds"] == 2.0 and -60 < cap["rms_dbfs"] < -10 and cap["flags"] == []
+    assert isinstance(cap["devices"], list)  # what `arecord -l` enumerates (no sound card on this machine)
     model = checks["model"]["value"]
     assert model["backend"] == "onnx" and model["is_scaffold"] and 0 < model["real_time_factor"] < 0.8
     assert checks["sqlite"]["value"]["quick_check"] == "ok" and checks["sqlite"]["value"]["unsynced"] == 0
