@@ -305,49 +305,12 @@ def check_postgres(ctx: Context) -> CheckResult:
     if not cfg.sync.dsn.strip():
         return CheckResult("postgres", "ok", value=None, detail="sync not configured ([sync] dsn is empty): "
                                                                 "results stay on the device")
-    import uuid
+    from agent.sync import probe_server
 
-    import psycopg
-
-    from agent.sync import _connect_hint, _params, _scrub, _where, known_schema_version, read_password
-
-    params = _params(cfg.sync.dsn)
-    where = _where(params)
-    extra: dict[str, Any] = {}
     try:
-        if cfg.sync.password_file:
-            extra["password"] = read_password(cfg.sync.password_file)
-        with psycopg.connect(cfg.sync.dsn, connect_timeout=max(2, int(cfg.sync.connect_timeout_s)),
-                             application_name="soundscape-agent diagnose", **extra) as conn:
-            row = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()
-            version = int(row[0]) if row and row[0] is not None else 0
-            conn.rollback()
-            known = known_schema_version()
-            if version != known:
-                return CheckResult("postgres", "fail", value={"server": where, "schema_version": version},
-                                   threshold={"schema_version": known},
-                                   hint="run 'soundscape-agent db init' as the database owner" if version < known
-                                   else "upgrade soundscape-agent on this device",
-                                   detail=f"schema version {version} on {where}; this agent needs {known}")
-            try:
-                conn.execute(
-                    "INSERT INTO heartbeats (heartbeat_id, device, time, uptime_s, windows, classified, skipped,"
-                    " failed, xruns, queue_depth, clock_synchronised, agent_version)"
-                    " VALUES (%s, %s, now(), 0, 0, 0, 0, 0, 0, 0, false, 'diagnose-probe')",
-                    (str(uuid.uuid4()), cfg.agent.device_id))
-            finally:
-                conn.rollback()
+        where, version = asyncio.run(probe_server(cfg.sync, cfg.agent.device_id))
     except AgentError as err:
-        return CheckResult("postgres", "fail", value={"server": where}, hint=err.hint, detail=err.message)
-    except psycopg.errors.InsufficientPrivilege as err:
-        return CheckResult("postgres", "fail", value={"server": where}, detail=f"no INSERT privilege on {where}: "
-                           f"{_scrub(str(err), params)}",
-                           hint="grant the device role INSERT on windows, detections and heartbeats "
-                                "(deploy/db.yml does)")
-    except psycopg.Error as err:
-        text = _scrub(str(err), params)
-        return CheckResult("postgres", "fail", value={"server": where}, hint=_connect_hint(text),
-                           detail=f"PostgreSQL at {where}: {text.strip()}")
+        return CheckResult("postgres", "fail", value=None, hint=err.hint, detail=err.message)
     return CheckResult("postgres", "ok", value={"server": where, "schema_version": version, "insert": True},
                        detail=f"connected to {where}, schema version {version}, INSERT allowed (probe rolled back)")
 

@@ -206,7 +206,8 @@ def _connect_hint(err_text: str) -> str:
 
 def _server_hint(err: BaseException) -> str:
     if isinstance(err, pgerrors.InsufficientPrivilege):
-        return "grant the device role USAGE on the schema and INSERT on windows and detections"
+        return ("grant the device role USAGE on the schema and INSERT on windows, detections and heartbeats "
+                "(deploy/db.yml does)")
     if isinstance(err, pgerrors.QueryCanceled):
         return "the batch exceeded statement_timeout: lower [sync] batch_size or raise statement_timeout_s"
     if isinstance(err, (pgerrors.UndefinedTable, pgerrors.UndefinedColumn)):
@@ -405,6 +406,113 @@ async def send_heartbeats(conn: psycopg.AsyncConnection, heartbeats: Sequence[He
         return max(cur.rowcount, 0)
 
 
+async def _connect(cfg: SyncConfig, params: dict[str, str], where: str,
+                   application_name: str = "soundscape-agent") -> psycopg.AsyncConnection:
+    """An async connection (autocommit off) with the configured timeouts and password file."""
+    statement_ms = int(cfg.statement_timeout_s * 1000)
+    options = f"-c statement_timeout={statement_ms}"
+    if params.get("options"):
+        options = f"{params['options']} {options}"
+    extra: dict[str, str] = {}
+    if cfg.password_file:
+        extra["password"] = read_password(cfg.password_file)
+    if "application_name" not in params:
+        extra["application_name"] = application_name
+    bound = cfg.connect_timeout_s + cfg.statement_timeout_s
+    try:
+        return await asyncio.wait_for(
+            psycopg.AsyncConnection.connect(
+                cfg.dsn,
+                connect_timeout=_connect_timeout_arg(cfg.connect_timeout_s),
+                options=options,
+                autocommit=False,
+                **extra,
+            ),
+            timeout=bound,
+        )
+    except TimeoutError:
+        raise SyncError(
+            f"cannot connect to PostgreSQL at {where}: no answer within {bound:g} s",
+            _connect_hint("timeout"),
+        ) from None
+    except psycopg.Error as err:
+        text = _scrub(str(err), params)
+        raise SyncError(f"cannot connect to PostgreSQL at {where}: {text}", _connect_hint(text)) from None
+
+
+async def _check_schema(conn: psycopg.AsyncConnection, params: dict[str, str], where: str) -> int:
+    """The server's schema version; SyncError unless it is the one this agent knows."""
+    try:
+        cur = await conn.execute("SELECT max(version) FROM schema_migrations")
+        row = await cur.fetchone()
+        await conn.rollback()  # read only; each batch gets a transaction of its own
+    except pgerrors.UndefinedTable:
+        raise SyncError(
+            f"PostgreSQL {where} has no soundscape schema (table schema_migrations is missing)",
+            "run 'soundscape-agent db init' against this database as its owner",
+        ) from None
+    except pgerrors.InsufficientPrivilege as err:
+        raise SyncError(
+            f"PostgreSQL {where}: cannot read schema_migrations: {_scrub(str(err), params)}",
+            "GRANT SELECT ON schema_migrations TO the device role ('db init' grants it to PUBLIC)",
+        ) from None
+    except psycopg.Error as err:
+        text = _scrub(str(err), params)
+        raise SyncError(f"PostgreSQL {where}: reading the schema version failed: {text}", _server_hint(err)) from None
+    version = int(row[0]) if row and row[0] is not None else 0
+    known = known_schema_version()
+    if version < known:
+        raise SyncError(
+            f"PostgreSQL {where} has schema version {version}, this agent needs {known}",
+            "run 'soundscape-agent db init' against this database as its owner",
+        )
+    if version > known:
+        raise SyncError(
+            f"PostgreSQL {where} has schema version {version}, newer than this agent knows ({known})",
+            "upgrade soundscape-agent on this device (or run its 'db init' if the server was rolled back)",
+        )
+    return version
+
+
+async def probe_server(cfg: SyncConfig, device_id: str) -> tuple[str, int]:
+    """Check the server as the sync would use it, changing nothing (``diagnose``).
+
+    Connects exactly as :class:`Syncer` does (DSN, timeouts, ``password_file``), checks the
+    schema version, and inserts one heartbeat row for ``device_id`` in a transaction that is
+    rolled back, which proves the INSERT privilege (and, with row-level security, that this
+    device may write its own rows).
+
+    Returns:
+        (``user@host:port/dbname``, schema version).
+
+    Raises:
+        SyncError: no DSN, unreachable, wrong schema version, or the insert was refused; the
+            hint says what to do.
+        ConfigError: ``password_file`` is unusable.
+    """
+    if not cfg.dsn.strip():
+        raise SyncError("no PostgreSQL server configured ([sync] dsn is empty)", "set [sync] dsn to sync results")
+    params = _params(cfg.dsn)
+    where = _where(params)
+    conn = await _connect(cfg, params, where, application_name="soundscape-agent diagnose")
+    try:
+        version = await _check_schema(conn, params, where)
+        try:
+            await conn.execute(
+                "INSERT INTO heartbeats (heartbeat_id, device, time, uptime_s, windows, classified, skipped,"
+                " failed, xruns, queue_depth, clock_synchronised, agent_version)"
+                " VALUES (%s, %s, now(), 0, 0, 0, 0, 0, 0, 0, false, 'diagnose-probe')",
+                (str(uuid.uuid4()), device_id))
+        except psycopg.Error as err:
+            raise SyncError(f"PostgreSQL {where} refused a test insert: {_scrub(str(err), params)}",
+                            _server_hint(err)) from None
+        finally:
+            await conn.rollback()
+    finally:
+        await conn.close()
+    return where, version
+
+
 # ---------------------------------------------------------------------------------------------
 # the syncer
 
@@ -438,69 +546,6 @@ class Syncer:
         lo = min(self._cfg.backoff_initial_s, self._cfg.backoff_max_s)
         hi = min(self._cfg.backoff_max_s, self._cfg.backoff_initial_s * 2.0 ** min(max(failures, 1) - 1, 60))
         return random.uniform(lo, max(lo, hi))
-
-    async def _connect(self, params: dict[str, str], where: str) -> psycopg.AsyncConnection:
-        cfg = self._cfg
-        statement_ms = int(cfg.statement_timeout_s * 1000)
-        options = f"-c statement_timeout={statement_ms}"
-        if params.get("options"):
-            options = f"{params['options']} {options}"
-        extra: dict[str, str] = {}
-        if cfg.password_file:
-            extra["password"] = read_password(cfg.password_file)
-        if "application_name" not in params:
-            extra["application_name"] = "soundscape-agent"
-        bound = cfg.connect_timeout_s + cfg.statement_timeout_s
-        try:
-            return await asyncio.wait_for(
-                psycopg.AsyncConnection.connect(
-                    cfg.dsn,
-                    connect_timeout=_connect_timeout_arg(cfg.connect_timeout_s),
-                    options=options,
-                    autocommit=False,
-                    **extra,
-                ),
-                timeout=bound,
-            )
-        except TimeoutError:
-            raise SyncError(
-                f"cannot connect to PostgreSQL at {where}: no answer within {bound:g} s",
-                _connect_hint("timeout"),
-            ) from None
-        except psycopg.Error as err:
-            text = _scrub(str(err), params)
-            raise SyncError(f"cannot connect to PostgreSQL at {where}: {text}", _connect_hint(text)) from None
-
-    async def _check_schema(self, conn: psycopg.AsyncConnection, params: dict[str, str], where: str) -> None:
-        try:
-            cur = await conn.execute("SELECT max(version) FROM schema_migrations")
-            row = await cur.fetchone()
-            await conn.rollback()  # read only; each batch gets a transaction of its own
-        except pgerrors.UndefinedTable:
-            raise SyncError(
-                f"PostgreSQL {where} has no soundscape schema (table schema_migrations is missing)",
-                "run 'soundscape-agent db init' against this database as its owner",
-            ) from None
-        except pgerrors.InsufficientPrivilege as err:
-            raise SyncError(
-                f"PostgreSQL {where}: cannot read schema_migrations: {_scrub(str(err), params)}",
-                "GRANT SELECT ON schema_migrations TO the device role ('db init' grants it to PUBLIC)",
-            ) from None
-        except psycopg.Error as err:
-            text = _scrub(str(err), params)
-            raise SyncError(f"PostgreSQL {where}: reading the schema version failed: {text}", _server_hint(err)) from None
-        version = int(row[0]) if row and row[0] is not None else 0
-        known = known_schema_version()
-        if version < known:
-            raise SyncError(
-                f"PostgreSQL {where} has schema version {version}, this agent needs {known}",
-                "run 'soundscape-agent db init' against this database as its owner",
-            )
-        if version > known:
-            raise SyncError(
-                f"PostgreSQL {where} has schema version {version}, newer than this agent knows ({known})",
-                "upgrade soundscape-agent on this device (or run its 'db init' if the server was rolled back)",
-            )
 
     async def _send_and_commit(
         self, conn: psycopg.AsyncConnection, batch: Sequence[WindowResult], sync_id: str
@@ -545,11 +590,11 @@ class Syncer:
         batch_size = int(cfg.batch_size)
         bound = cfg.statement_timeout_s + cfg.connect_timeout_s
         async with self._lock:
-            conn = await self._connect(params, where)
+            conn = await _connect(cfg, params, where)
             delivered = inserted_total = 0
             try:
                 try:
-                    await asyncio.wait_for(self._check_schema(conn, params, where), timeout=bound)
+                    await asyncio.wait_for(_check_schema(conn, params, where), timeout=bound)
                 except TimeoutError:
                     raise SyncError(f"PostgreSQL {where} did not answer within {bound:g} s", _connect_hint("timeout")) from None
                 while True:
