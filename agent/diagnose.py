@@ -405,11 +405,13 @@ def spectrogram_png(samples: np.ndarray, sample_rate: int, path: Path, nfft: int
     import struct
     import zlib
 
+    from agent.analysis.indices import periodic_window
+
     x = np.asarray(samples, dtype=np.float64)
     if x.size < nfft:
         raise ValueError(f"need at least {nfft} samples for a spectrogram, got {x.size}")
     hop = nfft // 2
-    window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(nfft) / nfft)
+    window = periodic_window("hann", nfft)
     frames = np.lib.stride_tricks.sliding_window_view(x, nfft)[::hop] * window
     power = np.abs(np.fft.rfft(frames, axis=1)) ** 2 / (np.sum(window) / 2) ** 2
     level = 10 * np.log10(np.maximum(power, 1e-30))

@@ -51,6 +51,7 @@ import math
 
 import numpy as np
 
+from agent.analysis.indices import periodic_window
 from agent.config import HealthConfig
 from agent.records import HEALTH_FLAGS, MicHealth
 
@@ -76,8 +77,7 @@ def _welch_power(x: np.ndarray, sample_rate: int) -> tuple[np.ndarray, np.ndarra
     """
     seg = min(x.size, max(2, int(round(HUM_SEGMENT_S * sample_rate))))
     hop = max(1, seg // 2)
-    # periodic Hann (DFT-even, as scipy.signal.get_window("hann") gives)
-    window = 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(seg) / seg)
+    window = periodic_window("hann", seg)  # DFT-even, as scipy.signal.get_window("hann") gives
     power = np.zeros(seg // 2 + 1)
     for start in range(0, x.size - seg + 1, hop):  # one segment at a time: constant memory
         spectrum = np.fft.rfft(x[start:start + seg] * window)

@@ -118,10 +118,16 @@ def _finite(value) -> float:
     return v if math.isfinite(v) else math.nan
 
 
-def _window(name: str, n: int) -> np.ndarray:
-    """``scipy.signal.get_window(name, n)``: periodic ("DFT-even"), float64, shape (n,), with
-    scipy's arithmetic (``_general_cosine_impl`` over ``linspace(-pi, pi, n + 1)``, last point
-    dropped), so the values are bit-identical to scipy's."""
+def periodic_window(name: str, n: int) -> np.ndarray:
+    """``scipy.signal.get_window(name, n)`` without scipy: periodic ("DFT-even"), float64, shape
+    (n,), for ``name`` in hann, hamming, blackman, boxcar; scipy's arithmetic
+    (``_general_cosine_impl`` over ``linspace(-pi, pi, n + 1)``, last point dropped), so the
+    values are bit-identical to scipy's. Also the Hann window of the hum check
+    (:mod:`agent.analysis.health`) and of ``diagnose``'s spectrogram.
+
+    Raises:
+        KeyError: another window name.
+    """
     if name == "boxcar":
         return np.ones(n)
     fac = np.linspace(-np.pi, np.pi, n + 1)
@@ -150,7 +156,7 @@ def _spectrogram(x: np.ndarray, fs: int, window: str, nperseg: int, noverlap: in
     # scipy's _fft_helper: strided segments, detrend="constant", window, rfft
     segs = np.lib.stride_tricks.sliding_window_view(x, nperseg)[::step][:frames]
     segs = segs - np.mean(segs, axis=-1, keepdims=True)
-    win = _window(window, nperseg)
+    win = periodic_window(window, nperseg)
     segs *= win
     stft = np.fft.rfft(segs, n=nperseg)  # == scipy.fft.rfft, bit for bit
     stft *= np.sqrt(1.0 / (fs * (win * win).sum()))  # scipy: scaling="density", mode="complex"
@@ -387,4 +393,4 @@ def compute_indices(samples: np.ndarray, sample_rate: int, cfg: IndicesConfig) -
     )
 
 
-__all__ = ["compute_indices", "ENVELOPE_FRAME"]
+__all__ = ["compute_indices", "ENVELOPE_FRAME", "periodic_window"]
