@@ -258,14 +258,9 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     from agent.diagnose import CHECKS, EXIT_CODES, overall, report_json, report_table, run_checks
 
     try:
-        results = run_checks(args.config, args.check, spectrogram=args.spectrogram)
+        results, device = run_checks(args.config, args.check, spectrogram=args.spectrogram)
     except ValueError as e:
         raise InputError(str(e), f"--check takes one of: {', '.join(CHECKS)}") from None
-    device = None
-    try:
-        device = load_config(args.config).agent.device_id
-    except AgentError:
-        pass
     print(report_json(results, device) if args.json else report_table(results), flush=True)
     return EXIT_CODES[overall(results)]
 

@@ -465,7 +465,7 @@ def _run_bounded(chk: Check, ctx: Context) -> CheckResult:
 
 
 def run_checks(config_path: Path | None, names: list[str] | None = None,
-               spectrogram: Path | None = None) -> list[CheckResult]:
+               spectrogram: Path | None = None) -> tuple[list[CheckResult], str | None]:
     """Run the named checks (default all, in :data:`CHECKS` order; ``config`` always runs first).
 
     Args:
@@ -473,6 +473,9 @@ def run_checks(config_path: Path | None, names: list[str] | None = None,
         names: checks to run (None: all).
         spectrogram: write a PNG spectrogram of the test capture here (:func:`spectrogram_png`),
             when the capture check made one.
+
+    Returns:
+        (the results in run order, the config's ``device_id`` or None when the config is invalid).
 
     Raises:
         ValueError: an unknown check name.
@@ -491,7 +494,7 @@ def run_checks(config_path: Path | None, names: list[str] | None = None,
         log.info("spectrogram of the test capture: %s (%d x %d px, 0-%d Hz)", spectrogram, width, height, rate // 2)
     if names and "config" not in names:
         results = [r for r in results if r.name != "config" or r.status != "ok"]
-    return results
+    return results, (ctx.config.agent.device_id if ctx.config is not None else None)
 
 
 def overall(results: list[CheckResult]) -> Status:
