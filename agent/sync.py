@@ -25,7 +25,7 @@ import math
 import random
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 
 import psycopg
@@ -547,21 +547,34 @@ class Syncer:
         hi = min(self._cfg.backoff_max_s, self._cfg.backoff_initial_s * 2.0 ** min(max(failures, 1) - 1, 60))
         return random.uniform(lo, max(lo, hi))
 
-    async def _send_and_commit(
-        self, conn: psycopg.AsyncConnection, batch: Sequence[WindowResult], sync_id: str
-    ) -> tuple[int, datetime]:
-        inserted = await send_batch(conn, batch, sync_id)
-        cur = await conn.execute("SELECT now()")  # = the rows' sync_time default (transaction start)
-        row = await cur.fetchone()
-        await conn.commit()
-        return inserted, row[0]
+    @staticmethod
+    async def _commit_bounded(conn: psycopg.AsyncConnection, send: Callable[[], Awaitable[int]], what: str, bound: float,
+                              where: str, params: dict[str, str]) -> tuple[int, datetime]:
+        """Await ``send()`` (inserts in the connection's transaction), read the server's ``now()``
+        (the transaction start: the rows' sync_time default), COMMIT; all within ``bound`` s.
 
-    async def _send_heartbeats_and_commit(self, conn: psycopg.AsyncConnection, beats: Sequence[Heartbeat]) -> datetime:
-        await send_heartbeats(conn, beats)
-        cur = await conn.execute("SELECT now()")
-        row = await cur.fetchone()
-        await conn.commit()
-        return row[0]
+        Returns:
+            (rows newly inserted, server commit-transaction time).
+
+        Raises:
+            SyncError: too slow, or the server refused; the message names ``what``.
+        """
+
+        async def work() -> tuple[int, datetime]:
+            inserted = await send()
+            cur = await conn.execute("SELECT now()")
+            row = await cur.fetchone()
+            await conn.commit()
+            return inserted, row[0]
+
+        try:
+            return await asyncio.wait_for(work(), timeout=bound)
+        except TimeoutError:
+            raise SyncError(f"PostgreSQL {where}: {what} did not complete within {bound:g} s",
+                            "slow link: lower [sync] batch_size or raise statement_timeout_s") from None
+        except psycopg.Error as err:
+            text = _scrub(str(err), params)
+            raise SyncError(f"PostgreSQL {where} refused {what}: {text}", _server_hint(err)) from None
 
     async def sync_once(self) -> int:
         """Deliver every pending window, batch after batch, over one connection.
@@ -602,20 +615,8 @@ class Syncer:
                     if not batch:
                         break
                     sync_id = str(uuid.uuid4())
-                    try:
-                        inserted, sync_time = await asyncio.wait_for(
-                            self._send_and_commit(conn, batch, sync_id), timeout=bound
-                        )
-                    except TimeoutError:
-                        raise SyncError(
-                            f"PostgreSQL {where}: a batch of {len(batch)} windows did not complete within {bound:g} s",
-                            "slow link: lower [sync] batch_size or raise statement_timeout_s",
-                        ) from None
-                    except psycopg.Error as err:
-                        text = _scrub(str(err), params)
-                        raise SyncError(
-                            f"PostgreSQL {where} refused a batch of {len(batch)} windows: {text}", _server_hint(err)
-                        ) from None
+                    inserted, sync_time = await self._commit_bounded(
+                        conn, lambda: send_batch(conn, batch, sync_id), f"a batch of {len(batch)} windows", bound, where, params)
                     # Only now, after the server's COMMIT returned, mark them locally.
                     marked = await self._outbox.mark_synced([r.key for r in batch], sync_id, sync_time)
                     delivered += len(batch)
@@ -624,15 +625,8 @@ class Syncer:
                     if len(batch) < batch_size or marked == 0:
                         break
                 while beats := await self._outbox.pending_heartbeats(batch_size):
-                    try:
-                        sync_time = await asyncio.wait_for(self._send_heartbeats_and_commit(conn, beats), timeout=bound)
-                    except TimeoutError:
-                        raise SyncError(f"PostgreSQL {where}: {len(beats)} heartbeats did not complete within "
-                                        f"{bound:g} s", "slow link: lower [sync] batch_size") from None
-                    except psycopg.Error as err:
-                        text = _scrub(str(err), params)
-                        raise SyncError(f"PostgreSQL {where} refused {len(beats)} heartbeats: {text}",
-                                        _server_hint(err)) from None
+                    _, sync_time = await self._commit_bounded(
+                        conn, lambda: send_heartbeats(conn, beats), f"{len(beats)} heartbeats", bound, where, params)
                     marked = await self._outbox.mark_heartbeats_synced([h.heartbeat_id for h in beats], sync_time)
                     if len(beats) < batch_size or marked == 0:
                         break
