@@ -139,18 +139,10 @@ def check_config(ctx: Context) -> CheckResult:
 
 def _latest_window_health(store_path: str) -> dict[str, Any] | None:
     """The newest window's health from the queue (read-only), or None."""
+    from agent.store import inspect_queue
+
     path = Path(store_path)
-    if not path.exists():
-        return None
-    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-    try:
-        row = con.execute("SELECT start_time, indicators FROM windows ORDER BY start_time DESC LIMIT 1").fetchone()
-    finally:
-        con.close()
-    if row is None or row[1] is None:
-        return None
-    health = json.loads(row[1]).get("health") or {}
-    return {"start_time": row[0], **health}
+    return inspect_queue(path).latest_health if path.exists() else None
 
 
 @check("capture", timeout_s=30, needs_config=True)
@@ -268,26 +260,21 @@ def check_sqlite(ctx: Context) -> CheckResult:
     if not path.exists():
         return CheckResult("sqlite", "warn", value=str(path), hint="start the agent once: it creates the queue",
                            detail=f"no queue file at {path} yet")
+    from agent.store import inspect_queue
+
     try:
-        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-        try:
-            integrity = [r[0] for r in con.execute("PRAGMA quick_check").fetchall()]
-            depth, oldest = con.execute(
-                "SELECT count(*), min(start_time) FROM windows WHERE synced_at IS NULL").fetchone()
-        finally:
-            con.close()
+        found = inspect_queue(path)
     except sqlite3.Error as err:
         return CheckResult("sqlite", "fail", value=str(path), detail=f"the queue {path} cannot be read: {err}",
                            hint=f"the queue file is damaged or not a queue: stop the agent, move {path} (and its "
                                 "-wal/-shm files) aside and start again; windows not yet synced from it are lost")
-    if integrity != ["ok"]:
-        return CheckResult("sqlite", "fail", value={"quick_check": integrity[:5]},
+    if found.stats is None:
+        return CheckResult("sqlite", "fail", value={"quick_check": found.quick_check},
                            detail=f"quick_check found damage in {path}",
                            hint=f"stop the agent, copy {path} for analysis, move it aside and start again")
-    age = None
-    if oldest is not None:
-        age = (datetime.now(timezone.utc) - datetime.fromisoformat(oldest)).total_seconds()
-    value = {"path": str(path), "quick_check": "ok", "unsynced": int(depth),
+    depth, oldest = found.stats.unsynced, found.stats.oldest_unsynced_start
+    age = (datetime.now(timezone.utc) - oldest).total_seconds() if oldest is not None else None
+    value = {"path": str(path), "quick_check": "ok", "unsynced": depth,
              "oldest_unsynced_age_s": round(age, 1) if age is not None else None}
     limit = cfg.ops.queue_warn_age_s
     if age is not None and age > limit:

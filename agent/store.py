@@ -308,6 +308,62 @@ def _store_error(path: Path, action: str, err: BaseException) -> StoreError:
     return StoreError(f"outbox {path}: cannot {action}: {detail}", hint)
 
 
+def _queue_stats(conn: sqlite3.Connection) -> QueueStats:
+    """:class:`QueueStats` of an open connection (the outbox's, or a read-only one)."""
+    total, unsynced, oldest, skipped, xruns = conn.execute(
+        "SELECT count(*),"
+        " count(*) FILTER (WHERE synced_at IS NULL),"
+        " min(start_time) FILTER (WHERE synced_at IS NULL),"
+        " count(*) FILTER (WHERE status = 'skipped_backlog'),"
+        " coalesce(sum(xruns), 0)"
+        " FROM windows"
+    ).fetchone()
+    return QueueStats(
+        windows_total=int(total),
+        unsynced=int(unsynced),
+        oldest_unsynced_start=_from_text(oldest) if oldest is not None else None,
+        skipped_total=int(skipped),
+        xruns_total=int(xruns),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class QueueInspection:
+    """What a read-only look at a queue file found (:func:`inspect_queue`).
+
+    Attributes:
+        quick_check: ``PRAGMA quick_check`` rows (``["ok"]`` when intact; at most 5 kept).
+        stats: :class:`QueueStats`, or ``None`` when the file is damaged.
+        latest_health: the newest window's microphone health (``start_time`` plus the
+            :class:`~agent.records.MicHealth` fields), or ``None`` (no window, or stored
+            before schema 2).
+    """
+
+    quick_check: list[str]
+    stats: QueueStats | None
+    latest_health: dict[str, Any] | None
+
+
+def inspect_queue(path: Path) -> QueueInspection:
+    """Look at a queue file without writing, locking or checkpointing it (``mode=ro``), so it
+    is safe beside the running agent (SQLite 3.40's WAL-reset bug needs two *writers*).
+
+    Raises:
+        sqlite3.Error: the file is not an SQLite database or cannot be read.
+    """
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
+    try:
+        integrity = [r[0] for r in con.execute("PRAGMA quick_check").fetchall()]
+        if integrity != ["ok"]:
+            return QueueInspection(integrity[:5], None, None)
+        stats = _queue_stats(con)
+        row = con.execute("SELECT start_time, indicators FROM windows ORDER BY start_time DESC LIMIT 1").fetchone()
+    finally:
+        con.close()
+    health = json.loads(row[1]).get("health") if row is not None and row[1] is not None else None
+    return QueueInspection(integrity, stats, {"start_time": row[0], **health} if health else None)
+
+
 # ---------------------------------------------------------------------------------------------
 # the outbox
 
@@ -636,24 +692,7 @@ class Outbox:
             StoreError: the file cannot be read.
         """
 
-        def work(conn: sqlite3.Connection) -> QueueStats:
-            total, unsynced, oldest, skipped, xruns = conn.execute(
-                "SELECT count(*),"
-                " count(*) FILTER (WHERE synced_at IS NULL),"
-                " min(start_time) FILTER (WHERE synced_at IS NULL),"
-                " count(*) FILTER (WHERE status = 'skipped_backlog'),"
-                " coalesce(sum(xruns), 0)"
-                " FROM windows"
-            ).fetchone()
-            return QueueStats(
-                windows_total=int(total),
-                unsynced=int(unsynced),
-                oldest_unsynced_start=_from_text(oldest) if oldest is not None else None,
-                skipped_total=int(skipped),
-                xruns_total=int(xruns),
-            )
-
-        return await self._submit(work, "read queue statistics")
+        return await self._submit(_queue_stats, "read queue statistics")
 
 
     async def put_heartbeat(self, heartbeat: Heartbeat) -> bool:
@@ -782,4 +821,4 @@ class Outbox:
         return await self._submit(work, "read the latest calibration")
 
 
-__all__ = ["Outbox", "QueueStats", "SCHEMA_VERSION", "nan_to_none"]
+__all__ = ["Outbox", "QueueInspection", "QueueStats", "SCHEMA_VERSION", "inspect_queue", "nan_to_none"]
