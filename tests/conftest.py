@@ -65,3 +65,10 @@ def full_model_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("models") / "scaffold-full"
     scaffold(out, tiny=False)
     return out
+
+
+# =============================================================================================
+# Fault-injection suite (pytest -m faults): its own PostgreSQL server, the results file.
+# =============================================================================================
+
+from tests.faultkit import fault_dsn, fault_pg, fault_results  # noqa: E402,F401
