@@ -385,14 +385,36 @@ ClassifierConfig = Annotated[
 
 
 class StoreConfig(_Section):
-    """The local SQLite outbox.
+    """The local SQLite outbox and its eviction policy (README, "Delivery guarantee").
+
+    Eviction policy, in order:
+
+    1. synced windows older than ``keep_synced_days`` are deleted (they are on the server);
+    2. when the queue's filesystem has less than ``min_free_mb`` free, every synced window
+       is deleted, oldest first (the space is reused by new windows and, for a queue created
+       by schema 4 or later, given back to the filesystem);
+    3. only when a write fails because the queue reached its hard cap (``max_queue_mb``) or
+       the filesystem is full, and no synced window is left, the oldest *unsynced* windows
+       are evicted (1 % of the queue at a time, at least one): each is recorded by key,
+       counted in heartbeats and ``diagnose``, and reported to the server as a gap.
 
     Attributes:
         path: the queue database (default ``/var/lib/soundscape-agent/queue.db``; systemd's
             ``StateDirectory``). Its directory is created if missing.
+        max_queue_mb: hard cap on the queue file, MB (10^6 bytes) (default 1024: about a
+            month of 10 s windows at ~3.5 kB each; SQLite ``max_page_count``).
+        min_free_mb: free space to keep on the queue's filesystem, MB (default 200).
+        keep_synced_days: days a synced window stays in the local queue as a record (default 7;
+            0 deletes windows as soon as the server has them).
+        reserve_mb: a ballast file (``<path>.reserve``) kept beside the queue and deleted when
+            the disk fills, so that the eviction itself can still commit (default 2; 0: none).
     """
 
     path: Path = Path("/var/lib/soundscape-agent/queue.db")
+    max_queue_mb: float = Field(1024.0, ge=0.1, le=1_000_000.0)
+    min_free_mb: float = Field(200.0, ge=0.0, le=1_000_000.0)
+    keep_synced_days: float = Field(7.0, ge=0.0, le=3650.0)
+    reserve_mb: float = Field(2.0, ge=0.0, le=1024.0)
 
 
 class SyncConfig(_Section):

@@ -300,6 +300,15 @@ class Heartbeat:
         rss_bytes, peak_rss_bytes: this process's ``VmRSS`` and ``VmHWM``.
         model_id, model_hash: the loaded classifier, or ``None`` (levels only).
         agent_version: soundscape-agent's version.
+        degraded: why the agent is degraded right now, empty when it is not: ``disk_low``
+            (the queue's filesystem below ``[store] min_free_mb``), ``queue_full`` (the queue
+            hit its hard cap or the disk filled: windows are being evicted), ``store_failed``
+            (a window could not be stored at all), ``capture_lost`` (the microphone is gone;
+            retrying), ``sync_failing`` (three or more sync rounds failed in a row).
+        evicted_unsynced: windows ever evicted from this queue before they were synced (the
+            eviction policy's hard cap; recorded as gaps).
+        evicted_synced: synced windows deleted since the agent started (space or retention).
+        dropped_windows: windows since the agent started that could not be stored at all.
     """
 
     heartbeat_id: str
@@ -325,7 +334,73 @@ class Heartbeat:
     model_id: str | None
     model_hash: str | None
     agent_version: str
+    degraded: tuple[str, ...] = ()
+    evicted_unsynced: int = 0
+    evicted_synced: int = 0
+    dropped_windows: int = 0
 
     def __post_init__(self) -> None:
         if self.time.tzinfo is None:
             raise ValueError("Heartbeat.time must be timezone-aware")
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """A stretch of time the server will have no windows for, and why; queued and synced
+    like a window (PostgreSQL table ``gaps``), so that a missing hour reads as "microphone
+    unplugged" rather than as silence.
+
+    Attributes:
+        event_id: UUID text made on the device (the idempotency key).
+        device_id: as ``[agent] device_id``.
+        start_time: end of the last audio before the gap (UTC, tz-aware; on the capture
+            stream's sample-count timeline).
+        end_time: start of the first audio after it (UTC, tz-aware), >= ``start_time``.
+        reason: ``capture_lost`` (device error or disappearance until it returned),
+            ``evicted_unsynced`` (windows deleted unsynced by the eviction policy),
+            ``store_failed`` (windows analysed but not storable).
+        detail: the error message or policy note, for people.
+        windows: windows lost in the gap when known (evictions, store failures), else 0.
+    """
+
+    event_id: str
+    device_id: str
+    start_time: datetime
+    end_time: datetime
+    reason: str
+    detail: str = ""
+    windows: int = 0
+
+    def __post_init__(self) -> None:
+        if self.start_time.tzinfo is None or self.end_time.tzinfo is None:
+            raise ValueError("Gap times must be timezone-aware")
+        if self.end_time < self.start_time:
+            raise ValueError(f"Gap ends ({self.end_time}) before it starts ({self.start_time})")
+
+
+@dataclass(frozen=True, slots=True)
+class ClockStep:
+    """A jump of the system's wall clock seen while the agent ran (NTP stepping a clock that
+    was off, an operator's ``date -s``, a Pi without RTC syncing late). Windows keep their
+    sample-count timeline (see :mod:`agent.windows`); this record says by how much the wall
+    clock disagreed from then on, so times can be corrected afterwards. PostgreSQL table
+    ``clock_steps``.
+
+    Attributes:
+        event_id: UUID text made on the device (the idempotency key).
+        device_id: as ``[agent] device_id``.
+        detected_at: wall-clock time just after the step (UTC, tz-aware).
+        step_s: the jump, s: positive = the clock moved forward (wall minus monotonic time
+            grew by this much between two readings).
+        clock_synchronised: the kernel's NTP status after the step (``adjtimex``).
+    """
+
+    event_id: str
+    device_id: str
+    detected_at: datetime
+    step_s: float
+    clock_synchronised: bool
+
+    def __post_init__(self) -> None:
+        if self.detected_at.tzinfo is None:
+            raise ValueError("ClockStep.detected_at must be timezone-aware")

@@ -22,6 +22,7 @@ Design, in short:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import fcntl
 import json
@@ -29,22 +30,33 @@ import os
 import logging
 import math
 import sqlite3
+import time
+import typing
+import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
 from agent.config import StoreConfig
 from agent.errors import StoreError
 from agent.records import (
-    AcousticIndices, Calibration, Detection, Heartbeat, Levels, MicHealth, ModelInfo, Status, WindowResult,
+    AcousticIndices, Calibration, ClockStep, Detection, Gap, Heartbeat, Levels, MicHealth, ModelInfo, Status,
+    WindowResult,
 )
 
 log = logging.getLogger("agent.store")
 
 T = TypeVar("T")
+
+#: Bytes in the MB of ``[store]`` sizes (SI megabyte).
+MB = 1_000_000
+#: Share of the unsynced windows evicted at once when the queue is at its hard cap (at least one).
+EVICT_SHARE = 0.01
+#: Attempts to store one window when the queue is full (each after making room).
+_PUT_ATTEMPTS = 6
 
 #: Milliseconds a statement waits for a lock held by another process (e.g. a read-only
 #: ``status`` query holding a snapshot while we checkpoint) before SQLITE_BUSY.
@@ -115,6 +127,24 @@ _MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX heartbeats_unsynced ON heartbeats (time) WHERE synced_at IS NULL;
     """,
+    # 4: events (records.Gap, records.ClockStep as JSON) delivered by the sync; the keys of
+    # windows evicted before they were synced (the eviction policy's hard cap), kept as proof.
+    """
+    CREATE TABLE events (
+        event_id   TEXT PRIMARY KEY,                    -- UUID, the idempotency key
+        kind       TEXT NOT NULL,                       -- 'gap' | 'clock_step'
+        time       TEXT NOT NULL,                       -- ISO-8601 UTC
+        payload    TEXT NOT NULL,                       -- JSON of the record
+        synced_at  TEXT                                 -- server commit time, NULL until synced
+    );
+    CREATE INDEX events_unsynced ON events (time) WHERE synced_at IS NULL;
+    CREATE TABLE evicted (
+        key         TEXT PRIMARY KEY,                   -- the window's key
+        start_time  TEXT NOT NULL,                      -- ISO-8601 UTC
+        evicted_at  TEXT NOT NULL,                      -- ISO-8601 UTC
+        reason      TEXT NOT NULL                       -- 'queue_full' | 'disk_full'
+    ) WITHOUT ROWID;
+    """,
 )
 
 #: Schema version this code writes and reads (``PRAGMA user_version``).
@@ -181,6 +211,42 @@ def _plain(value: Any) -> Any:
     if isinstance(value, tuple):
         return [_plain(v) for v in value]
     return value
+
+
+def _record_json(record: Any) -> str:
+    """A frozen record (:class:`Heartbeat`, :class:`Gap`, :class:`ClockStep`) as one JSON
+    object: field names as keys, datetimes as ISO text, tuples as lists."""
+    return json.dumps({f.name: _plain(getattr(record, f.name)) for f in dataclasses.fields(record)}, allow_nan=False)
+
+
+def _record_from_json(cls: type[T], payload: str) -> T:
+    """The inverse of :func:`_record_json`. Keys the record does not have are ignored and
+    fields missing from the document take their defaults (a payload queued by an older or
+    newer agent still reads)."""
+    hints = typing.get_type_hints(cls)
+    doc = json.loads(payload)
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.name not in doc:
+            continue
+        value, hint = doc[f.name], hints[f.name]
+        if value is not None and (hint is datetime or datetime in typing.get_args(hint)):
+            value = _from_text(value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        values[f.name] = value
+    return cls(**values)
+
+
+#: Event records queued in the ``events`` table, by kind.
+EVENT_KINDS: dict[str, type] = {"gap": Gap, "clock_step": ClockStep}
+
+
+def _event_kind(event: Gap | ClockStep) -> str:
+    for kind, cls in EVENT_KINDS.items():
+        if isinstance(event, cls):
+            return kind
+    raise TypeError(f"not an event record: {type(event).__name__}")
 
 
 def _indicators_json(r: WindowResult) -> str:
@@ -308,6 +374,29 @@ def _store_error(path: Path, action: str, err: BaseException) -> StoreError:
     return StoreError(f"outbox {path}: cannot {action}: {detail}", hint)
 
 
+@dataclass(frozen=True, slots=True)
+class StorePressure:
+    """The outbox's space situation (heartbeats, ``STATUS=``, ``diagnose``).
+
+    Attributes:
+        free_bytes: free space on the queue's filesystem for the agent's user, bytes.
+        queue_bytes: pages the queue file uses (free pages inside it excluded), bytes.
+        max_queue_bytes: the hard cap, ``[store] max_queue_mb`` in bytes.
+        disk_low: ``free_bytes`` is below ``[store] min_free_mb``.
+        full_recently: a write hit the hard cap or a full disk within the last 10 minutes.
+        evicted_synced: synced windows deleted since the outbox was opened.
+        evicted_unsynced: windows ever evicted unsynced from this file (its ``evicted`` table).
+    """
+
+    free_bytes: int
+    queue_bytes: int
+    max_queue_bytes: int
+    disk_low: bool
+    full_recently: bool
+    evicted_synced: int
+    evicted_unsynced: int
+
+
 def _queue_stats(conn: sqlite3.Connection) -> QueueStats:
     """:class:`QueueStats` of an open connection (the outbox's, or a read-only one)."""
     total, unsynced, oldest, skipped, xruns = conn.execute(
@@ -337,11 +426,16 @@ class QueueInspection:
         latest_health: the newest window's microphone health (``start_time`` plus the
             :class:`~agent.records.MicHealth` fields), or ``None`` (no window, or stored
             before schema 2).
+        evicted_unsynced: windows ever evicted from the file before they were synced.
+        latest_heartbeat: the newest queued :class:`~agent.records.Heartbeat` (its JSON
+            fields: ``time``, ``degraded``, ...), or ``None``.
     """
 
     quick_check: list[str]
     stats: QueueStats | None
     latest_health: dict[str, Any] | None
+    evicted_unsynced: int = 0
+    latest_heartbeat: dict[str, Any] | None = None
 
 
 def inspect_queue(path: Path) -> QueueInspection:
@@ -358,10 +452,15 @@ def inspect_queue(path: Path) -> QueueInspection:
             return QueueInspection(integrity[:5], None, None)
         stats = _queue_stats(con)
         row = con.execute("SELECT start_time, indicators FROM windows ORDER BY start_time DESC LIMIT 1").fetchone()
+        tables = {name for (name,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        evicted = con.execute("SELECT count(*) FROM evicted").fetchone()[0] if "evicted" in tables else 0
+        beat = (con.execute("SELECT payload FROM heartbeats ORDER BY time DESC LIMIT 1").fetchone()
+                if "heartbeats" in tables else None)
     finally:
         con.close()
     health = json.loads(row[1]).get("health") if row is not None and row[1] is not None else None
-    return QueueInspection(integrity, stats, {"start_time": row[0], **health} if health else None)
+    return QueueInspection(integrity, stats, {"start_time": row[0], **health} if health else None,
+                           evicted_unsynced=int(evicted), latest_heartbeat=json.loads(beat[0]) if beat else None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -402,10 +501,16 @@ class Outbox:
     """
 
     def __init__(self, cfg: StoreConfig) -> None:
+        self._cfg = cfg
         self._path = Path(cfg.path)
+        self._reserve_path = self._path.with_name(self._path.name + ".reserve")
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None  # touched only on the outbox thread
         self._lock_fd: int | None = None  # flock on <path>.lock while open
+        # eviction bookkeeping (outbox thread only)
+        self._last_full: float | None = None  # time.monotonic() of the last SQLITE_FULL
+        self._evicted_synced = 0
+        self._incremental_vacuum = False  # the file gives freed pages back (auto_vacuum=INCREMENTAL)
 
     @property
     def path(self) -> Path:
@@ -480,12 +585,24 @@ class Outbox:
         try:
             conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0:
+                # a new file: let it give freed pages back to the filesystem (only possible
+                # before the first table exists)
+                conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+            self._incremental_vacuum = conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 log.warning("outbox %s: journal_mode is %s, not wal (filesystem without shared memory?)", path, mode)
             conn.execute("PRAGMA synchronous = FULL")
             conn.execute("PRAGMA foreign_keys = ON")
             self._migrate(conn)
+            page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+            want = max(1, math.ceil(self._cfg.max_queue_mb * MB / page_size))
+            got = conn.execute(f"PRAGMA max_page_count = {want}").fetchone()[0]
+            if got > want:
+                log.warning("outbox %s is already larger (%.1f MB) than [store] max_queue_mb = %g: it cannot "
+                            "grow further", path, got * page_size / MB, self._cfg.max_queue_mb)
+            self._ensure_reserve()
         except BaseException as err:
             if conn is not None:
                 conn.close()
@@ -561,7 +678,7 @@ class Outbox:
             if conn is None:
                 return
             try:
-                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
             except sqlite3.Error as err:
                 log.warning("outbox %s: checkpoint at close failed: %s", self._path, err)
             finally:
@@ -618,7 +735,250 @@ class Outbox:
             )
             return True
 
-        return await self._submit(lambda conn: self._in_transaction(conn, work), f"store window {result.key}")
+        def job(conn: sqlite3.Connection) -> bool:
+            for attempt in range(1, _PUT_ATTEMPTS + 1):
+                try:
+                    return self._in_transaction(conn, work)
+                except sqlite3.Error as err:
+                    if getattr(err, "sqlite_errorname", "") != "SQLITE_FULL" or attempt == _PUT_ATTEMPTS:
+                        raise
+                    self._last_full = time.monotonic()
+                    if not self._make_room(conn, attempt):
+                        raise
+            raise AssertionError("unreachable")
+
+        return await self._submit(job, f"store window {result.key}")
+
+    # -- eviction policy (see StoreConfig) ------------------------------------------------
+
+    def _free_bytes(self) -> int:
+        st = os.statvfs(self._path.parent)
+        return st.f_bavail * st.f_frsize
+
+    def _ensure_reserve(self) -> None:
+        """Create the ballast file ``<path>.reserve`` (``reserve_mb``) if it is missing and the
+        filesystem can spare it (free space at least twice its size)."""
+        size = int(self._cfg.reserve_mb * MB)
+        if size <= 0 or self._reserve_path.exists():
+            return
+        try:
+            if self._free_bytes() < 2 * size:
+                return
+            fd = os.open(self._reserve_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, size)
+            finally:
+                os.close(fd)
+        except OSError as err:
+            log.debug("outbox %s: no reserve file (%s)", self._path, err)
+            with contextlib.suppress(OSError):
+                self._reserve_path.unlink()
+
+    def _release_reserve(self) -> bool:
+        """Delete the ballast file; True if there was one (its space is free now)."""
+        try:
+            self._reserve_path.unlink()
+        except OSError:
+            return False
+        log.warning("outbox %s: disk full: released the %g MB reserve file to make room", self._path,
+                    self._cfg.reserve_mb)
+        return True
+
+    def _delete_synced(self, conn: sqlite3.Connection, synced_before: str | None) -> int:
+        """Delete synced windows (with their detections), heartbeats and events, all or those
+        synced before ``synced_before`` (ISO text); returns the windows deleted."""
+
+        def work(c: sqlite3.Connection) -> int:
+            cond, args = ("synced_at IS NOT NULL", ()) if synced_before is None else \
+                ("synced_at < ?", (synced_before,))
+            n = max(c.execute(f"DELETE FROM windows WHERE {cond}", args).rowcount, 0)
+            c.execute(f"DELETE FROM heartbeats WHERE {cond}", args)
+            c.execute(f"DELETE FROM events WHERE {cond}", args)
+            return n
+
+        n = self._in_transaction(conn, work)
+        self._evicted_synced += n
+        return n
+
+    def _evict_unsynced(self, conn: sqlite3.Connection, reason: str, factor: int = 1) -> int:
+        """Evict the oldest unsynced windows (``factor`` times :data:`EVICT_SHARE` of them, at
+        least ``factor``): delete them, keep their keys in ``evicted`` and record them in a
+        :class:`Gap` for the server (extending the previous eviction gap while it is unsynced
+        and this one continues it, so a long outage reads as one gap, not thousands)."""
+
+        def work(c: sqlite3.Connection) -> tuple[int, Gap | None]:
+            (unsynced,) = c.execute("SELECT count(*) FROM windows WHERE synced_at IS NULL").fetchone()
+            rows = c.execute("SELECT key, start_time, duration_s, device_id FROM windows WHERE synced_at IS NULL"
+                             " ORDER BY start_time, key LIMIT ?",
+                             (factor * max(1, math.ceil(unsynced * EVICT_SHARE)),)).fetchall()
+            if not rows:
+                return 0, None
+            now = _to_text(datetime.now(timezone.utc))
+            c.executemany("DELETE FROM windows WHERE key = ?", [(r[0],) for r in rows])
+            c.executemany("INSERT INTO evicted (key, start_time, evicted_at, reason) VALUES (?, ?, ?, ?)"
+                          " ON CONFLICT (key) DO NOTHING", [(r[0], r[1], now, reason) for r in rows])
+            start = _from_text(rows[0][1])
+            end = max(_from_text(r[1]) + timedelta(seconds=float(r[2])) for r in rows)
+            gap = Gap(event_id=str(uuid.uuid4()), device_id=rows[0][3], start_time=start, end_time=end,
+                      reason="evicted_unsynced", windows=len(rows))
+            last = c.execute("SELECT payload FROM events WHERE kind = 'gap' AND synced_at IS NULL"
+                             " ORDER BY time DESC, event_id DESC LIMIT 1").fetchone()
+            prev = _record_from_json(Gap, last[0]) if last else None
+            if prev is not None and prev.reason == gap.reason and prev.device_id == gap.device_id \
+                    and prev.start_time <= start <= prev.end_time + timedelta(seconds=float(rows[0][2])):
+                gap = dataclasses.replace(prev, end_time=max(prev.end_time, end), windows=prev.windows + len(rows))
+            gap = dataclasses.replace(gap, detail=f"{gap.windows} windows evicted before they were synced: "
+                                                  f"{reason.replace('_', ' ')}")
+            c.execute("INSERT INTO events (event_id, kind, time, payload) VALUES (?, 'gap', ?, ?)"
+                      " ON CONFLICT (event_id) DO UPDATE SET payload = excluded.payload",
+                      (gap.event_id, _to_text(gap.start_time), _record_json(gap)))
+            return len(rows), gap
+
+        n, gap = self._in_transaction(conn, work)
+        if gap is not None:
+            total = conn.execute("SELECT count(*) FROM evicted").fetchone()[0]
+            log.error("outbox %s: %s and nothing synced left to delete: evicted the %d oldest UNSYNCED windows, "
+                      "recorded in a gap (%s to %s); %d evicted unsynced in all", self._path,
+                      "queue at its hard cap [store] max_queue_mb" if reason == "queue_full" else "disk full",
+                      n, gap.start_time.isoformat(timespec="seconds"), gap.end_time.isoformat(timespec="seconds"),
+                      total)
+        return n
+
+    def _make_room(self, conn: sqlite3.Connection, attempt: int) -> bool:
+        """After the ``attempt``-th SQLITE_FULL storing one window: free space by the eviction
+        policy (evicting twice as many unsynced windows at each further attempt); False if
+        nothing could be freed."""
+        (pages,) = conn.execute("PRAGMA page_count").fetchone()
+        (limit,) = conn.execute("PRAGMA max_page_count").fetchone()
+        (free_pages,) = conn.execute("PRAGMA freelist_count").fetchone()
+        at_cap = pages >= limit and free_pages < 16
+        reason = "queue_full" if at_cap else "disk_full"
+        released = False if at_cap else self._release_reserve()
+        n = self._delete_synced(conn, None)
+        if n:
+            log.warning("outbox %s: %s: deleted %d synced windows to make room", self._path,
+                        "queue at its hard cap" if at_cap else "disk full", n)
+            return True
+        factor = 2 ** (attempt - 1)
+        for _ in range(4):  # the eviction's own bookkeeping may not fit: evict more at once
+            try:
+                return bool(self._evict_unsynced(conn, reason, factor)) or released
+            except sqlite3.Error as err:
+                if getattr(err, "sqlite_errorname", "") != "SQLITE_FULL":
+                    raise
+                factor *= 4
+        return released
+
+    async def housekeeping(self) -> int:
+        """Apply the eviction policy's steps 1 and 2 (see :class:`~agent.config.StoreConfig`):
+        delete synced windows older than ``keep_synced_days``, or every synced window while the
+        filesystem has less than ``min_free_mb`` free; give freed pages back to the filesystem
+        (queues created by schema 4 or later) and restore the reserve file when there is room.
+        Call it now and then (the pipeline does every minute).
+
+        Returns:
+            Synced windows deleted.
+
+        Raises:
+            StoreError: the file cannot be written.
+        """
+        cfg = self._cfg
+
+        def work(conn: sqlite3.Connection) -> int:
+            disk_low = self._free_bytes() < cfg.min_free_mb * MB
+            cutoff = None if disk_low else _to_text(datetime.now(timezone.utc) - timedelta(days=cfg.keep_synced_days))
+            n = self._delete_synced(conn, cutoff)
+            if n and disk_low:
+                log.warning("outbox %s: less than [store] min_free_mb = %g MB free: deleted %d synced windows",
+                            self._path, cfg.min_free_mb, n)
+            if n and self._incremental_vacuum:
+                # executescript steps it to completion (execute() would free one page per call)
+                conn.executescript("PRAGMA incremental_vacuum;")
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            self._ensure_reserve()
+            return n
+
+        return await self._submit(work, "apply the eviction policy")
+
+    async def pressure(self) -> StorePressure:
+        """The outbox's :class:`StorePressure` now.
+
+        Raises:
+            StoreError: the file cannot be read.
+        """
+
+        def work(conn: sqlite3.Connection) -> StorePressure:
+            pages, free_pages, page_size, limit = (conn.execute(f"PRAGMA {p}").fetchone()[0] for p in
+                                                   ("page_count", "freelist_count", "page_size", "max_page_count"))
+            free = self._free_bytes()
+            return StorePressure(
+                free_bytes=free, queue_bytes=(pages - free_pages) * page_size, max_queue_bytes=limit * page_size,
+                disk_low=free < self._cfg.min_free_mb * MB,
+                full_recently=self._last_full is not None and time.monotonic() - self._last_full < 600,
+                evicted_synced=self._evicted_synced,
+                evicted_unsynced=conn.execute("SELECT count(*) FROM evicted").fetchone()[0],
+            )
+
+        return await self._submit(work, "read the queue's size")
+
+    # -- events ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _insert_event(conn: sqlite3.Connection, event: Gap | ClockStep) -> bool:
+        time_ = event.start_time if isinstance(event, Gap) else event.detected_at
+        cur = conn.execute("INSERT INTO events (event_id, kind, time, payload) VALUES (?, ?, ?, ?)"
+                           " ON CONFLICT (event_id) DO NOTHING",
+                           (event.event_id, _event_kind(event), _to_text(time_), _record_json(event)))
+        return cur.rowcount > 0
+
+    async def put_event(self, event: Gap | ClockStep) -> bool:
+        """Queue a :class:`~agent.records.Gap` or :class:`~agent.records.ClockStep` for the sync.
+
+        Returns:
+            True if stored, False if one with the same ``event_id`` was already there.
+
+        Raises:
+            StoreError: the file cannot be written.
+            TypeError: not an event record.
+        """
+        _event_kind(event)
+        return await self._submit(lambda conn: self._in_transaction(conn, lambda c: self._insert_event(c, event)),
+                                  "store an event")
+
+    async def pending_events(self, limit: int) -> list[Gap | ClockStep]:
+        """The oldest unsynced events (at most ``limit``, >= 1), oldest first.
+
+        Raises:
+            StoreError: the file cannot be read.
+        """
+        limit = int(limit)
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+
+        def work(conn: sqlite3.Connection) -> list[Gap | ClockStep]:
+            rows = conn.execute("SELECT kind, payload FROM events WHERE synced_at IS NULL ORDER BY time, event_id"
+                                " LIMIT ?", (limit,)).fetchall()
+            return [_record_from_json(EVENT_KINDS[kind], payload) for kind, payload in rows]
+
+        return await self._submit(work, "read pending events")
+
+    async def mark_events_synced(self, ids: Iterable[str], sync_time: datetime) -> int:
+        """Record that the server has committed these events (call after the COMMIT).
+
+        Returns:
+            Events newly marked.
+
+        Raises:
+            StoreError: the file cannot be written.
+        """
+        when = _to_text(sync_time)
+        params = [(when, i) for i in ids]
+
+        def work(conn: sqlite3.Connection) -> int:
+            cur = conn.executemany("UPDATE events SET synced_at = ? WHERE event_id = ? AND synced_at IS NULL", params)
+            return max(cur.rowcount, 0)
+
+        return await self._submit(lambda conn: self._in_transaction(conn, work), "mark events synced")
 
     async def pending(self, limit: int) -> list[WindowResult]:
         """The oldest unsynced windows, fully reconstructed.
@@ -704,12 +1064,7 @@ class Outbox:
         Raises:
             StoreError: the file cannot be written (disk full, I/O error).
         """
-        doc = {f.name: getattr(heartbeat, f.name) for f in dataclasses.fields(heartbeat)}
-        for key in ("time", "oldest_unsynced_start", "last_sync_at"):
-            if doc[key] is not None:
-                doc[key] = _to_text(doc[key])
-        doc["throttle_flags"] = list(doc["throttle_flags"])
-        row = (heartbeat.heartbeat_id, _to_text(heartbeat.time), json.dumps(doc, allow_nan=False))
+        row = (heartbeat.heartbeat_id, _to_text(heartbeat.time), _record_json(heartbeat))
 
         def work(conn: sqlite3.Connection) -> bool:
             cur = conn.execute("INSERT INTO heartbeats (heartbeat_id, time, payload) VALUES (?, ?, ?)"
@@ -731,15 +1086,7 @@ class Outbox:
         def work(conn: sqlite3.Connection) -> list[Heartbeat]:
             rows = conn.execute("SELECT payload FROM heartbeats WHERE synced_at IS NULL ORDER BY time, heartbeat_id"
                                 " LIMIT ?", (limit,)).fetchall()
-            out = []
-            for (payload,) in rows:
-                doc = json.loads(payload)
-                for key in ("time", "oldest_unsynced_start", "last_sync_at"):
-                    if doc[key] is not None:
-                        doc[key] = _from_text(doc[key])
-                doc["throttle_flags"] = tuple(doc["throttle_flags"])
-                out.append(Heartbeat(**doc))
-            return out
+            return [_record_from_json(Heartbeat, payload) for (payload,) in rows]
 
         return await self._submit(work, "read pending heartbeats")
 
@@ -821,4 +1168,5 @@ class Outbox:
         return await self._submit(work, "read the latest calibration")
 
 
-__all__ = ["Outbox", "QueueInspection", "QueueStats", "SCHEMA_VERSION", "inspect_queue", "nan_to_none"]
+__all__ = ["EVENT_KINDS", "Outbox", "QueueInspection", "QueueStats", "SCHEMA_VERSION", "StorePressure", "inspect_queue",
+           "nan_to_none"]

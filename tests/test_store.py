@@ -240,27 +240,140 @@ def test_corrupt_file_raises_store_error_telling_to_move_it_aside(tmp_path):
     assert "damaged" in ei.value.hint and "aside" in ei.value.hint
 
 
-def test_disk_full_raises_store_error_and_stores_nothing_of_the_window(tmp_path):
-    big = [make_result(i, k=5) for i in range(400)]
+def capped(tmp_path, mb: float) -> Outbox:
+    return Outbox(StoreConfig(path=tmp_path / "queue.db", max_queue_mb=mb, reserve_mb=0))
+
+
+def evicted_keys(db) -> set[str]:
+    con = sqlite3.connect(db)
+    try:
+        return {k for (k,) in con.execute("SELECT key FROM evicted")}
+    finally:
+        con.close()
+
+
+def test_at_the_hard_cap_synced_windows_go_first_and_no_unsynced_one_is_lost(tmp_path):
+    """Eviction policy step 3 prefers synced windows: a queue at its cap (a real SQLITE_FULL
+    from max_page_count) deletes what the server already has and keeps every unsynced window."""
+    results = [make_result(i, k=5) for i in range(600)]
+
+    async def main():
+        async with capped(tmp_path, 0.25) as ob:
+            for i, r in enumerate(results):
+                assert await ob.put(r)
+                if i % 50 == 49:  # the sync keeps up: everything stored so far reaches the server
+                    await ob.mark_synced([x.key for x in results[:i + 1]], "7d8c6e5a-0000-4000-8000-000000000000",
+                                         datetime.now(timezone.utc))
+            return await ob.pending(1000), await ob.pressure(), await ob.stats()
+
+    pending, pressure, stats = asyncio.run(main())
+    assert stats.windows_total < len(results), "the cap was never reached: the test proves nothing"
+    assert pressure.evicted_synced > 0 and pressure.full_recently and pressure.evicted_unsynced == 0
+    assert [r.key for r in pending] == [r.key for r in results[600 - len(pending):]]  # the unsynced tail, intact
+    assert evicted_keys(tmp_path / "queue.db") == set()
+    assert pressure.queue_bytes <= pressure.max_queue_bytes
+
+
+def test_past_the_hard_cap_the_oldest_unsynced_windows_are_evicted_counted_and_reported_as_a_gap(tmp_path):
+    """With the server unreachable (nothing synced) the cap forces step 3: the oldest unsynced
+    windows make room, each kept by key in `evicted`, one gap event per eviction for the server."""
+    results = [make_result(i, k=5) for i in range(400)]
+
+    async def main():
+        async with capped(tmp_path, 0.5) as ob:
+            for r in results:
+                assert await ob.put(r), r.key  # every new window is stored
+            return await ob.pending(1000), await ob.pending_events(1000), await ob.pressure()
+
+    pending, events, pressure = asyncio.run(main())
+    evicted = evicted_keys(tmp_path / "queue.db")
+    kept = {r.key for r in pending}
+    assert evicted and pressure.evicted_unsynced == len(evicted)
+    assert kept | evicted == {r.key for r in results} and not kept & evicted  # every window accounted for
+    oldest_kept = min(r.index for r in pending)
+    assert all(int(k.split("-")[1]) < oldest_kept for k in evicted)  # oldest first
+    gaps = [e for e in events if e.reason == "evicted_unsynced"]
+    assert sum(g.windows for g in gaps) == len(evicted)
+    assert min(g.start_time for g in gaps) == T0 and max(g.end_time for g in gaps) == T0 + timedelta(seconds=10 * oldest_kept)
+    assert "queue full" in gaps[0].detail
+
+
+def test_a_window_that_cannot_fit_even_in_an_empty_queue_raises_store_error_with_a_hint(tmp_path):
+    from agent.records import Gap
+
+    async def main():
+        async with capped(tmp_path, 1) as ob:
+            for i in range(60):  # unsynced events: nothing the policy may evict
+                await ob.put_event(Gap(event_id=f"0b7e2f1c-0000-4000-8000-{i:012d}", device_id="moth",
+                                       start_time=T0, end_time=T0, reason="capture_lost", detail="x" * 200))
+            pages = await ob._submit(lambda c: c.execute("PRAGMA page_count").fetchone()[0], "test")
+            await ob._submit(lambda c: c.execute(f"PRAGMA max_page_count = {pages}"), "test")
+            with pytest.raises(StoreError) as ei:
+                await ob.put(make_result(0, k=300))  # needs pages beyond the tables' root pages
+            return ei.value, await ob.stats()
+
+    err, stats = asyncio.run(main())
+    assert "full" in err.message and "free space" in err.hint
+    assert stats.windows_total == 0
+
+
+def test_housekeeping_deletes_synced_windows_past_retention_and_keeps_the_rest(tmp_path):
+    results = make_results(6)
+    old = datetime.now(timezone.utc) - timedelta(days=8)
+
+    async def main():
+        async with Outbox(StoreConfig(path=tmp_path / "queue.db", keep_synced_days=7, min_free_mb=0)) as ob:
+            for r in results:
+                await ob.put(r)
+            await ob.mark_synced([r.key for r in results[:2]], "7d8c6e5a-0000-4000-8000-000000000000", old)
+            await ob.mark_synced([results[2].key], "7d8c6e5a-0000-4000-8000-000000000001", datetime.now(timezone.utc))
+            deleted = await ob.housekeeping()
+            return deleted, await ob.stats(), await ob.pending(100)
+
+    deleted, stats, pending = asyncio.run(main())
+    assert deleted == 2 and stats.windows_total == 4
+    assert [r.key for r in pending] == [r.key for r in results[3:]]
+
+
+def test_housekeeping_below_min_free_deletes_every_synced_window_and_gives_the_space_back(tmp_path):
+    results = [make_result(i, k=5) for i in range(300)]
+
+    async def main():
+        # min_free_mb far above any real free space: the disk counts as low
+        async with Outbox(StoreConfig(path=tmp_path / "queue.db", min_free_mb=1e6, reserve_mb=0)) as ob:
+            for r in results:
+                await ob.put(r)
+            await ob.mark_synced([r.key for r in results[:250]], "7d8c6e5a-0000-4000-8000-000000000000",
+                                 datetime.now(timezone.utc))
+            await ob._submit(lambda c: c.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall(), "test")
+            size_before = (tmp_path / "queue.db").stat().st_size
+            deleted = await ob.housekeeping()
+            size_after = sum(p.stat().st_size for p in tmp_path.glob("queue.db*") if p.suffix != ".lock")
+            return deleted, size_before, size_after, await ob.pressure(), await ob.stats()
+
+    deleted, before, after, pressure, stats = asyncio.run(main())
+    assert deleted == 250 and stats.windows_total == stats.unsynced == 50
+    assert pressure.disk_low and after < before / 2  # auto_vacuum=INCREMENTAL returned the pages
+
+
+def test_events_round_trip_and_are_marked_synced(tmp_path):
+    from agent.records import ClockStep, Gap
+
+    gap = Gap(event_id="0b7e2f1c-0000-4000-8000-000000000001", device_id="moth", start_time=T0,
+              end_time=T0 + timedelta(seconds=42.5), reason="capture_lost", detail="arecord stopped")
+    step = ClockStep(event_id="0b7e2f1c-0000-4000-8000-000000000002", device_id="moth",
+                     detected_at=T0 + timedelta(hours=1), step_s=-3600.25, clock_synchronised=False)
 
     async def main():
         async with outbox(tmp_path) as ob:
-            # a real SQLITE_FULL: cap the file at its current size (as a full filesystem would)
-            pages = await ob._submit(lambda c: c.execute("PRAGMA page_count").fetchone()[0], "test")
-            await ob._submit(lambda c: c.execute(f"PRAGMA max_page_count = {pages + 2}"), "test")
-            stored = 0
-            with pytest.raises(StoreError) as ei:
-                for r in big:
-                    await ob.put(r)
-                    stored += 1
-            failed_key = big[stored].key
-            keys = {r.key for r in await ob.pending(1000)}
-            return ei.value, stored, failed_key, keys
+            assert await ob.put_event(gap) and await ob.put_event(step)
+            assert not await ob.put_event(gap)  # the id is the idempotency key
+            got = await ob.pending_events(10)
+            assert await ob.mark_events_synced([gap.event_id], datetime.now(timezone.utc)) == 1
+            return got, await ob.pending_events(10)
 
-    err, stored, failed_key, keys = asyncio.run(main())
-    assert 0 < stored < len(big)
-    assert "full" in err.message and "free space" in err.hint
-    assert failed_key not in keys and len(keys) == stored
+    got, left = asyncio.run(main())
+    assert got == [gap, step] and left == [step]
 
 
 def test_schema_from_a_newer_agent_is_refused(tmp_path):
