@@ -183,7 +183,11 @@ class AgentProcess:
 
     def windows_printed(self) -> int:
         """Windows the agent reported as stored so far."""
-        return sum(1 for ln in self.stdout().splitlines() if ln.startswith("window"))
+        return len(self.window_indices())
+
+    def window_indices(self) -> list[int]:
+        """Indices of the windows the agent reported as stored (``window <index> ...`` lines)."""
+        return [int(ln.split()[1]) for ln in self.stdout().splitlines() if ln.startswith("window ")]
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -285,7 +289,8 @@ def quick_check(db: Path) -> str:
         con.close()
 
 
-def check_delivery(db: Path, dsn: str, device: str | None = None, *, synced_locally: bool = True) -> Delivery:
+def check_delivery(db: Path, dsn: str, device: str | None = None, *, synced_locally: bool = True,
+                   committed: set[str] | None = None) -> Delivery:
     """Compare the outbox with PostgreSQL and assert exactly-once delivery and an intact file.
 
     Args:
@@ -293,6 +298,8 @@ def check_delivery(db: Path, dsn: str, device: str | None = None, *, synced_loca
         dsn: the PostgreSQL database (admin).
         device: restrict the server side to this device (default: every row).
         synced_locally: also assert that every local window is marked synced.
+        committed: every window key the agent committed, when the outbox no longer holds them
+            all (synced windows deleted by the eviction policy); default: the outbox's keys.
 
     Returns:
         The :class:`Delivery`, for the results file.
@@ -301,6 +308,9 @@ def check_delivery(db: Path, dsn: str, device: str | None = None, *, synced_loca
         AssertionError: a window lost, a phantom window, a duplicate, or a damaged file.
     """
     local, unsynced, evicted = local_keys(db)
+    if committed is not None:
+        assert local <= committed, f"the outbox holds windows the agent never reported: {sorted(local - committed)[:5]}"
+        local = set(committed) - evicted
     where = "WHERE device = %s" if device else ""
     args = (device,) if device else ()
     with psycopg.connect(dsn) as con:
