@@ -145,9 +145,12 @@ async def run_pipeline(cfg: Config, *, max_windows: int | None = None, quiet: bo
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
         queue = await outbox.stats()
+    faults = (f"; {stats.capture_errors} capture losses, {stats.gaps} gaps, {stats.clock_steps} clock steps, "
+              f"{stats.dropped} windows not stored") if (stats.capture_errors or stats.gaps or stats.clock_steps
+                                                        or stats.dropped) else ""
     print(f"done: {stats.windows} windows ({stats.classified} classified, {stats.skipped} skipped, "
           f"{stats.failed} failed), {stats.xruns} xruns; queue: {queue.unsynced} of "
-          f"{queue.windows_total} windows not yet synced", flush=True)
+          f"{queue.windows_total} windows not yet synced{faults}", flush=True)
     return 0
 
 

@@ -274,15 +274,41 @@ def check_sqlite(ctx: Context) -> CheckResult:
                            hint=f"stop the agent, copy {path} for analysis, move it aside and start again")
     depth, oldest = found.stats.unsynced, found.stats.oldest_unsynced_start
     age = (datetime.now(timezone.utc) - oldest).total_seconds() if oldest is not None else None
+    beat = found.latest_heartbeat or {}
+    degraded = list(beat.get("degraded") or [])
     value = {"path": str(path), "quick_check": "ok", "unsynced": depth,
-             "oldest_unsynced_age_s": round(age, 1) if age is not None else None}
+             "oldest_unsynced_age_s": round(age, 1) if age is not None else None,
+             "evicted_unsynced": found.evicted_unsynced, "degraded": degraded,
+             "degraded_reported_at": beat.get("time") if degraded else None}
     limit = cfg.ops.queue_warn_age_s
+    if degraded:
+        # what the running agent said in its newest heartbeat
+        return CheckResult("sqlite", "warn", value=value,
+                           detail=f"the agent reported itself degraded ({', '.join(degraded)}) at {beat.get('time')}; "
+                                  f"{found.evicted_unsynced} windows evicted unsynced so far",
+                           hint=_degraded_hint(degraded))
+    if found.evicted_unsynced:
+        return CheckResult("sqlite", "warn", value=value,
+                           detail=f"{found.evicted_unsynced} windows were evicted before they were synced (queue at "
+                                  "its hard cap or disk full); the server has them as gaps",
+                           hint="keep the link up or raise [store] max_queue_mb; free space on the queue's disk")
     if age is not None and age > limit:
         return CheckResult("sqlite", "warn", value=value, threshold={"queue_warn_age_s": limit},
                            hint="windows are not leaving the device: see the postgres check and the journal",
                            detail=f"{depth} windows wait; the oldest is {age / 3600:.1f} h old")
     return CheckResult("sqlite", "ok", value=value, threshold={"queue_warn_age_s": limit},
                        detail=f"queue intact, {depth} windows waiting")
+
+
+def _degraded_hint(reasons: list[str]) -> str:
+    hints = {
+        "disk_low": "free space on the queue's filesystem (synced windows are being deleted)",
+        "queue_full": "the queue hit [store] max_queue_mb or the disk is full: restore the link so it drains",
+        "store_failed": "windows could not be stored: see the disk check and the journal",
+        "capture_lost": "the microphone is gone: check its USB cable (the agent keeps retrying)",
+        "sync_failing": "the server is not taking data: see the postgres check",
+    }
+    return "; ".join(hints.get(r, r) for r in reasons)
 
 
 @check("postgres", timeout_s=60, needs_config=True)

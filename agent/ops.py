@@ -14,6 +14,7 @@ import ctypes
 import ctypes.util
 import logging
 import os
+import random
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -178,6 +179,18 @@ THROTTLE_BITS: dict[int, str] = {
 }
 #: Where the Raspberry Pi kernel's firmware driver exposes ``get_throttled`` (hex).
 PI_THROTTLED_PATH = "devices/platform/soc/soc:firmware/get_throttled"
+
+
+def backoff_delay(failures: int, initial_s: float, max_s: float) -> float:
+    """Seconds to wait after the ``failures``-th consecutive failure (>= 1): exponential
+    backoff with jitter, uniform between ``initial_s`` and ``min(max_s, initial_s *
+    2**(failures - 1))`` (AWS Architecture Blog, "Exponential Backoff And Jitter", 2015: the
+    jitter keeps a fleet that lost its server at once from retrying in lockstep). Serves the
+    sync's retries and the capture's reconnection attempts.
+    """
+    lo = min(initial_s, max_s)
+    hi = min(max_s, initial_s * 2.0 ** min(max(failures, 1) - 1, 60))
+    return random.uniform(lo, max(lo, hi))
 
 
 def cpu_temperature_c(sys_root: str = "/sys") -> float | None:

@@ -34,6 +34,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
+from datetime import datetime, timezone
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -41,13 +42,23 @@ from agent.analysis.acoustics import AcousticAnalyser, Acoustics
 from agent.analysis.classifier import Classifier
 from agent.capture import ThreadedSource
 from agent.config import OpsConfig, WindowsConfig
-from agent.ops import SystemdNotifier, host_snapshot, write_textfile
-from agent.records import Heartbeat, Status, Window, WindowResult
-from agent.store import Outbox
+from agent.errors import DeviceError, StoreError
+from agent.ops import SystemdNotifier, backoff_delay, host_snapshot, write_textfile
+from agent.records import ClockStep, Gap, Heartbeat, Status, Window, WindowResult
+from agent.store import Outbox, StorePressure
 from agent.sync import Syncer
-from agent.windows import Windower
+from agent.windows import Windower, ntp_synchronised
 
 log = logging.getLogger("agent.pipeline")
+
+#: Reconnection backoff after the capture device failed, s (first attempt, cap).
+CAPTURE_RETRY_INITIAL_S = 1.0
+CAPTURE_RETRY_MAX_S = 30.0
+#: A change of (wall clock - boot clock) larger than this between two supervision ticks
+#: is a clock step, s. NTP slews at most 500 ppm (0.0025 s over a 5 s tick); steps are larger.
+CLOCK_STEP_THRESHOLD_S = 1.0
+#: Seconds between two applications of the outbox's eviction policy (retention, low disk).
+HOUSEKEEPING_INTERVAL_S = 60.0
 
 
 @dataclass(slots=True)
@@ -61,6 +72,10 @@ class PipelineStats:
         xruns: capture overruns.
         frames: audio frames received from capture.
         heartbeats: heartbeats queued.
+        dropped: windows analysed but not storable (the queue refused even after eviction).
+        capture_errors: times the capture device failed or vanished (each retried).
+        gaps: gaps recorded (capture lost, windows dropped).
+        clock_steps: wall-clock jumps recorded.
     """
 
     windows: int = 0
@@ -70,6 +85,17 @@ class PipelineStats:
     xruns: int = 0
     frames: int = 0
     heartbeats: int = 0
+    dropped: int = 0
+    capture_errors: int = 0
+    gaps: int = 0
+    clock_steps: int = 0
+
+
+def _wall_minus_boottime() -> float:
+    """Wall-clock time minus the time since boot, s: constant unless the wall clock is stepped
+    (``CLOCK_BOOTTIME`` keeps counting through a suspend, unlike ``CLOCK_MONOTONIC``, so a
+    suspend is not mistaken for a step)."""
+    return time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
 
 
 class Pipeline:
@@ -123,6 +149,11 @@ class Pipeline:
         self._last_commit = 0.0  # monotonic time of the newest stored window (0: none yet)
         self._classify_q: asyncio.Queue[tuple[Window, Acoustics] | None] = asyncio.Queue(queue_size)
         self._stop = asyncio.Event()
+        # fault state (event loop only)
+        self._capture_lost: tuple[datetime | None, str] | None = None  # (audio end, reason) while down
+        self._reconnect_attempts = 0
+        self._dropped_since: tuple[datetime, int] | None = None  # first dropped window's start, count
+        self._last_store_failure = 0.0  # monotonic
         # One inference thread: the classifier is not thread-safe, and one at a time is all
         # a Pi 4 can afford next to capture.
         self._infer_pool = ThreadPoolExecutor(1, thread_name_prefix="classifier")
@@ -167,6 +198,36 @@ class Pipeline:
         return self.stats
 
     async def _capture_loop(self) -> None:
+        """Feed the windower until the source ends or a stop is requested. A live source that
+        fails (microphone unplugged, driver error) is reopened with backoff for as long as it
+        takes; the time without audio is stored as a :class:`Gap` once audio flows again."""
+        while True:
+            try:
+                await self._pump()
+                break
+            except DeviceError as err:
+                if not self.source.live:
+                    raise
+                if self._stop.is_set():  # stopping (maybe during a reconnection attempt): not an error
+                    if self._capture_lost is None:
+                        self._capture_lost = (self.windower.stream_end(), err.message)
+                    await self._capture_ended_while_lost()
+                    break
+                if self._capture_lost is None:  # lost now (not a failed reconnection attempt)
+                    self.stats.capture_errors += 1
+                    self._capture_lost = (self.windower.stream_end(), err.message)
+                    self._reconnect_attempts = 0
+                    log.error("capture lost: %s; reconnecting with backoff (the gap will be recorded)", err.message)
+                else:
+                    log.warning("capture device still unavailable (attempt %d): %s", self._reconnect_attempts,
+                                err.message)
+                self.windower.finish()
+                if not await self._reopen():
+                    await self._capture_ended_while_lost()
+                    break
+        self.windower.finish()
+
+    async def _pump(self) -> None:
         async with contextlib.aclosing(self.source.chunks()) as chunks:
             async for chunk in chunks:
                 self.stats.xruns += chunk.xruns
@@ -174,6 +235,8 @@ class Pipeline:
                 if not self._ready.is_set():
                     self._ready.set()
                     self.notifier.ready(f"capturing at {chunk.sample_rate} Hz")
+                if self._capture_lost is not None and chunk.segment_start is not None:
+                    await self._capture_resumed(chunk.segment_start)
                 for window in self.windower.push(chunk):
                     await self._analyse(window)
                     if self.max_windows is not None and self.stats.windows >= self.max_windows:
@@ -181,7 +244,66 @@ class Pipeline:
                         break
                 if self._stop.is_set():
                     break
-        self.windower.finish()
+
+    async def _reopen(self) -> bool:
+        """Reopen the lost capture device, waiting :func:`~agent.ops.backoff_delay` before each
+        attempt (the count runs on until audio flows again, so a device that opens but fails
+        at once still backs off), until it opens (True) or a stop is requested (False)."""
+        while not self._stop.is_set():
+            self._reconnect_attempts += 1
+            delay = backoff_delay(self._reconnect_attempts, CAPTURE_RETRY_INITIAL_S, CAPTURE_RETRY_MAX_S)
+            log.info("reconnecting to the capture device in %.1f s (attempt %d)", delay, self._reconnect_attempts)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), timeout=delay)
+            if self._stop.is_set():
+                return False
+            try:
+                await asyncio.to_thread(self.source.open)
+            except DeviceError as again:
+                log.warning("capture device still unavailable (attempt %d): %s", self._reconnect_attempts,
+                            again.message)
+                continue
+            return True
+        return False
+
+    async def _capture_resumed(self, first_sample: datetime) -> None:
+        """Audio flows again after a capture loss: store the gap (last audio -> first new sample)."""
+        assert self._capture_lost is not None
+        lost_at, reason = self._capture_lost
+        self._capture_lost = None
+        start = lost_at if lost_at is not None and lost_at <= first_sample else first_sample
+        gap = Gap(event_id=str(uuid.uuid4()), device_id=self.device_id, start_time=start, end_time=first_sample,
+                  reason="capture_lost", detail=reason)
+        log.warning("capture resumed: %.1f s without audio (%s to %s) recorded as a gap",
+                    (first_sample - start).total_seconds(), start.isoformat(timespec="seconds"),
+                    first_sample.isoformat(timespec="seconds"))
+        await self._put_event(gap)
+
+    async def _capture_ended_while_lost(self) -> None:
+        """Stopped while the capture device is still lost: store the gap up to now."""
+        if self._capture_lost is None:
+            return
+        lost_at, reason = self._capture_lost
+        self._capture_lost = None
+        now = datetime.now(timezone.utc)
+        start = lost_at if lost_at is not None and lost_at <= now else now
+        log.warning("stopping with the capture device still lost: %.1f s without audio (%s to %s) recorded as a gap",
+                    (now - start).total_seconds(), start.isoformat(timespec="seconds"),
+                    now.isoformat(timespec="seconds"))
+        await self._put_event(Gap(event_id=str(uuid.uuid4()), device_id=self.device_id, start_time=start,
+                                  end_time=now, reason="capture_lost",
+                                  detail=f"{reason} (still lost when the agent stopped)"))
+
+    async def _put_event(self, event: Gap | ClockStep) -> None:
+        try:
+            await self.outbox.put_event(event)
+        except StoreError as err:
+            log.error("%s not stored: %s", type(event).__name__, err.message)
+            return
+        if isinstance(event, Gap):
+            self.stats.gaps += 1
+        else:
+            self.stats.clock_steps += 1
 
     async def _analyse(self, window: Window) -> None:
         acoustics = await asyncio.get_running_loop().run_in_executor(
@@ -228,16 +350,27 @@ class Pipeline:
         last_frames, last_windows = -1, -1
         stalled = False
         next_beat = time.monotonic()  # the first heartbeat as soon as audio flows
+        next_housekeeping = time.monotonic()
+        clock_offset = _wall_minus_boottime()
         while True:
             now = time.monotonic()
+            clock_offset = await self._check_clock(clock_offset)
+            if now >= next_housekeeping:
+                next_housekeeping = now + HOUSEKEEPING_INTERVAL_S
+                try:
+                    await self.outbox.housekeeping()
+                except StoreError as err:
+                    log.warning("eviction policy not applied: %s", err.message)
             # progress: frames captured or windows cut since the last tick (a live backlog
             # draining); a replay that is not live waits for the classifier by design, so only
-            # its commit deadline counts
-            moved = (not self.source.live or self.stats.frames != last_frames
+            # its commit deadline counts. While the microphone is lost the loop reconnecting to
+            # it is the progress: a restart by the watchdog would not bring the device back.
+            lost = self._capture_lost is not None
+            moved = (lost or not self.source.live or self.stats.frames != last_frames
                      or self.stats.windows != last_windows)
             last_frames, last_windows = self.stats.frames, self.stats.windows
             newest = self._last_commit or self._started
-            if moved and now - newest <= self.commit_deadline_s:
+            if moved and (lost or now - newest <= self.commit_deadline_s):
                 self.notifier.watchdog()
                 if stalled:
                     log.info("progress again: feeding the watchdog")
@@ -256,19 +389,56 @@ class Pipeline:
             self.notifier.status(self.status_line())
             await asyncio.sleep(tick)
 
+    async def _check_clock(self, previous_offset: float) -> float:
+        """Record a :class:`ClockStep` when wall minus boot time moved by more than
+        :data:`CLOCK_STEP_THRESHOLD_S` since the last tick; returns the current offset, s."""
+        offset = _wall_minus_boottime()
+        step = offset - previous_offset
+        if abs(step) > CLOCK_STEP_THRESHOLD_S:
+            synced = await asyncio.to_thread(ntp_synchronised)
+            log.warning("the wall clock stepped by %+.3f s; window times keep following the sample count "
+                        "(the step is recorded)", step)
+            await self._put_event(ClockStep(event_id=str(uuid.uuid4()), device_id=self.device_id,
+                                            detected_at=datetime.now(timezone.utc), step_s=round(step, 6),
+                                            clock_synchronised=synced))
+        return offset
+
+    def degraded(self, pressure: StorePressure | None = None) -> tuple[str, ...]:
+        """Why the agent is degraded right now (see :attr:`Heartbeat.degraded`); empty when healthy.
+
+        Args:
+            pressure: the outbox's space situation, when known.
+        """
+        out = []
+        if pressure is not None and pressure.disk_low:
+            out.append("disk_low")
+        if pressure is not None and pressure.full_recently:
+            out.append("queue_full")
+        if self._last_store_failure and time.monotonic() - self._last_store_failure < 600:
+            out.append("store_failed")
+        if self._capture_lost is not None:
+            out.append("capture_lost")
+        if self.syncer is not None and self.syncer.failures >= 3:
+            out.append("sync_failing")
+        return tuple(out)
+
     def status_line(self) -> str:
         """One-line summary for ``systemctl status`` (STATUS=)."""
         s = self.stats
+        lost = "; CAPTURE LOST, reconnecting" if self._capture_lost is not None else ""
+        dropped = f"; {s.dropped} windows NOT stored" if s.dropped else ""
         return (f"{s.windows} windows ({s.classified} classified, {s.skipped} skipped, {s.failed} failed), "
-                f"{s.xruns} xruns, up {time.monotonic() - self._started:.0f} s")
+                f"{s.xruns} xruns, up {time.monotonic() - self._started:.0f} s{lost}{dropped}")
 
     async def _heartbeat(self) -> Heartbeat:
         """Take and queue one :class:`Heartbeat` (and rewrite the textfile when configured)."""
-        from datetime import datetime, timezone
-
         from agent import __version__
 
         queue = await self.outbox.stats()
+        pressure = await self.outbox.pressure()
+        degraded = self.degraded(pressure)
+        if degraded:
+            log.warning("degraded: %s", ", ".join(degraded))
         host = await asyncio.to_thread(host_snapshot, self.outbox.path)
         info = self.classifier.info if self.classifier is not None else None
         s = self.stats
@@ -278,7 +448,8 @@ class Pipeline:
             skipped=s.skipped, failed=s.failed, xruns=s.xruns, queue_depth=queue.unsynced,
             oldest_unsynced_start=queue.oldest_unsynced_start, last_sync_at=await self.outbox.last_synced_at(),
             model_id=info.model_id if info else None, model_hash=info.model_hash if info else None,
-            agent_version=__version__, **host,
+            agent_version=__version__, degraded=degraded, evicted_unsynced=pressure.evicted_unsynced,
+            evicted_synced=pressure.evicted_synced, dropped_windows=s.dropped, **host,
         )
         await self.outbox.put_heartbeat(beat)
         s.heartbeats += 1
@@ -305,7 +476,24 @@ class Pipeline:
             indices=acoustics.indices, health=acoustics.health, status=status, detections=tuple(detections),
             model=self.classifier.info if (self.classifier is not None and status is Status.CLASSIFIED) else None,
         )
-        await self.outbox.put(result)
+        try:
+            await self.outbox.put(result)
+        except StoreError as err:
+            # The policy could not make room (or the file broke): keep recording, count the
+            # window, record the gap once storing works again. A restart would not help, so
+            # this counts as progress for the watchdog.
+            self.stats.dropped += 1
+            self._last_store_failure = self._last_commit = time.monotonic()
+            first, n = self._dropped_since or (window.start_time, 0)
+            self._dropped_since = (first, n + 1)
+            log.error("window %d NOT stored (%d so far): %s", window.index, self.stats.dropped, err)
+            return
         self._last_commit = time.monotonic()
+        if self._dropped_since is not None:
+            first, n = self._dropped_since
+            self._dropped_since = None
+            await self._put_event(Gap(event_id=str(uuid.uuid4()), device_id=self.device_id, start_time=first,
+                                      end_time=max(first, window.start_time), reason="store_failed", windows=n,
+                                      detail=f"{n} windows analysed but not storable (queue full or broken)"))
         if self.on_result is not None:
             self.on_result(result)

@@ -55,6 +55,11 @@ T = TypeVar("T")
 MB = 1_000_000
 #: Share of the unsynced windows evicted at once when the queue is at its hard cap (at least one).
 EVICT_SHARE = 0.01
+#: A write that hit the hard cap or a full disk this recently (s) makes the queue "full" in
+#: heartbeats (``queue_full``).
+FULL_RECENT_S = 60.0
+#: WAL pages between automatic checkpoints (SQLite's default is 1000, ~4 MB).
+WAL_AUTOCHECKPOINT_PAGES = 256
 #: Attempts to store one window when the queue is full (each after making room).
 _PUT_ATTEMPTS = 6
 
@@ -383,7 +388,8 @@ class StorePressure:
         queue_bytes: pages the queue file uses (free pages inside it excluded), bytes.
         max_queue_bytes: the hard cap, ``[store] max_queue_mb`` in bytes.
         disk_low: ``free_bytes`` is below ``[store] min_free_mb``.
-        full_recently: a write hit the hard cap or a full disk within the last 10 minutes.
+        full_recently: a write hit the hard cap or a full disk within the last
+            :data:`FULL_RECENT_S` seconds.
         evicted_synced: synced windows deleted since the outbox was opened.
         evicted_unsynced: windows ever evicted unsynced from this file (its ``evicted`` table).
     """
@@ -594,6 +600,8 @@ class Outbox:
             if str(mode).lower() != "wal":
                 log.warning("outbox %s: journal_mode is %s, not wal (filesystem without shared memory?)", path, mode)
             conn.execute("PRAGMA synchronous = FULL")
+            # checkpoint every ~1 MB of WAL (default 4 MB): a small WAL on a small or full disk
+            conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
             conn.execute("PRAGMA foreign_keys = ON")
             self._migrate(conn)
             page_size = conn.execute("PRAGMA page_size").fetchone()[0]
@@ -735,19 +743,21 @@ class Outbox:
             )
             return True
 
-        def job(conn: sqlite3.Connection) -> bool:
-            for attempt in range(1, _PUT_ATTEMPTS + 1):
-                try:
-                    return self._in_transaction(conn, work)
-                except sqlite3.Error as err:
-                    if getattr(err, "sqlite_errorname", "") != "SQLITE_FULL" or attempt == _PUT_ATTEMPTS:
-                        raise
-                    self._last_full = time.monotonic()
-                    if not self._make_room(conn, attempt):
-                        raise
-            raise AssertionError("unreachable")
+        return await self._submit(lambda conn: self._write_making_room(conn, work), f"store window {result.key}")
 
-        return await self._submit(job, f"store window {result.key}")
+    def _write_making_room(self, conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], T]) -> T:
+        """``work`` in a transaction; when it fails for lack of space (SQLITE_FULL: the hard
+        cap or a full disk), make room by the eviction policy and try again, a few times."""
+        for attempt in range(1, _PUT_ATTEMPTS + 1):
+            try:
+                return self._in_transaction(conn, work)
+            except sqlite3.Error as err:
+                if getattr(err, "sqlite_errorname", "") != "SQLITE_FULL" or attempt == _PUT_ATTEMPTS:
+                    raise
+                self._last_full = time.monotonic()
+                if not self._make_room(conn, attempt):
+                    raise
+        raise AssertionError("unreachable")
 
     # -- eviction policy (see StoreConfig) ------------------------------------------------
 
@@ -762,7 +772,7 @@ class Outbox:
         if size <= 0 or self._reserve_path.exists():
             return
         try:
-            if self._free_bytes() < 2 * size:
+            if self._free_bytes() < 2 * size + self._cfg.min_free_mb * MB:
                 return
             fd = os.open(self._reserve_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
@@ -844,6 +854,15 @@ class Outbox:
                       total)
         return n
 
+    def _checkpoint(self, conn: sqlite3.Connection) -> None:
+        """Copy the WAL into the main file (into the pages just freed there) and let the next
+        transaction write the WAL from its start again (RESTART, not TRUNCATE: on a full disk
+        the WAL file's blocks must stay allocated, or no transaction could commit again)."""
+        try:
+            conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
+        except sqlite3.Error as err:
+            log.debug("outbox %s: checkpoint after eviction failed: %s", self._path, err)
+
     def _make_room(self, conn: sqlite3.Connection, attempt: int) -> bool:
         """After the ``attempt``-th SQLITE_FULL storing one window: free space by the eviction
         policy (evicting twice as many unsynced windows at each further attempt); False if
@@ -858,11 +877,15 @@ class Outbox:
         if n:
             log.warning("outbox %s: %s: deleted %d synced windows to make room", self._path,
                         "queue at its hard cap" if at_cap else "disk full", n)
+            self._checkpoint(conn)
             return True
         factor = 2 ** (attempt - 1)
         for _ in range(4):  # the eviction's own bookkeeping may not fit: evict more at once
             try:
-                return bool(self._evict_unsynced(conn, reason, factor)) or released
+                evicted = self._evict_unsynced(conn, reason, factor)
+                if evicted:
+                    self._checkpoint(conn)
+                return bool(evicted) or released
             except sqlite3.Error as err:
                 if getattr(err, "sqlite_errorname", "") != "SQLITE_FULL":
                     raise
@@ -891,7 +914,8 @@ class Outbox:
             if n and disk_low:
                 log.warning("outbox %s: less than [store] min_free_mb = %g MB free: deleted %d synced windows",
                             self._path, cfg.min_free_mb, n)
-            if n and self._incremental_vacuum:
+                self._checkpoint(conn)  # the freed pages take the next windows: the file need not grow
+            elif n and self._incremental_vacuum:  # space to spare: give the freed pages back
                 # executescript steps it to completion (execute() would free one page per call)
                 conn.executescript("PRAGMA incremental_vacuum;")
                 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
@@ -914,7 +938,7 @@ class Outbox:
             return StorePressure(
                 free_bytes=free, queue_bytes=(pages - free_pages) * page_size, max_queue_bytes=limit * page_size,
                 disk_low=free < self._cfg.min_free_mb * MB,
-                full_recently=self._last_full is not None and time.monotonic() - self._last_full < 600,
+                full_recently=self._last_full is not None and time.monotonic() - self._last_full < FULL_RECENT_S,
                 evicted_synced=self._evicted_synced,
                 evicted_unsynced=conn.execute("SELECT count(*) FROM evicted").fetchone()[0],
             )
@@ -942,7 +966,7 @@ class Outbox:
             TypeError: not an event record.
         """
         _event_kind(event)
-        return await self._submit(lambda conn: self._in_transaction(conn, lambda c: self._insert_event(c, event)),
+        return await self._submit(lambda conn: self._write_making_room(conn, lambda c: self._insert_event(c, event)),
                                   "store an event")
 
     async def pending_events(self, limit: int) -> list[Gap | ClockStep]:
@@ -978,7 +1002,7 @@ class Outbox:
             cur = conn.executemany("UPDATE events SET synced_at = ? WHERE event_id = ? AND synced_at IS NULL", params)
             return max(cur.rowcount, 0)
 
-        return await self._submit(lambda conn: self._in_transaction(conn, work), "mark events synced")
+        return await self._submit(lambda conn: self._write_making_room(conn, work), "mark events synced")
 
     async def pending(self, limit: int) -> list[WindowResult]:
         """The oldest unsynced windows, fully reconstructed.
@@ -1041,9 +1065,37 @@ class Outbox:
             cur = conn.executemany(
                 "UPDATE windows SET sync_id = ?, synced_at = ? WHERE key = ? AND synced_at IS NULL", params
             )
-            return max(cur.rowcount, 0)
+            marked = max(cur.rowcount, 0)
+            if marked < len(params):
+                self._delivered_after_eviction(conn, [k for _, _, k in params])
+            return marked
 
-        return await self._submit(lambda conn: self._in_transaction(conn, work), "mark windows synced")
+        return await self._submit(lambda conn: self._write_making_room(conn, work), "mark windows synced")
+
+    @staticmethod
+    def _delivered_after_eviction(conn: sqlite3.Connection, keys: list[str]) -> None:
+        """Windows evicted while their batch was on its way reached the server after all: take
+        them out of ``evicted`` and out of the count of the (still unsynced) gap that has them."""
+        rows = []
+        for i in range(0, len(keys), 500):
+            part = keys[i:i + 500]
+            rows += conn.execute(f"DELETE FROM evicted WHERE key IN ({', '.join('?' * len(part))})"
+                                 " RETURNING start_time", part).fetchall()
+        if not rows:
+            return
+        log.info("%d windows evicted while their batch was in flight reached the server after all", len(rows))
+        gaps = [(_record_from_json(Gap, p), i) for i, p in conn.execute(
+            "SELECT event_id, payload FROM events WHERE kind = 'gap' AND synced_at IS NULL").fetchall()]
+        for gap, event_id in gaps:
+            if gap.reason != "evicted_unsynced":
+                continue
+            n = sum(1 for (t,) in rows if gap.start_time <= _from_text(t) < gap.end_time)
+            if n:
+                left = max(0, gap.windows - n)
+                gap = dataclasses.replace(gap, windows=left,
+                                          detail=f"{left} windows evicted before they were synced: "
+                                                 + gap.detail.partition(": ")[2])
+                conn.execute("UPDATE events SET payload = ? WHERE event_id = ?", (_record_json(gap), event_id))
 
     async def stats(self) -> QueueStats:
         """Counts over the queue; see :class:`QueueStats`.
@@ -1071,7 +1123,7 @@ class Outbox:
                                " ON CONFLICT (heartbeat_id) DO NOTHING", row)
             return cur.rowcount > 0
 
-        return await self._submit(lambda conn: self._in_transaction(conn, work), "store a heartbeat")
+        return await self._submit(lambda conn: self._write_making_room(conn, work), "store a heartbeat")
 
     async def pending_heartbeats(self, limit: int) -> list[Heartbeat]:
         """The oldest unsynced heartbeats (at most ``limit``, >= 1), oldest first.
@@ -1107,7 +1159,7 @@ class Outbox:
                                    params)
             return max(cur.rowcount, 0)
 
-        return await self._submit(lambda conn: self._in_transaction(conn, work), "mark heartbeats synced")
+        return await self._submit(lambda conn: self._write_making_room(conn, work), "mark heartbeats synced")
 
     async def last_synced_at(self) -> datetime | None:
         """Server time of the most recent delivery of a window or heartbeat, or ``None``.

@@ -138,6 +138,13 @@ class Windower:
         """End of stream: discard (and log) the samples of an incomplete last window."""
         self._discard_partial("end of stream")
 
+    def stream_end(self) -> datetime | None:
+        """Time of the end of the last sample received (UTC, on the segment's sample-count
+        timeline: anchor + frames / rate), or ``None`` before the first chunk."""
+        if self._anchor is None:
+            return None
+        return self._anchor + timedelta(seconds=(self._frame + self._pending_n) / self._rate)
+
 
 def cut(chunks: Iterable[Chunk], cfg: WindowsConfig, stream_id: str = "s",
         clock_synchronised: Callable[[], bool] = ntp_synchronised) -> list[Window]:
