@@ -22,7 +22,6 @@ import functools
 import importlib.resources
 import logging
 import math
-import random
 import re
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -34,7 +33,8 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from agent.config import SyncConfig
 from agent.errors import AgentError, StoreError, SyncError
-from agent.records import Heartbeat, Status, WindowResult
+from agent.ops import backoff_delay
+from agent.records import ClockStep, Gap, Heartbeat, Status, WindowResult
 from agent.store import Outbox, nan_to_none
 
 log = logging.getLogger("agent.sync")
@@ -79,9 +79,21 @@ _INSERT_HEARTBEAT = """
 INSERT INTO heartbeats (
     heartbeat_id, device, time, uptime_s, windows, classified, skipped, failed, xruns, queue_depth,
     oldest_unsynced_start, last_sync_at, cpu_temp_c, throttled, throttle_flags, disk_free_bytes,
-    disk_total_bytes, clock_synchronised, rss_bytes, peak_rss_bytes, model_id, model_hash, agent_version
-) VALUES (%s::uuid, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::text[], %s, %s, %s, %s, %s, %s, %s, %s)
+    disk_total_bytes, clock_synchronised, rss_bytes, peak_rss_bytes, model_id, model_hash, agent_version,
+    degraded, evicted_unsynced, evicted_synced, dropped_windows
+) VALUES (%s::uuid, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::text[], %s, %s, %s, %s, %s, %s, %s, %s,
+          %s::text[], %s, %s, %s)
 ON CONFLICT DO NOTHING
+"""
+
+_INSERT_GAP = """
+INSERT INTO gaps (event_id, device, start_time, end_time, reason, detail, windows)
+VALUES (%s::uuid, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING
+"""
+
+_INSERT_CLOCK_STEP = """
+INSERT INTO clock_steps (event_id, device, detected_at, step_s, clock_synchronised)
+VALUES (%s::uuid, %s, %s, %s, %s) ON CONFLICT DO NOTHING
 """
 
 _INSERT_DETECTION = """
@@ -191,9 +203,47 @@ def _scrub(text: str, params: dict[str, str]) -> str:
 
 
 def _connect_hint(err_text: str) -> str:
+    """What to do about a failed connection, from libpq's message (already scrubbed).
+
+    Covers TLS verification (``sslmode=verify-full``: unknown CA, host name not in the
+    certificate, no ``sslrootcert``), pg_hba.conf refusals (plain TCP to a TLS-only server),
+    authentication, a missing database and timeouts. The texts matched are libpq's
+    (fe-secure-openssl.c, fe-connect.c; OpenSSL's "certificate verify failed") and the
+    server's (auth.c), as tests/test_faults_security.py sees them (libpq 18, PostgreSQL 15).
+
+    Args:
+        err_text: the driver's message, one line, without the password.
+
+    Returns:
+        One hint line (never empty).
+    """
     low = err_text.lower()
+    if "certificate verify failed" in low:
+        return ("the server's certificate was not issued by the CA in sslrootcert (or it has expired or is not yet "
+                "valid: check this device's clock): point sslrootcert in [sync] dsn at the CA that signed the "
+                "server's certificate")
+    if "does not match host name" in low:
+        return ("host= in [sync] dsn must be a name or address the server's certificate lists (subjectAltName): "
+                "use that name, or reissue the certificate for the name the devices connect to")
+    if "root certificate file" in low and "does not exist" in low:
+        return ("sslmode=verify-full needs the CA that signed the server's certificate: add sslrootcert=<CA file> "
+                "to [sync] dsn (deploy: soundscape_agent_pg_ca_cert_src installs /etc/soundscape-agent/pg-ca.crt)")
+    if "root certificate" in low or "sslrootcert" in low:
+        return "sslrootcert in [sync] dsn must name a readable PEM file holding the server's CA certificate"
+    if "server does not support ssl" in low:
+        return ("the server has no TLS: enable ssl on the server (ssl = on with a certificate); do not lower "
+                "sslmode on an untrusted network")
+    if "no pg_hba.conf entry" in low and "no encryption" in low:
+        return ("the server accepts only TLS connections: set sslmode=verify-full and sslrootcert=<CA file> "
+                "in [sync] dsn")
+    if "no pg_hba.conf entry" in low:
+        return ("the server's pg_hba.conf admits no connection for this user, database and address: add a "
+                "hostssl line for them on the server")
     if "password authentication failed" in low or "no password supplied" in low:
-        return "check the user and password in [sync] dsn (and pg_hba.conf on the server)"
+        return ("check the user in [sync] dsn and the password in [sync] password_file (or the DSN), and "
+                "pg_hba.conf on the server")
+    if "permission denied for database" in low:
+        return "grant CONNECT on the database to this role (deploy/db.yml does for every device role)"
     if "does not exist" in low and "database" in low:
         return "create the database on the server, then run 'soundscape-agent db init'"
     if "timeout" in low or "timed out" in low:
@@ -205,9 +255,26 @@ def _connect_hint(err_text: str) -> str:
 
 
 def _server_hint(err: BaseException) -> str:
+    """What to do about a statement the server refused (a batch, heartbeats, diagnose's probe).
+
+    A row-level security refusal (``new row violates row-level security policy``, SQLSTATE
+    42501 like a missing privilege; agent/sql/0004_device_rls.sql) means the role is not mapped
+    to the row's device id in ``device_roles``.
+
+    Args:
+        err: the psycopg exception.
+
+    Returns:
+        One hint line (never empty).
+    """
+    if isinstance(err, pgerrors.InsufficientPrivilege) and "row-level security" in str(err):
+        return ("this database role may not write rows of this device id (row-level security): as the database "
+                "owner, INSERT INTO device_roles (role_name, device) VALUES ('<user in [sync] dsn>', "
+                "'<[agent] device_id>'), which deploy/db.yml does for every device of the inventory; windows "
+                "queued under an earlier device_id need a row of their own")
     if isinstance(err, pgerrors.InsufficientPrivilege):
-        return ("grant the device role USAGE on the schema and INSERT on windows, detections and heartbeats "
-                "(deploy/db.yml does)")
+        return ("grant the device role USAGE on the schema and INSERT on windows, detections, heartbeats, gaps "
+                "and clock_steps (deploy/db.yml does)")
     if isinstance(err, pgerrors.QueryCanceled):
         return "the batch exceeded statement_timeout: lower [sync] batch_size or raise statement_timeout_s"
     if isinstance(err, (pgerrors.UndefinedTable, pgerrors.UndefinedColumn)):
@@ -400,10 +467,39 @@ async def send_heartbeats(conn: psycopg.AsyncConnection, heartbeats: Sequence[He
         h.heartbeat_id, h.device_id, h.time, h.uptime_s, h.windows, h.classified, h.skipped, h.failed, h.xruns,
         h.queue_depth, h.oldest_unsynced_start, h.last_sync_at, h.cpu_temp_c, h.throttled, list(h.throttle_flags), h.disk_free_bytes, h.disk_total_bytes, h.clock_synchronised,
         h.rss_bytes, h.peak_rss_bytes, h.model_id, h.model_hash, h.agent_version,
+        list(h.degraded), h.evicted_unsynced, h.evicted_synced, h.dropped_windows,
     ) for h in heartbeats]
     async with conn.cursor() as cur:
         await cur.executemany(_INSERT_HEARTBEAT, rows)
         return max(cur.rowcount, 0)
+
+
+async def send_events(conn: psycopg.AsyncConnection, events: Sequence[Gap | ClockStep]) -> int:
+    """Insert gaps and clock steps in the connection's current transaction (the caller commits).
+
+    Like :func:`send_batch`: target-less ``ON CONFLICT DO NOTHING`` on the device-made
+    ``event_id``, so a replay inserts nothing and an INSERT-only role suffices.
+
+    Returns:
+        Rows newly inserted.
+
+    Raises:
+        ValueError: ``conn`` is in autocommit mode.
+        psycopg.Error: the server refused them.
+    """
+    if conn.autocommit:
+        raise ValueError("send_events needs a connection with autocommit off")
+    gaps = [(g.event_id, g.device_id, g.start_time, g.end_time, g.reason, g.detail, int(g.windows))
+            for g in events if isinstance(g, Gap)]
+    steps = [(c.event_id, c.device_id, c.detected_at, float(c.step_s), bool(c.clock_synchronised))
+             for c in events if isinstance(c, ClockStep)]
+    inserted = 0
+    async with conn.cursor() as cur:
+        for sql, rows in ((_INSERT_GAP, gaps), (_INSERT_CLOCK_STEP, steps)):
+            if rows:
+                await cur.executemany(sql, rows)
+                inserted += max(cur.rowcount, 0)
+    return inserted
 
 
 async def _connect(cfg: SyncConfig, params: dict[str, str], where: str,
@@ -531,6 +627,8 @@ class Syncer:
         self._cfg = cfg
         self._outbox = outbox
         self._lock = asyncio.Lock()  # one round at a time (run() vs final())
+        #: consecutive failed rounds of :meth:`run` (0 after a successful one)
+        self.failures = 0
 
     @property
     def enabled(self) -> bool:
@@ -543,9 +641,7 @@ class Syncer:
         Exponential backoff with jitter: uniform between ``backoff_initial_s`` and
         ``min(backoff_max_s, backoff_initial_s * 2**(failures - 1))``.
         """
-        lo = min(self._cfg.backoff_initial_s, self._cfg.backoff_max_s)
-        hi = min(self._cfg.backoff_max_s, self._cfg.backoff_initial_s * 2.0 ** min(max(failures, 1) - 1, 60))
-        return random.uniform(lo, max(lo, hi))
+        return backoff_delay(failures, self._cfg.backoff_initial_s, self._cfg.backoff_max_s)
 
     @staticmethod
     async def _commit_bounded(conn: psycopg.AsyncConnection, send: Callable[[], Awaitable[int]], what: str, bound: float,
@@ -582,7 +678,8 @@ class Syncer:
         Per batch: ``outbox.pending(batch_size)`` -> :func:`send_batch` -> COMMIT ->
         ``outbox.mark_synced(keys, sync_id, server time)``. Stops when the outbox has no more
         pending windows (a short batch ends the round). Then the pending heartbeats, the same
-        way (:func:`send_heartbeats`), after the windows: data first.
+        way (:func:`send_heartbeats`), after the windows and the events (gaps, clock steps:
+        :func:`send_events`): data first.
 
         Returns:
             Number of windows delivered and marked synced in this round (replayed ones
@@ -624,6 +721,12 @@ class Syncer:
                     log.debug("batch %s: %d windows sent, %d new on the server", sync_id, len(batch), inserted)
                     if len(batch) < batch_size or marked == 0:
                         break
+                while events := await self._outbox.pending_events(batch_size):
+                    _, sync_time = await self._commit_bounded(
+                        conn, lambda: send_events(conn, events), f"{len(events)} events", bound, where, params)
+                    marked = await self._outbox.mark_events_synced([e.event_id for e in events], sync_time)
+                    if len(events) < batch_size or marked == 0:
+                        break
                 while beats := await self._outbox.pending_heartbeats(batch_size):
                     _, sync_time = await self._commit_bounded(
                         conn, lambda: send_heartbeats(conn, beats), f"{len(beats)} heartbeats", bound, where, params)
@@ -657,7 +760,7 @@ class Syncer:
         if not self.enabled:
             log.info("sync disabled ([sync] dsn is empty): results are kept in the local outbox")
             return
-        failures = 0
+        self.failures = 0
         while not stop.is_set():
             round_task = asyncio.ensure_future(self.sync_once())
             stop_task = asyncio.ensure_future(stop.wait())
@@ -674,15 +777,15 @@ class Syncer:
                 return
             try:
                 round_task.result()
-                failures = 0
+                self.failures = 0
                 delay = self._cfg.interval_s
             except AgentError as err:
-                failures += 1
-                delay = self.backoff_delay(failures)
+                self.failures += 1
+                delay = self.backoff_delay(self.failures)
                 log.warning("sync failed (%s); retrying in %.1f s", err.message, delay)
             except Exception as err:  # a bug: keep the agent recording, but say so loudly
-                failures += 1
-                delay = self.backoff_delay(failures)
+                self.failures += 1
+                delay = self.backoff_delay(self.failures)
                 log.error("sync failed unexpectedly (%r); retrying in %.1f s", err, delay, exc_info=True)
             try:
                 await asyncio.wait_for(stop.wait(), timeout=delay)
@@ -717,4 +820,5 @@ class Syncer:
         return 0
 
 
-__all__ = ["MIGRATION_LOCK_KEY", "Syncer", "known_schema_version", "migrate", "redact_dsn", "send_batch"]
+__all__ = ["MIGRATION_LOCK_KEY", "Syncer", "known_schema_version", "migrate", "redact_dsn", "send_batch", "send_events",
+           "send_heartbeats"]

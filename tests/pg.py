@@ -4,6 +4,10 @@ The server binaries come from ``$PG_BINDIR``, ``pg_config --bindir`` or
 ``/usr/lib/postgresql/<newest>/bin`` (Debian's layout). PostgreSQL refuses to run as root,
 so when the tests run as root the cluster belongs to the ``postgres`` OS user and every
 server command runs through ``runuser -u postgres --``.
+
+TLS: ``PgServer(ssl_cert=..., ssl_key=...)`` starts the server with ``ssl = on`` and that
+certificate, and admits TCP clients only over TLS (``hostssl`` lines; a plain connection is
+refused with "no pg_hba.conf entry ... no encryption").
 """
 
 from __future__ import annotations
@@ -76,15 +80,29 @@ class PgServer:
     scram-sha-256 passwords, the Unix socket (in the cluster's directory) trusts local users.
     ``fsync=off``: durability of test data is irrelevant, speed is not.
 
+    With ``ssl_cert`` and ``ssl_key`` the server runs with ``ssl = on`` and that certificate
+    (copied into the cluster directory, the key mode 0600 and owned by the server's OS user, as
+    PostgreSQL requires: documentation, "Secure TCP/IP Connections with SSL"), and pg_hba.conf
+    admits TCP connections only as ``hostssl`` (scram-sha-256): plain TCP is refused. :meth:`dsn` then adds ``sslmode=require`` (encrypted,
+    certificate not verified: good enough for the tests' own admin connections; a test of
+    verification builds its own DSN with ``sslmode=verify-full``).
+
     Args:
         bindir: server binaries (default :func:`find_bindir`).
+        ssl_cert: PEM server certificate (chain) file, or None for a server without TLS.
+        ssl_key: PEM private key of ``ssl_cert`` (unencrypted); required with ``ssl_cert``.
 
     Raises:
         PgServerUnavailable: no server binaries.
+        ValueError: only one of ``ssl_cert`` and ``ssl_key`` given.
         RuntimeError: initdb or start failed (the message holds the server log's tail).
     """
 
-    def __init__(self, bindir: Path | None = None) -> None:
+    def __init__(self, bindir: Path | None = None, *, ssl_cert: Path | None = None,
+                 ssl_key: Path | None = None) -> None:
+        if (ssl_cert is None) != (ssl_key is None):
+            raise ValueError("PgServer: give both ssl_cert and ssl_key, or neither")
+        self.tls = ssl_cert is not None
         self.bindir = bindir or find_bindir()
         self.port = free_port()
         self.base = Path(tempfile.mkdtemp(prefix="soundscape-pg-"))
@@ -107,10 +125,34 @@ class PgServer:
                 "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C",
                 "--no-sync",
             )
+            if self.tls:
+                self._install_tls(Path(ssl_cert), Path(ssl_key))
         except BaseException:
             self.cleanup()
             raise
         pwfile.unlink()
+
+    def _install_tls(self, cert: Path, key: Path) -> None:
+        """Copy the certificate and key into the cluster; pg_hba.conf: hostssl only."""
+        tls = self.base / "tls"
+        tls.mkdir()
+        self.ssl_cert_file = tls / "server.crt"
+        self.ssl_key_file = tls / "server.key"
+        shutil.copyfile(cert, self.ssl_cert_file)
+        shutil.copyfile(key, self.ssl_key_file)
+        self.ssl_cert_file.chmod(0o644)
+        self.ssl_key_file.chmod(0o600)  # the server refuses a key readable by others
+        if self._as_postgres:
+            pw = pwd.getpwnam("postgres")
+            for p in (tls, self.ssl_cert_file, self.ssl_key_file):
+                os.chown(p, pw.pw_uid, pw.pw_gid)
+        hba = (
+            "# tests/pg.py, TLS server: local socket trusted, TCP only over TLS\n"
+            "local    all  all                trust\n"
+            "hostssl  all  all  127.0.0.1/32  scram-sha-256\n"
+            "hostssl  all  all  ::1/128       scram-sha-256\n"
+        )
+        (self.datadir / "pg_hba.conf").write_text(hba)
 
     def _run(self, exe: str, *args: str, timeout: float = 60) -> str:
         cmd = [str(self.bindir / exe), *args]
@@ -134,6 +176,8 @@ class PgServer:
             f"-p {self.port} -k {self.sockdir} -c listen_addresses=127.0.0.1 -c fsync=off"
             " -c synchronous_commit=off -c full_page_writes=off"
         )
+        if self.tls:
+            opts += f" -c ssl=on -c ssl_cert_file={self.ssl_cert_file} -c ssl_key_file={self.ssl_key_file}"
         self._run("pg_ctl", "-D", str(self.datadir), "-l", str(self.logfile), "-o", opts, "-w", "-t", "60", "start")
         self.running = True
 
@@ -145,8 +189,9 @@ class PgServer:
         self.running = False
 
     def dsn(self, dbname: str = "postgres", user: str = ADMIN_USER, password: str = ADMIN_PASSWORD) -> str:
-        """A libpq key/value DSN for ``dbname`` over TCP on 127.0.0.1."""
-        return make_conninfo(host="127.0.0.1", port=self.port, dbname=dbname, user=user, password=password)
+        """A libpq key/value DSN for ``dbname`` over TCP on 127.0.0.1 (``sslmode=require`` on a TLS server)."""
+        extra = {"sslmode": "require"} if self.tls else {}
+        return make_conninfo(host="127.0.0.1", port=self.port, dbname=dbname, user=user, password=password, **extra)
 
     def create_database(self, name: str | None = None) -> str:
         """Create an empty database (a fresh name if ``name`` is None) and return its DSN."""

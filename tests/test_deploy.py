@@ -4,8 +4,9 @@
   site.yml and db.yml with the example inventory (vault included).
 - db.yml against a real PostgreSQL (the session's throwaway server, tests/pg.py), twice: the
   second run reports ``changed=0``. Then the grants are tried for real as a device role: the
-  agent's own batch insert works (and a replay inserts nothing), reading, updating, deleting,
-  creating tables and temporary tables are refused, a role that db.yml did not create cannot
+  agent's own batch insert works (and a replay inserts nothing), a batch in another device's
+  name is refused by row-level security (device_roles maps each role to its device only);
+  reading, updating, deleting, creating tables and temporary tables are refused, a role that db.yml did not create cannot
   connect, and ``soundscape-agent diagnose --check postgres`` passes with the device's
   credentials.
 - site.yml into a throwaway Debian Bookworm made by debootstrap (the Pi's OS minus the kernel:
@@ -423,6 +424,15 @@ def test_device_role_has_exactly_the_agent_privileges(provisioned_db, pg_server,
     batch = make_results(3, device="audiomoth-eth-01", stream=f"deploy-{uuid.uuid4().hex[:8]}")
     assert asyncio.run(deliver(batch)) == 3
     assert asyncio.run(deliver(batch)) == 0  # a replayed batch: ON CONFLICT DO NOTHING with INSERT only
+
+    # Row-level security: db.yml mapped each role to its own device id, and to no other.
+    with psycopg.connect(pg_server.dsn("soundscape")) as admin:
+        mapped = set(admin.execute("SELECT role_name, device FROM device_roles").fetchall())
+    assert mapped == {("sa_audiomoth_eth_01", "audiomoth-eth-01"), ("sa_audiomoth_eth_02", "audiomoth-eth-02"),
+                      ("sa_audiomoth_gsm_01", "audiomoth-gsm-01")}
+    foreign = make_results(1, device="audiomoth-eth-02", stream=f"deploy-{uuid.uuid4().hex[:8]}")
+    with pytest.raises(errors.InsufficientPrivilege, match="row-level security"):
+        asyncio.run(deliver(foreign))
 
     denied = [
         "SELECT count(*) FROM windows",

@@ -302,6 +302,8 @@ def test_insert_only_role_can_sync_and_replay(pg_server, migrated_dsn, tmp_path)
         con.execute(f'GRANT CONNECT ON DATABASE "{dbname}" TO {role}')
         con.execute(f"GRANT USAGE ON SCHEMA public TO {role}")
         con.execute(f"GRANT INSERT ON windows, detections TO {role}")
+        # row-level security (agent/sql/0004_device_rls.sql): the role writes this device's rows
+        con.execute("INSERT INTO device_roles (role_name, device) VALUES (%s, 'audiomoth-01')", (role,))
     device_dsn = pg_server.dsn(dbname, user=role, password="device-pw")
     with psycopg.connect(device_dsn) as con:  # premise: the role really cannot read the data
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
@@ -331,6 +333,7 @@ def test_refused_batch_is_rolled_back_on_the_server_and_stays_pending_locally(pg
         con.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'half-pw'")
         con.execute(f"GRANT USAGE ON SCHEMA public TO {role}")
         con.execute(f"GRANT INSERT ON windows TO {role}")  # but not on detections
+        con.execute("INSERT INTO device_roles (role_name, device) VALUES (%s, 'audiomoth-01')", (role,))
     dsn = pg_server.dsn(dbname, user=role, password="half-pw")
 
     err, _, stats = failed_sync_once(tmp_path, make_results(3, k=2), sync_cfg(dsn))
