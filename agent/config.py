@@ -15,11 +15,12 @@ registries that map a ``type`` to its implementation.
 from __future__ import annotations
 
 import os
+import sys
 import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agent.errors import ConfigError
 
@@ -50,6 +51,15 @@ class _Section(BaseModel):
     """Base of every config section: unknown keys are errors, values are validated on assignment."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*")
+    @classmethod
+    def _no_nul(cls, value: object) -> object:
+        """Refuse a NUL character in any string or path: the OS would refuse it later, deep
+        inside a stage, with a ValueError instead of a message naming the key."""
+        if isinstance(value, (str, Path)) and "\x00" in str(value):
+            raise ValueError("must not contain a NUL character (\\u0000)")
+        return value
 
 
 class AgentSection(_Section):
@@ -502,6 +512,17 @@ class Config(_Section):
     ops: OpsConfig = OpsConfig()
 
 
+def _shown(value: object, limit: int = 80) -> str:
+    """``repr(value)`` for an error message, at most ``limit`` characters: a config may hold
+    a 100 kB string, and an int beyond Python's digit limit (``sys.get_int_max_str_digits``)
+    has no text form at all."""
+    try:
+        text = repr(value)
+    except ValueError:
+        return f"an integer of more than {sys.get_int_max_str_digits()} digits"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _format_errors(err: ValidationError, source: str) -> str:
     lines = [f"{source}: {err.error_count()} invalid setting(s):"]
     for e in err.errors():
@@ -509,10 +530,28 @@ def _format_errors(err: ValidationError, source: str) -> str:
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling against config.example.toml)"
+        elif len(msg) > 300:  # pydantic quotes a bad discriminator ("Input tag '...'") in full
+            msg = msg[:299] + "…"
         value = e.get("input")
-        shown = "" if e["type"] in ("missing", "extra_forbidden") or isinstance(value, dict) else f" (got {value!r})"
-        lines.append(f"  {loc or '<top>'}: {msg}{shown}")
+        shown = "" if e["type"] in ("missing", "extra_forbidden") or isinstance(value, dict) else f" (got {_shown(value)})"
+        where = loc or "<top>"
+        where = where if len(where) <= 120 else where[:119] + "…"  # an unknown key may be 100 kB long
+        lines.append(f"  {where}: {msg}{shown}")
     return "\n".join(lines)
+
+
+def _huge_ints(value: object, where: str = "") -> list[str]:
+    """Dotted locations of integers with more digits than Python converts to text
+    (``sys.get_int_max_str_digits``): pydantic cannot even quote them in an error (it reports
+    them through ``sys.unraisablehook``, a traceback on stderr), and no setting takes one."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        limit = sys.get_int_max_str_digits()
+        return [where or "<top>"] if limit and value.bit_length() > limit * 3.3219 else []
+    if isinstance(value, dict):
+        return [loc for k, v in value.items() for loc in _huge_ints(v, f"{where}.{k}" if where else str(k))]
+    if isinstance(value, (list, tuple)):
+        return [loc for i, v in enumerate(value) for loc in _huge_ints(v, f"{where}.{i}")]
+    return []
 
 
 def parse_config(data: dict, source: str = "<config>") -> Config:
@@ -525,6 +564,12 @@ def parse_config(data: dict, source: str = "<config>") -> Config:
     Raises:
         ConfigError: listing every invalid key at once, each with key, value and rule.
     """
+    huge = _huge_ints(data)
+    if huge:
+        raise ConfigError(
+            f"{source}: {len(huge)} invalid setting(s):\n" + "\n".join(
+                f"  {loc[:120]}: an integer of more than {sys.get_int_max_str_digits()} digits" for loc in huge),
+            "no setting takes a number that long: fix the value")
     try:
         return Config.model_validate(data)
     except ValidationError as err:
@@ -552,12 +597,21 @@ def load_config(path: Path | None) -> Config:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist", "pass --config with an existing TOML file") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start})",
+                          "TOML files are UTF-8: save it as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
     except OSError as e:
         raise ConfigError(f"config file {path} cannot be read: {e.strerror}", "check its permissions") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path} is not valid TOML: {e}", "see https://toml.io for the syntax") from None
+    except ValueError as e:  # tomllib's int() of a literal beyond Python's digit limit
+        raise ConfigError(f"{path} holds a number too long to read ({str(e).split(';')[0]})",
+                          "no setting takes a number that long: fix the value") from None
+    except RecursionError:
+        raise ConfigError(f"{path} nests arrays or inline tables too deeply to read",
+                          "no setting takes deeply nested values: fix the value") from None
     return parse_config(data, str(path))
 
 

@@ -38,6 +38,7 @@ import asyncio
 import json
 import logging
 import math
+import os
 import sqlite3
 import threading
 import time
@@ -265,6 +266,13 @@ def check_sqlite(ctx: Context) -> CheckResult:
     try:
         found = inspect_queue(path)
     except sqlite3.Error as err:
+        if _read_only_dir(path.parent):
+            return CheckResult(
+                "sqlite", "fail", value=str(path),
+                detail=f"the queue {path} cannot be opened: its directory {path.parent} is read-only ({err})",
+                hint=f"the queue itself is not damaged: remount the filesystem holding {path.parent} read-write "
+                     "(mount -o remount,rw) or make the directory writable; until then the agent cannot store "
+                     "windows (it exits 74)")
         return CheckResult("sqlite", "fail", value=str(path), detail=f"the queue {path} cannot be read: {err}",
                            hint=f"the queue file is damaged or not a queue: stop the agent, move {path} (and its "
                                 "-wal/-shm files) aside and start again; windows not yet synced from it are lost")
@@ -309,6 +317,16 @@ def _degraded_hint(reasons: list[str]) -> str:
         "sync_failing": "the server is not taking data: see the postgres check",
     }
     return "; ".join(hints.get(r, r) for r in reasons)
+
+
+def _read_only_dir(directory: Path) -> bool:
+    """True when ``directory`` cannot be written: a read-only mount (``ST_RDONLY``, which
+    stops root too) or no write permission for this user. SQLite then cannot open a WAL queue
+    even read-only (it must create the ``-shm`` file)."""
+    try:
+        return bool(os.statvfs(directory).f_flag & os.ST_RDONLY) or not os.access(directory, os.W_OK)
+    except OSError:
+        return False
 
 
 @check("postgres", timeout_s=60, needs_config=True)

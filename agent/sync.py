@@ -782,7 +782,8 @@ class Syncer:
             except AgentError as err:
                 self.failures += 1
                 delay = self.backoff_delay(self.failures)
-                log.warning("sync failed (%s); retrying in %.1f s", err.message, delay)
+                log.warning("sync failed (%s%s); retrying in %.1f s", err.message,
+                            f"; hint: {err.hint}" if err.hint else "", delay)
             except Exception as err:  # a bug: keep the agent recording, but say so loudly
                 self.failures += 1
                 delay = self.backoff_delay(self.failures)
@@ -814,7 +815,8 @@ class Syncer:
         except TimeoutError:
             log.warning("final sync did not finish within %g s; pending windows stay in the outbox", timeout)
         except (SyncError, StoreError) as err:
-            log.warning("final sync failed (%s); pending windows stay in the outbox", err.message)
+            log.warning("final sync failed (%s%s); pending windows stay in the outbox", err.message,
+                        f"; hint: {err.hint}" if err.hint else "")
         except Exception as err:
             log.error("final sync failed unexpectedly (%r)", err, exc_info=True)
         return 0
