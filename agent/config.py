@@ -115,7 +115,9 @@ class FileCaptureConfig(_Section):
         path: a file, a directory (its ``*.wav``/``*.flac``, sorted) or a glob pattern.
             Each file is a separate segment anchored at the time in its name
             (``YYYYMMDD_HHMMSS``, as AudioMoth and Song Meter name files, read as UTC),
-            else at its modification time.
+            else at its modification time. WAV or FLAC, checked by content, >= 8 kHz; see
+            :class:`agent.capture.FileSource` for what is replayed and how a damaged file
+            ends the run (exit 66, after everything readable was stored).
         realtime: pace the replay at the recording's own rate (default false: as fast as
             analysis allows).
         loop: replay the files again and again until stopped (default false).
