@@ -975,16 +975,8 @@ class Outbox:
         Raises:
             StoreError: the file cannot be read.
         """
-        limit = int(limit)
-        if limit < 1:
-            raise ValueError(f"limit must be >= 1, got {limit}")
-
-        def work(conn: sqlite3.Connection) -> list[Gap | ClockStep]:
-            rows = conn.execute("SELECT kind, payload FROM events WHERE synced_at IS NULL ORDER BY time, event_id"
-                                " LIMIT ?", (limit,)).fetchall()
-            return [_record_from_json(EVENT_KINDS[kind], payload) for kind, payload in rows]
-
-        return await self._submit(work, "read pending events")
+        return await self._pending_records("events", "event_id", "kind, payload", limit,
+                                           lambda row: _record_from_json(EVENT_KINDS[row[0]], row[1]))
 
     async def mark_events_synced(self, ids: Iterable[str], sync_time: datetime) -> int:
         """Record that the server has committed these events (call after the COMMIT).
@@ -995,14 +987,7 @@ class Outbox:
         Raises:
             StoreError: the file cannot be written.
         """
-        when = _to_text(sync_time)
-        params = [(when, i) for i in ids]
-
-        def work(conn: sqlite3.Connection) -> int:
-            cur = conn.executemany("UPDATE events SET synced_at = ? WHERE event_id = ? AND synced_at IS NULL", params)
-            return max(cur.rowcount, 0)
-
-        return await self._submit(lambda conn: self._write_making_room(conn, work), "mark events synced")
+        return await self._mark_records_synced("events", "event_id", ids, sync_time)
 
     async def pending(self, limit: int) -> list[WindowResult]:
         """The oldest unsynced windows, fully reconstructed.
@@ -1131,16 +1116,8 @@ class Outbox:
         Raises:
             StoreError: the file cannot be read.
         """
-        limit = int(limit)
-        if limit < 1:
-            raise ValueError(f"limit must be >= 1, got {limit}")
-
-        def work(conn: sqlite3.Connection) -> list[Heartbeat]:
-            rows = conn.execute("SELECT payload FROM heartbeats WHERE synced_at IS NULL ORDER BY time, heartbeat_id"
-                                " LIMIT ?", (limit,)).fetchall()
-            return [_record_from_json(Heartbeat, payload) for (payload,) in rows]
-
-        return await self._submit(work, "read pending heartbeats")
+        return await self._pending_records("heartbeats", "heartbeat_id", "payload", limit,
+                                           lambda row: _record_from_json(Heartbeat, row[0]))
 
     async def mark_heartbeats_synced(self, ids: Iterable[str], sync_time: datetime) -> int:
         """Record that the server has committed these heartbeats (call after the COMMIT).
@@ -1151,15 +1128,33 @@ class Outbox:
         Raises:
             StoreError: the file cannot be written.
         """
+        return await self._mark_records_synced("heartbeats", "heartbeat_id", ids, sync_time)
+
+    async def _pending_records(self, table: str, id_column: str, columns: str, limit: int,
+                               decode: Callable[[tuple[Any, ...]], T]) -> list[T]:
+        """The oldest unsynced rows of a record table (``heartbeats``, ``events``), decoded."""
+        limit = int(limit)
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+
+        def work(conn: sqlite3.Connection) -> list[T]:
+            rows = conn.execute(f"SELECT {columns} FROM {table} WHERE synced_at IS NULL ORDER BY time, {id_column}"
+                                " LIMIT ?", (limit,)).fetchall()
+            return [decode(row) for row in rows]
+
+        return await self._submit(work, f"read pending {table}")
+
+    async def _mark_records_synced(self, table: str, id_column: str, ids: Iterable[str], sync_time: datetime) -> int:
+        """Mark rows of a record table synced at the server's commit time; returns rows newly marked."""
         when = _to_text(sync_time)
         params = [(when, i) for i in ids]
 
         def work(conn: sqlite3.Connection) -> int:
-            cur = conn.executemany("UPDATE heartbeats SET synced_at = ? WHERE heartbeat_id = ? AND synced_at IS NULL",
+            cur = conn.executemany(f"UPDATE {table} SET synced_at = ? WHERE {id_column} = ? AND synced_at IS NULL",
                                    params)
             return max(cur.rowcount, 0)
 
-        return await self._submit(lambda conn: self._write_making_room(conn, work), "mark heartbeats synced")
+        return await self._submit(lambda conn: self._write_making_room(conn, work), f"mark {table} synced")
 
     async def last_synced_at(self) -> datetime | None:
         """Server time of the most recent delivery of a window or heartbeat, or ``None``.

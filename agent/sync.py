@@ -446,6 +446,25 @@ async def send_batch(conn: psycopg.AsyncConnection, results: Sequence[WindowResu
     return inserted
 
 
+async def _insert_rows(conn: psycopg.AsyncConnection, what: str, statements: Sequence[tuple[str, list[tuple]]]) -> int:
+    """``executemany`` each (INSERT, rows) in the connection's current transaction; returns
+    the rows newly inserted. The caller commits.
+
+    Raises:
+        ValueError: ``conn`` is in autocommit mode (a delivery must be one transaction).
+        psycopg.Error: the server refused them.
+    """
+    if conn.autocommit:
+        raise ValueError(f"sending {what} needs a connection with autocommit off")
+    inserted = 0
+    async with conn.cursor() as cur:
+        for sql, rows in statements:
+            if rows:
+                await cur.executemany(sql, rows)
+                inserted += max(cur.rowcount, 0)
+    return inserted
+
+
 async def send_heartbeats(conn: psycopg.AsyncConnection, heartbeats: Sequence[Heartbeat]) -> int:
     """Insert heartbeats in the connection's current transaction (the caller commits).
 
@@ -459,19 +478,13 @@ async def send_heartbeats(conn: psycopg.AsyncConnection, heartbeats: Sequence[He
         ValueError: ``conn`` is in autocommit mode.
         psycopg.Error: the server refused them.
     """
-    if conn.autocommit:
-        raise ValueError("send_heartbeats needs a connection with autocommit off")
-    if not heartbeats:
-        return 0
     rows = [(
         h.heartbeat_id, h.device_id, h.time, h.uptime_s, h.windows, h.classified, h.skipped, h.failed, h.xruns,
-        h.queue_depth, h.oldest_unsynced_start, h.last_sync_at, h.cpu_temp_c, h.throttled, list(h.throttle_flags), h.disk_free_bytes, h.disk_total_bytes, h.clock_synchronised,
-        h.rss_bytes, h.peak_rss_bytes, h.model_id, h.model_hash, h.agent_version,
-        list(h.degraded), h.evicted_unsynced, h.evicted_synced, h.dropped_windows,
+        h.queue_depth, h.oldest_unsynced_start, h.last_sync_at, h.cpu_temp_c, h.throttled, list(h.throttle_flags),
+        h.disk_free_bytes, h.disk_total_bytes, h.clock_synchronised, h.rss_bytes, h.peak_rss_bytes, h.model_id,
+        h.model_hash, h.agent_version, list(h.degraded), h.evicted_unsynced, h.evicted_synced, h.dropped_windows,
     ) for h in heartbeats]
-    async with conn.cursor() as cur:
-        await cur.executemany(_INSERT_HEARTBEAT, rows)
-        return max(cur.rowcount, 0)
+    return await _insert_rows(conn, "heartbeats", [(_INSERT_HEARTBEAT, rows)])
 
 
 async def send_events(conn: psycopg.AsyncConnection, events: Sequence[Gap | ClockStep]) -> int:
@@ -487,19 +500,11 @@ async def send_events(conn: psycopg.AsyncConnection, events: Sequence[Gap | Cloc
         ValueError: ``conn`` is in autocommit mode.
         psycopg.Error: the server refused them.
     """
-    if conn.autocommit:
-        raise ValueError("send_events needs a connection with autocommit off")
     gaps = [(g.event_id, g.device_id, g.start_time, g.end_time, g.reason, g.detail, int(g.windows))
             for g in events if isinstance(g, Gap)]
     steps = [(c.event_id, c.device_id, c.detected_at, float(c.step_s), bool(c.clock_synchronised))
              for c in events if isinstance(c, ClockStep)]
-    inserted = 0
-    async with conn.cursor() as cur:
-        for sql, rows in ((_INSERT_GAP, gaps), (_INSERT_CLOCK_STEP, steps)):
-            if rows:
-                await cur.executemany(sql, rows)
-                inserted += max(cur.rowcount, 0)
-    return inserted
+    return await _insert_rows(conn, "events", [(_INSERT_GAP, gaps), (_INSERT_CLOCK_STEP, steps)])
 
 
 async def _connect(cfg: SyncConfig, params: dict[str, str], where: str,
@@ -721,18 +726,18 @@ class Syncer:
                     log.debug("batch %s: %d windows sent, %d new on the server", sync_id, len(batch), inserted)
                     if len(batch) < batch_size or marked == 0:
                         break
-                while events := await self._outbox.pending_events(batch_size):
-                    _, sync_time = await self._commit_bounded(
-                        conn, lambda: send_events(conn, events), f"{len(events)} events", bound, where, params)
-                    marked = await self._outbox.mark_events_synced([e.event_id for e in events], sync_time)
-                    if len(events) < batch_size or marked == 0:
-                        break
-                while beats := await self._outbox.pending_heartbeats(batch_size):
-                    _, sync_time = await self._commit_bounded(
-                        conn, lambda: send_heartbeats(conn, beats), f"{len(beats)} heartbeats", bound, where, params)
-                    marked = await self._outbox.mark_heartbeats_synced([h.heartbeat_id for h in beats], sync_time)
-                    if len(beats) < batch_size or marked == 0:
-                        break
+                ob = self._outbox
+                for fetch, send, mark, ident, what in (
+                        (ob.pending_events, send_events, ob.mark_events_synced, "event_id", "events"),
+                        (ob.pending_heartbeats, send_heartbeats, ob.mark_heartbeats_synced, "heartbeat_id",
+                         "heartbeats")):
+                    while records := await fetch(batch_size):
+                        _, sync_time = await self._commit_bounded(
+                            conn, functools.partial(send, conn, records), f"{len(records)} {what}", bound, where,
+                            params)
+                        marked = await mark([getattr(r, ident) for r in records], sync_time)
+                        if len(records) < batch_size or marked == 0:
+                            break
             finally:
                 await conn.close()
         if delivered:

@@ -10,21 +10,13 @@ import pytest
 # PostgreSQL: a real throwaway server (tests/pg.py), one per test session.
 # =============================================================================================
 
-from tests.pg import PgServer, PgServerUnavailable  # noqa: E402
+from tests.faultkit import running_server  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def pg_server():
     """A running :class:`pg.PgServer` for the whole session; FAILS (never skips) without binaries."""
-    try:
-        server = PgServer()
-    except PgServerUnavailable as err:
-        pytest.fail(f"{err} (scripts/test.sh installs the postgresql package)", pytrace=False)
-    try:
-        server.start()
-        yield server
-    finally:
-        server.cleanup()
+    yield from running_server()
 
 
 @pytest.fixture

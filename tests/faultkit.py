@@ -22,7 +22,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -113,9 +113,9 @@ def fault_results():
 # PostgreSQL: a server of the fault suite's own (tests stop and restart it)
 
 
-@pytest.fixture(scope="module")
-def fault_pg():
-    """A :class:`tests.pg.PgServer` for one test module; tests may stop and start it."""
+def running_server() -> Iterator[PgServer]:
+    """Yield a started :class:`tests.pg.PgServer` and remove it afterwards; FAILS the test (never
+    skips) when the machine has no server binaries. The body of the PostgreSQL fixtures."""
     try:
         server = PgServer()
     except PgServerUnavailable as err:
@@ -125,6 +125,12 @@ def fault_pg():
         yield server
     finally:
         server.cleanup()
+
+
+@pytest.fixture(scope="module")
+def fault_pg():
+    """A :class:`tests.pg.PgServer` for one test module; tests may stop and start it."""
+    yield from running_server()
 
 
 @pytest.fixture
