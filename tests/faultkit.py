@@ -286,6 +286,11 @@ def local_keys(db: Path) -> tuple[set[str], set[str], set[str]]:
     return {k for k, _ in rows}, {k for k, u in rows if u}, evicted
 
 
+def unsynced_count(db: Path) -> int:
+    """Windows of an outbox not yet marked synced (file opened read-only)."""
+    return len(local_keys(db)[1])
+
+
 def quick_check(db: Path) -> str:
     """SQLite ``PRAGMA quick_check`` of a file (read-only): ``ok`` or the problems found."""
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)

@@ -55,7 +55,7 @@ from agent.config import (
 from agent.errors import ConfigError
 from agent.sync import known_schema_version
 from tests.audio import RECORDINGS
-from tests.faultkit import AgentProcess, check_delivery, quick_check
+from tests.faultkit import AgentProcess, check_delivery, quick_check, unsynced_count
 from tests.test_run import agent, write_config
 
 pytestmark = pytest.mark.faults
@@ -150,13 +150,6 @@ def missing_prefilled(prefilled, db: Path, *, synced: bool = False) -> int:
     return len(gone)
 
 
-def unsynced(db: Path) -> int:
-    """Windows of an outbox not yet marked synced (read-only)."""
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        return con.execute("SELECT count(*) FROM windows WHERE synced_at IS NULL").fetchone()[0]
-    finally:
-        con.close()
 
 
 def assert_clean_error(r: subprocess.CompletedProcess, code: int, *needles: str) -> str:
@@ -800,11 +793,11 @@ def test_server_schema_of_another_version(tmp_path, prefilled, tiny_model_dir, f
     assert fix_hint in log, f"the running agent does not say how to fix it ({fix_hint!r}):\n{log[-3000:]}"
     # Captured and queued all along: every window stored, none synced.
     stored = len(snapshot(db)) - len(prefilled[1])
-    assert stored == printed >= 2 and unsynced(db) == stored + len(prefilled[1])
-    depth = unsynced(db)
+    assert stored == printed >= 2 and unsynced_count(db) == stored + len(prefilled[1])
+    depth = unsynced_count(db)
     r = agent("sync", "--once", "--config", str(cfg), timeout=RUN_TIMEOUT)
     assert_clean_error(r, 75, what, fix_hint)
-    assert unsynced(db) == depth
+    assert unsynced_count(db) == depth
     lost = missing_prefilled(prefilled, db)
     # The server fixed, everything queued arrives, exactly once.
     fix(dsn)
@@ -828,15 +821,15 @@ def test_wrong_password(tmp_path, prefilled, tiny_model_dir, fault_dsn):
     log = proc.stdout() + proc.stderr()
     assert "check the user" in log and "password" in log
     stored = len(snapshot(db)) - len(prefilled[1])
-    assert stored == printed >= 2 and unsynced(db) == stored + len(prefilled[1])
-    depth = unsynced(db)
+    assert stored == printed >= 2 and unsynced_count(db) == stored + len(prefilled[1])
+    depth = unsynced_count(db)
     r = agent("sync", "--once", "--config", str(cfg), timeout=RUN_TIMEOUT)
     assert_clean_error(r, 75, "password authentication failed", "check the user")
     d = agent("diagnose", "--check", "postgres", "--config", str(cfg), timeout=RUN_TIMEOUT)
     assert d.returncode == 2 and "password authentication failed" in d.stdout, d.stdout + d.stderr
     for out in (log, r.stdout + r.stderr, d.stdout + d.stderr):
         assert wrong not in out, "the wrong password was echoed"
-    assert unsynced(db) == depth
+    assert unsynced_count(db) == depth
     lost = missing_prefilled(prefilled, db)
     s = agent("sync", "--once", "--config", str(cfg), "--dsn", fault_dsn, timeout=RUN_TIMEOUT)
     assert s.returncode == 0 and f"synced {depth} windows; 0 left" in s.stdout, s.stdout + s.stderr

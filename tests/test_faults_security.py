@@ -32,7 +32,6 @@ import ipaddress
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import time
 import uuid
@@ -46,7 +45,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from agent.sync import migrate
 from tests.audio import PCM_NAME, RECORDINGS, real_audio_s16, write_alsa_file_pcm
-from tests.faultkit import AGENT, ROOT, check_delivery, local_keys
+from tests.faultkit import AGENT, ROOT, check_delivery, local_keys, unsynced_count
 from tests.pg import PgServer, PgServerUnavailable
 from tests.test_run import write_config
 
@@ -203,13 +202,6 @@ def cli(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess.Com
     return subprocess.run([*AGENT, *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
 
 
-def unsynced(db: Path) -> int:
-    """Windows in the SQLite outbox not marked synced (file opened read-only)."""
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        return con.execute("SELECT count(*) FROM windows WHERE synced_at IS NULL").fetchone()[0]
-    finally:
-        con.close()
 
 
 def attempt(conn: psycopg.Connection, statement: str, params: tuple = ()) -> str:
@@ -391,13 +383,13 @@ def test_a_device_role_writes_only_its_own_rows_and_reads_nothing(fault_dsn, fau
                           password_file=str(tmp_path / f"{dev_a}-pg-password"), store=forge_db, classify=None)
     filled = cli("run", "--config", str(forged), "--max-windows", "2", "--dsn", "", env=env)
     assert filled.returncode == 0, filled.stderr[-3000:]
-    assert unsynced(forge_db) == 2
+    assert unsynced_count(forge_db) == 2
     TALLY["attempts"] += 2
     refused = cli("sync", "--once", "--config", str(forged), env=env)
     assert refused.returncode == 75, refused.stderr
     assert 'new row violates row-level security policy for table "windows"' in refused.stderr
     assert "device_roles" in refused.stderr and "Traceback" not in refused.stderr
-    assert unsynced(forge_db) == 2
+    assert unsynced_count(forge_db) == 2
     TALLY["refused"] += 1
     diag = cli("diagnose", "--json", "--check", "postgres", "--config", str(forged), env=env)
     (check,) = [c for c in json.loads(diag.stdout)["checks"] if c["name"] == "postgres"]
@@ -505,7 +497,7 @@ def test_tls_verify_full_delivers_encrypted_and_refuses_what_it_cannot_verify(tl
                         classify=None)
     filled = cli("run", "--config", str(cfg2), "--max-windows", "2", "--dsn", "", env=env)
     assert filled.returncode == 0, filled.stderr[-3000:]
-    assert unsynced(queue2) == 2
+    assert unsynced_count(queue2) == 2
     port = tls.server.port
     bad = {
         "a CA that did not sign the server's certificate": (
@@ -535,7 +527,7 @@ def test_tls_verify_full_delivers_encrypted_and_refuses_what_it_cannot_verify(tl
             case, r.stderr)  # the reason on one line
         assert lines[i + 1].startswith("  hint: ") and hint in lines[i + 1], (case, r.stderr)
         assert "Traceback" not in r.stderr and pw not in r.stderr + r.stdout, case
-        assert unsynced(queue2) == 2, case
+        assert unsynced_count(queue2) == 2, case
         TALLY["refused"] += 1
     TALLY["scenarios"] += len(bad)
 
