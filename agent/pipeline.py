@@ -51,9 +51,10 @@ from agent.windows import Windower, ntp_synchronised
 
 log = logging.getLogger("agent.pipeline")
 
-#: Reconnection backoff after the capture device failed, s (first attempt, cap).
+#: Reconnection backoff after the capture device failed, s (first attempt, cap): reopening a
+#: PCM costs next to nothing, so the cap is short: a replugged microphone records again within 10 s.
 CAPTURE_RETRY_INITIAL_S = 1.0
-CAPTURE_RETRY_MAX_S = 30.0
+CAPTURE_RETRY_MAX_S = 10.0
 #: A change of (wall clock - boot clock) larger than this between two supervision ticks
 #: is a clock step, s. NTP slews at most 500 ppm (0.0025 s over a 5 s tick); steps are larger.
 CLOCK_STEP_THRESHOLD_S = 1.0

@@ -507,6 +507,22 @@ async def send_events(conn: psycopg.AsyncConnection, events: Sequence[Gap | Cloc
     return await _insert_rows(conn, "events", [(_INSERT_GAP, gaps), (_INSERT_CLOCK_STEP, steps)])
 
 
+def _drop_tracebacks(err: BaseException | None) -> None:
+    """Clear the tracebacks of ``err`` and of the exceptions it was raised from or during.
+
+    psycopg (3.3) does not close a connection attempt that timed out or was cancelled: the
+    half-open libpq connection, and its socket, stay referenced from the frames of the
+    error's traceback until the cyclic garbage collector runs (the asyncio task holding the
+    error is in a reference cycle), i.e. for seconds to minutes, beside the next attempt.
+    Clearing the tracebacks frees it, and closes the socket, at once.
+    """
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        err.__traceback__ = None
+        err = err.__cause__ or err.__context__
+
+
 async def _connect(cfg: SyncConfig, params: dict[str, str], where: str,
                    application_name: str = "soundscape-agent") -> psycopg.AsyncConnection:
     """An async connection (autocommit off) with the configured timeouts and password file."""
@@ -531,14 +547,19 @@ async def _connect(cfg: SyncConfig, params: dict[str, str], where: str,
             ),
             timeout=bound,
         )
-    except TimeoutError:
+    except TimeoutError as err:
+        _drop_tracebacks(err)  # closes the abandoned attempt's socket now (see _drop_tracebacks)
         raise SyncError(
             f"cannot connect to PostgreSQL at {where}: no answer within {bound:g} s",
             _connect_hint("timeout"),
         ) from None
     except psycopg.Error as err:
         text = _scrub(str(err), params)
+        _drop_tracebacks(err)  # e.g. "connection timeout expired": the attempt's socket is still open
         raise SyncError(f"cannot connect to PostgreSQL at {where}: {text}", _connect_hint(text)) from None
+    except asyncio.CancelledError as err:  # stop requested mid-connect: close the attempt now too
+        _drop_tracebacks(err)
+        raise
 
 
 async def _check_schema(conn: psycopg.AsyncConnection, params: dict[str, str], where: str) -> int:
@@ -675,6 +696,10 @@ class Syncer:
                             "slow link: lower [sync] batch_size or raise statement_timeout_s") from None
         except psycopg.Error as err:
             text = _scrub(str(err), params)
+            if isinstance(err, psycopg.OperationalError) and err.sqlstate is None:
+                # no SQLSTATE: the connection broke (reset, server gone), nothing was refused
+                raise SyncError(f"PostgreSQL {where}: the connection was lost during {what}: {text}",
+                                _connect_hint("")) from None
             raise SyncError(f"PostgreSQL {where} refused {what}: {text}", _server_hint(err)) from None
 
     async def sync_once(self) -> int:

@@ -15,7 +15,7 @@ definition is written back ("plugged in again"). What a user must see:
 
 * the agent stays up; its log says ``capture lost: ...`` and then
   ``reconnecting to the capture device in X s (attempt N)`` with growing, jittered delays
-  (the n-th between 1 s and ``min(30, 2**(n-1))`` s, :func:`agent.ops.backoff_delay`),
+  (the n-th between 1 s and ``min(10, 2**(n-1))`` s, :func:`agent.ops.backoff_delay`),
   each failed attempt reported;
 * the heartbeats delivered to PostgreSQL say ``capture_lost`` (column ``degraded``) while
   the device is gone, and no longer once it is back;
@@ -242,7 +242,7 @@ def remote_windows(dsn: str, device: str) -> list[Win]:
 
 def check_reconnect_delays(delays: list[tuple[int, float]], what: str) -> None:
     """Assert one outage's reconnection attempts: numbered 1, 2, 3, ... and the n-th delay
-    within ``[1 s, min(30 s, 2**(n-1) s)]`` (0.05 s slack: the log rounds to 0.1 s).
+    within ``[1 s, min(10 s, 2**(n-1) s)]`` (0.05 s slack: the log rounds to 0.1 s).
 
     Args:
         delays: (attempt number, delay in s) in log order.
