@@ -1,0 +1,39 @@
+"""The committed fault-injection figures (benchmarks/results/faults.json, written by
+scripts/faults.sh at full counts) show zero lost and zero duplicated windows for every fault
+the issue names, and the README quotes exactly those figures."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from tests.faultkit import results_markdown
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results" / "faults.json"
+FAULTS = ("crash", "server_outage", "gsm_link", "disk_full", "queue_hard_cap", "microphone_lost", "clock_step",
+          "bad_input", "security")
+
+
+def committed() -> dict:
+    return json.loads(RESULTS.read_text())
+
+
+def test_every_fault_was_run_at_full_counts_with_nothing_lost_or_duplicated():
+    faults = committed()["faults"]
+    assert set(FAULTS) <= set(faults), f"missing: {set(FAULTS) - set(faults)}"
+    for name in FAULTS:
+        entry = faults[name]
+        assert entry["scale"] == "full", name
+        assert entry["lost"] == 0 and entry["duplicated"] == 0, (name, entry)
+        assert entry["faults_injected"] > 0, name
+    assert faults["crash"]["cycles"] >= 50 and faults["crash"]["kills_during_sync"] > 0
+
+
+def test_readme_quotes_the_committed_figures():
+    readme = (ROOT / "README.md").read_text()
+    m = re.search(r"<!-- faults-table: [^>]*-->\n(.*?)<!-- /faults-table -->", readme, re.S)
+    assert m, "the README's faults table markers are missing"
+    assert m.group(1) == results_markdown(committed())
+    assert (ROOT / "benchmarks" / "results" / "faults.md").read_text() == results_markdown(committed())
