@@ -58,6 +58,8 @@ EVICT_SHARE = 0.01
 #: A write that hit the hard cap or a full disk this recently (s) makes the queue "full" in
 #: heartbeats (``queue_full``).
 FULL_RECENT_S = 60.0
+#: Synced windows deleted per transaction by the eviction policy.
+DELETE_BATCH = 32
 #: WAL pages between automatic checkpoints (SQLite's default is 1000, ~4 MB).
 WAL_AUTOCHECKPOINT_PAGES = 256
 #: Attempts to store one window when the queue is full (each after making room).
@@ -516,6 +518,7 @@ class Outbox:
         # eviction bookkeeping (outbox thread only)
         self._last_full: float | None = None  # time.monotonic() of the last SQLITE_FULL
         self._evicted_synced = 0
+        self._free_checked = 0.0  # time.monotonic() of the last free-space check at write time
         self._incremental_vacuum = False  # the file gives freed pages back (auto_vacuum=INCREMENTAL)
 
     @property
@@ -748,6 +751,7 @@ class Outbox:
     def _write_making_room(self, conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], T]) -> T:
         """``work`` in a transaction; when it fails for lack of space (SQLITE_FULL: the hard
         cap or a full disk), make room by the eviction policy and try again, a few times."""
+        self._keep_free(conn)
         for attempt in range(1, _PUT_ATTEMPTS + 1):
             try:
                 return self._in_transaction(conn, work)
@@ -758,6 +762,27 @@ class Outbox:
                 if not self._make_room(conn, attempt):
                     raise
         raise AssertionError("unreachable")
+
+    def _keep_free(self, conn: sqlite3.Connection) -> None:
+        """Policy step 2 at write time, at most once a second: below ``min_free_mb`` free,
+        delete the synced windows now, before the disk is full (a full disk leaves the WAL no
+        room even for the deletion), and restore the reserve file when there is room again."""
+        now = time.monotonic()
+        if now - self._free_checked < 1.0:
+            return
+        self._free_checked = now
+        try:
+            free = self._free_bytes()
+            if free < self._cfg.min_free_mb * MB:
+                n = self._delete_synced(conn, None)
+                if n:
+                    log.warning("outbox %s: less than [store] min_free_mb = %g MB free: deleted %d synced windows",
+                                self._path, self._cfg.min_free_mb, n)
+                    self._checkpoint(conn)
+            elif not self._reserve_path.exists():
+                self._ensure_reserve()
+        except (sqlite3.Error, OSError) as err:  # the write itself will say what is wrong
+            log.debug("outbox %s: keeping space free failed: %s", self._path, err)
 
     # -- eviction policy (see StoreConfig) ------------------------------------------------
 
@@ -796,19 +821,38 @@ class Outbox:
 
     def _delete_synced(self, conn: sqlite3.Connection, synced_before: str | None) -> int:
         """Delete synced windows (with their detections), heartbeats and events, all or those
-        synced before ``synced_before`` (ISO text); returns the windows deleted."""
+        synced before ``synced_before`` (ISO text), oldest first, in transactions of at most
+        :data:`DELETE_BATCH` windows: on a full disk the WAL may hold one small transaction and
+        not one big one. Stops early when a later batch finds no room (what was deleted stays
+        deleted); returns the windows deleted.
 
-        def work(c: sqlite3.Connection) -> int:
-            cond, args = ("synced_at IS NOT NULL", ()) if synced_before is None else \
-                ("synced_at < ?", (synced_before,))
-            n = max(c.execute(f"DELETE FROM windows WHERE {cond}", args).rowcount, 0)
-            c.execute(f"DELETE FROM heartbeats WHERE {cond}", args)
-            c.execute(f"DELETE FROM events WHERE {cond}", args)
+        Raises:
+            sqlite3.Error: not even the first batch could be deleted.
+        """
+        cond, args = ("synced_at IS NOT NULL", ()) if synced_before is None else ("synced_at < ?", (synced_before,))
+
+        def batch(c: sqlite3.Connection) -> int:
+            n = max(c.execute(f"DELETE FROM windows WHERE key IN (SELECT key FROM windows WHERE {cond}"
+                              " ORDER BY synced_at LIMIT ?)", (*args, DELETE_BATCH)).rowcount, 0)
+            c.execute(f"DELETE FROM heartbeats WHERE heartbeat_id IN (SELECT heartbeat_id FROM heartbeats"
+                      f" WHERE {cond} ORDER BY synced_at LIMIT ?)", (*args, DELETE_BATCH))
+            c.execute(f"DELETE FROM events WHERE event_id IN (SELECT event_id FROM events WHERE {cond}"
+                      " ORDER BY synced_at LIMIT ?)", (*args, DELETE_BATCH))
             return n
 
-        n = self._in_transaction(conn, work)
-        self._evicted_synced += n
-        return n
+        total = 0
+        while True:
+            try:
+                n = self._in_transaction(conn, batch)
+            except sqlite3.Error as err:
+                if total and getattr(err, "sqlite_errorname", "") == "SQLITE_FULL":
+                    break
+                raise
+            total += n
+            self._evicted_synced += n
+            if n < DELETE_BATCH:
+                break
+        return total
 
     def _evict_unsynced(self, conn: sqlite3.Connection, reason: str, factor: int = 1) -> int:
         """Evict the oldest unsynced windows (``factor`` times :data:`EVICT_SHARE` of them, at
@@ -873,7 +917,14 @@ class Outbox:
         at_cap = pages >= limit and free_pages < 16
         reason = "queue_full" if at_cap else "disk_full"
         released = False if at_cap else self._release_reserve()
-        n = self._delete_synced(conn, None)
+        try:
+            n = self._delete_synced(conn, None)
+        except sqlite3.Error as err:
+            if getattr(err, "sqlite_errorname", "") != "SQLITE_FULL":
+                raise
+            # not even room for the deletion in the WAL: let it start over from its beginning
+            self._checkpoint(conn)
+            n = self._delete_synced(conn, None)
         if n:
             log.warning("outbox %s: %s: deleted %d synced windows to make room", self._path,
                         "queue at its hard cap" if at_cap else "disk full", n)
