@@ -269,31 +269,25 @@ class Pipeline:
 
     async def _capture_resumed(self, first_sample: datetime) -> None:
         """Audio flows again after a capture loss: store the gap (last audio -> first new sample)."""
-        assert self._capture_lost is not None
-        lost_at, reason = self._capture_lost
-        self._capture_lost = None
-        start = lost_at if lost_at is not None and lost_at <= first_sample else first_sample
-        gap = Gap(event_id=str(uuid.uuid4()), device_id=self.device_id, start_time=start, end_time=first_sample,
-                  reason="capture_lost", detail=reason)
-        log.warning("capture resumed: %.1f s without audio (%s to %s) recorded as a gap",
-                    (first_sample - start).total_seconds(), start.isoformat(timespec="seconds"),
-                    first_sample.isoformat(timespec="seconds"))
-        await self._put_event(gap)
+        await self._record_capture_gap(first_sample, "capture resumed", "")
 
     async def _capture_ended_while_lost(self) -> None:
         """Stopped while the capture device is still lost: store the gap up to now."""
-        if self._capture_lost is None:
-            return
+        if self._capture_lost is not None:
+            await self._record_capture_gap(datetime.now(timezone.utc), "stopping with the capture device still lost",
+                                           " (still lost when the agent stopped)")
+
+    async def _record_capture_gap(self, end: datetime, what: str, detail_suffix: str) -> None:
+        """Store the time without audio since the capture was lost, up to ``end`` (UTC), as a
+        ``capture_lost`` :class:`Gap`, and clear the lost state."""
+        assert self._capture_lost is not None
         lost_at, reason = self._capture_lost
         self._capture_lost = None
-        now = datetime.now(timezone.utc)
-        start = lost_at if lost_at is not None and lost_at <= now else now
-        log.warning("stopping with the capture device still lost: %.1f s without audio (%s to %s) recorded as a gap",
-                    (now - start).total_seconds(), start.isoformat(timespec="seconds"),
-                    now.isoformat(timespec="seconds"))
+        start = lost_at if lost_at is not None and lost_at <= end else end
+        log.warning("%s: %.1f s without audio (%s to %s) recorded as a gap", what, (end - start).total_seconds(),
+                    start.isoformat(timespec="seconds"), end.isoformat(timespec="seconds"))
         await self._put_event(Gap(event_id=str(uuid.uuid4()), device_id=self.device_id, start_time=start,
-                                  end_time=now, reason="capture_lost",
-                                  detail=f"{reason} (still lost when the agent stopped)"))
+                                  end_time=end, reason="capture_lost", detail=reason + detail_suffix))
 
     async def _put_event(self, event: Gap | ClockStep) -> None:
         try:

@@ -772,17 +772,29 @@ class Outbox:
             return
         self._free_checked = now
         try:
-            free = self._free_bytes()
-            if free < self._cfg.min_free_mb * MB:
-                n = self._delete_synced(conn, None)
-                if n:
-                    log.warning("outbox %s: less than [store] min_free_mb = %g MB free: deleted %d synced windows",
-                                self._path, self._cfg.min_free_mb, n)
-                    self._checkpoint(conn)
-            elif not self._reserve_path.exists():
+            if self._relieve_low_disk(conn) is None:
                 self._ensure_reserve()
         except (sqlite3.Error, OSError) as err:  # the write itself will say what is wrong
             log.debug("outbox %s: keeping space free failed: %s", self._path, err)
+
+    def _relieve_low_disk(self, conn: sqlite3.Connection) -> int | None:
+        """Policy step 2: with less than ``min_free_mb`` free, delete every synced window and
+        checkpoint, so that the freed pages take the next windows and the file need not grow.
+
+        Returns:
+            Synced windows deleted, or ``None`` when the disk is not low.
+
+        Raises:
+            sqlite3.Error: not even one batch could be deleted.
+        """
+        if self._free_bytes() >= self._cfg.min_free_mb * MB:
+            return None
+        n = self._delete_synced(conn, None)
+        if n:
+            log.warning("outbox %s: less than [store] min_free_mb = %g MB free: deleted %d synced windows",
+                        self._path, self._cfg.min_free_mb, n)
+            self._checkpoint(conn)
+        return n
 
     # -- eviction policy (see StoreConfig) ------------------------------------------------
 
@@ -959,17 +971,14 @@ class Outbox:
         cfg = self._cfg
 
         def work(conn: sqlite3.Connection) -> int:
-            disk_low = self._free_bytes() < cfg.min_free_mb * MB
-            cutoff = None if disk_low else _to_text(datetime.now(timezone.utc) - timedelta(days=cfg.keep_synced_days))
-            n = self._delete_synced(conn, cutoff)
-            if n and disk_low:
-                log.warning("outbox %s: less than [store] min_free_mb = %g MB free: deleted %d synced windows",
-                            self._path, cfg.min_free_mb, n)
-                self._checkpoint(conn)  # the freed pages take the next windows: the file need not grow
-            elif n and self._incremental_vacuum:  # space to spare: give the freed pages back
-                # executescript steps it to completion (execute() would free one page per call)
-                conn.executescript("PRAGMA incremental_vacuum;")
-                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            n = self._relieve_low_disk(conn)
+            if n is None:  # space to spare: retention, and give the freed pages back
+                n = self._delete_synced(conn, _to_text(datetime.now(timezone.utc)
+                                                       - timedelta(days=cfg.keep_synced_days)))
+                if n and self._incremental_vacuum:
+                    # executescript steps it to completion (execute() would free one page per call)
+                    conn.executescript("PRAGMA incremental_vacuum;")
+                    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
             self._ensure_reserve()
             return n
 

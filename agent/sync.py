@@ -438,11 +438,8 @@ async def send_batch(conn: psycopg.AsyncConnection, results: Sequence[WindowResu
     detections = [
         (r.key, int(d.rank), d.label, int(d.label_index), float(d.score)) for r in results for d in r.detections
     ]
-    async with conn.cursor() as cur:
-        await cur.executemany(_INSERT_WINDOW, windows)
-        inserted = max(cur.rowcount, 0)
-        if detections:
-            await cur.executemany(_INSERT_DETECTION, detections)
+    inserted = await _insert_rows(conn, "a batch", [(_INSERT_WINDOW, windows)])
+    await _insert_rows(conn, "a batch", [(_INSERT_DETECTION, detections)])
     return inserted
 
 
