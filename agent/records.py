@@ -10,6 +10,7 @@ the only record that reaches storage, holds no samples.
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -200,16 +201,24 @@ class Detection:
     """One label among a window's top-k.
 
     Attributes:
-        rank: 1 = highest score.
-        label: AudioSet display name (e.g. "Bird vocalization, bird call, bird song").
-        label_index: index into the model's ``id2label`` (0..526 for AudioSet).
+        rank: 1 = highest score, counted per taxonomy (each classifier ranks its own labels).
+        label: AudioSet display name (e.g. "Bird vocalization, bird call, bird song") or a
+            BirdNET species ``Scientific name_Common name`` (e.g.
+            "Cranioleuca erythrops_Red-faced Spinetail").
+        label_index: index into the model's labels (0..526 for AudioSet, 0..6521 for BirdNET).
         score: sigmoid of the logit, finite, in [0, 1] (multi-label: scores do not sum to 1).
+        taxonomy: the label set: ``audioset`` (AST) or ``birdnet``.
+        offset_s: start of the part of the window that gave the score, s from the window's
+            start (BirdNET: the 3 s chunk with the highest score); ``None`` when the score
+            is the whole window's (AST).
     """
 
     rank: int
     label: str
     label_index: int
     score: float
+    taxonomy: str = "audioset"
+    offset_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,23 +231,52 @@ class ModelInfo:
             with it passes for real labels.
         model_hash: sha256 (hex) over the model directory's weight and config files, see
             :func:`agent.analysis.models.model_hash`.
-        backend: ``torch`` or ``onnx``.
+        backend: ``torch``, ``onnx`` (AST) or ``litert`` (BirdNET).
         is_scaffold: True for a random-weight test model built by ``model scaffold``.
+        taxonomy: the label set the model scores: ``audioset`` or ``birdnet``.
     """
 
     model_id: str
     model_hash: str
     backend: str
     is_scaffold: bool
+    taxonomy: str = "audioset"
 
 
 class Status(str, enum.Enum):
-    """What happened to a window's classification. SPL is computed for every window."""
+    """What happened to a window's classification, per classifier and for the window as a
+    whole (:func:`overall_status`). SPL is computed for every window."""
 
     CLASSIFIED = "classified"
     SKIPPED_BACKLOG = "skipped_backlog"  # analysis queue full: classification skipped, counted
     FAILED = "failed"  # the model raised; the window's levels are still kept
-    DISABLED = "disabled"  # classifier.enabled = false: levels only
+    DISABLED = "disabled"  # no classifier enabled: levels only
+    NOT_SCHEDULED = "not_scheduled"  # [classifier] every_n_windows: not this window's turn
+    PARTIAL = "partial"  # window only: one classifier ran, another was skipped or failed
+
+
+def overall_status(statuses: Sequence[Status]) -> Status:
+    """A window's status from its classifiers' statuses.
+
+    Args:
+        statuses: one per enabled classifier, in configuration order.
+
+    Returns:
+        ``DISABLED`` for none; ``CLASSIFIED`` when every classifier classified the window or
+        was not scheduled for it (at least one classified); ``NOT_SCHEDULED`` when none was
+        scheduled; ``PARTIAL`` when one classified and another was skipped or failed;
+        otherwise ``FAILED`` if any failed, else ``SKIPPED_BACKLOG``.
+    """
+    scheduled = [s for s in statuses if s is not Status.NOT_SCHEDULED]
+    if not statuses:
+        return Status.DISABLED
+    if not scheduled:
+        return Status.NOT_SCHEDULED
+    if all(s is Status.CLASSIFIED for s in scheduled):
+        return Status.CLASSIFIED
+    if any(s is Status.CLASSIFIED for s in scheduled):
+        return Status.PARTIAL
+    return Status.FAILED if Status.FAILED in scheduled else Status.SKIPPED_BACKLOG
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,11 +289,17 @@ class WindowResult:
         index, start_time, sample_rate, clock_synchronised, xruns: as in :class:`Window`.
         duration_s: window length, s.
         levels: calibrated noise indicators and band levels, see :class:`Levels`.
-        status: classification outcome, see :class:`Status`.
-        detections: top-k labels, rank order; empty unless ``status`` is CLASSIFIED.
-        model: provenance of the classifier, ``None`` if the window was not classified.
+        status: the window's classification outcome (:func:`overall_status` of
+            ``classifier_status``), see :class:`Status`.
+        detections: top-k labels of every classifier that ran, each classifier's in rank
+            order (AudioSet first); :attr:`Detection.taxonomy` says whose.
+        models: provenance of each classifier that classified the window, in configuration
+            order; empty if none did. :attr:`model` is the first.
         indices: acoustic indices, ``None`` when ``[indices] enabled = false``.
         health: microphone content health, see :class:`MicHealth`.
+        classifier_status: ``(taxonomy, status)`` of each enabled classifier, in
+            configuration order (e.g. ``(("audioset", SKIPPED_BACKLOG), ("birdnet",
+            CLASSIFIED))``); empty when none is enabled.
     """
 
     key: str
@@ -269,9 +313,20 @@ class WindowResult:
     levels: Levels
     status: Status
     detections: tuple[Detection, ...] = field(default_factory=tuple)
-    model: ModelInfo | None = None
+    models: tuple[ModelInfo, ...] = field(default_factory=tuple)
     indices: AcousticIndices | None = None
     health: MicHealth | None = None
+    classifier_status: tuple[tuple[str, Status], ...] = field(default_factory=tuple)
+
+    @property
+    def model(self) -> ModelInfo | None:
+        """The first classifier's model that classified the window (the legacy one-model
+        columns), or ``None``."""
+        return self.models[0] if self.models else None
+
+    def model_for(self, taxonomy: str) -> ModelInfo | None:
+        """The model of ``taxonomy`` that classified this window, or ``None``."""
+        return next((m for m in self.models if m.taxonomy == taxonomy), None)
 
 
 @dataclass(frozen=True, slots=True)

