@@ -58,18 +58,38 @@ def format_result(result) -> str:
     flags = f"  [mic: {', '.join(result.health.flags)}]" if result.health and result.health.flags else ""
     head = (f"window {result.index:5d}  {t} UTC  {result.duration_s:4.1f} s  "
             f"LAeq {result.levels.laeq_db:5.1f} dB(A)  LZeq {result.levels.lzeq_db:5.1f} dB SPL{flags}")
-    if result.status is Status.CLASSIFIED:
-        labels = ", ".join(f"{d.label} {d.score:.2f}" for d in result.detections)
-        tag = "  [SCAFFOLD model: labels meaningless]" if result.model and result.model.is_scaffold else ""
-        return f"{head}  {labels}{tag}"
-    return f"{head}  ({result.status.value})"
+    if not result.classifier_status:
+        return f"{head}  ({result.status.value})"
+    parts = []
+    for taxonomy, status in result.classifier_status:
+        if status is not Status.CLASSIFIED:
+            parts.append(f"{taxonomy}: ({status.value})")
+            continue
+        model = result.model_for(taxonomy)
+        found = [d for d in result.detections if d.taxonomy == taxonomy]
+        labels = ", ".join(f"{_short_label(d.label, taxonomy)} {d.score:.2f}" for d in found) or "nothing above threshold"
+        tag = "  [SCAFFOLD model: labels meaningless]" if model and model.is_scaffold else ""
+        parts.append(f"{taxonomy}: {labels}{tag}")
+    return f"{head}  " + "  |  ".join(parts)
+
+
+def _short_label(label: str, taxonomy: str) -> str:
+    """BirdNET's ``Scientific name_Common name`` shown as ``Common name (Scientific name)``."""
+    if taxonomy == "birdnet" and "_" in label:
+        scientific, common = label.split("_", 1)
+        return f"{common} ({scientific})"
+    return label
 
 
 def _announce_model(info) -> None:
-    print(f"model: {info.model_id}  backend {info.backend}  sha256 {info.model_hash[:16]}…", flush=True)
+    print(f"model: {info.model_id}  [{info.taxonomy}]  backend {info.backend}  sha256 {info.model_hash[:16]}…",
+          flush=True)
     if info.is_scaffold:
         print("WARNING: this is a SCAFFOLD test model with random weights: its labels and scores are "
               "meaningless. Every result is stored with this model id.", flush=True)
+    if info.taxonomy == "birdnet":
+        print("note: the BirdNET model is licensed CC BY-NC-SA 4.0 (non-commercial use only; "
+              "https://creativecommons.org/licenses/by-nc-sa/4.0/); this project's code is MIT.", flush=True)
 
 
 # ------------------------------------------------------------------------------ run
@@ -84,7 +104,8 @@ async def run_pipeline(cfg: Config, *, max_windows: int | None = None, quiet: bo
         max_windows: stop after this many windows (``None``: until SIGTERM/SIGINT or the
             source ends).
         quiet: do not print one line per window.
-        classifier: an already loaded classifier (``demo`` loads its own); else loaded here.
+        classifier: an already loaded AST classifier (``demo`` loads its own); else loaded
+            here when ``[classifier] enabled``. BirdNET is loaded here when ``[birdnet] enabled``.
 
     Returns:
         0 on a clean stop.
@@ -95,7 +116,7 @@ async def run_pipeline(cfg: Config, *, max_windows: int | None = None, quiet: bo
     from agent.analysis.acoustics import AcousticAnalyser, choose_calibration
     from agent.analysis.classifier import load_classifier
     from agent.capture import make_source
-    from agent.pipeline import Pipeline
+    from agent.pipeline import ClassifierSlot, Pipeline
     from agent.store import Outbox
     from agent.sync import Syncer
 
@@ -127,12 +148,19 @@ async def run_pipeline(cfg: Config, *, max_windows: int | None = None, quiet: bo
             await asyncio.to_thread(analyser.warm_up, rate)
             if loading:
                 classifier = await asyncio.to_thread(load_classifier, cfg.classifier)
+        slots = []
         if classifier is not None:
-            _announce_model(classifier.info)
+            slots.append(ClassifierSlot(classifier, cfg.classifier.queue_size, cfg.classifier.every_n_windows))
+        if cfg.birdnet.enabled:
+            from agent.analysis.birdnet import load_birdnet
+
+            slots.append(ClassifierSlot(await asyncio.to_thread(load_birdnet, cfg.birdnet), cfg.birdnet.queue_size))
+        for slot in slots:
+            _announce_model(slot.classifier.info)
         syncer = Syncer(cfg.sync, outbox) if cfg.sync.dsn else None
         pipeline = Pipeline(
             device_id=cfg.agent.device_id, source=source, windows=cfg.windows, acoustics=analyser,
-            classifier=classifier, queue_size=cfg.classifier.queue_size, outbox=outbox, syncer=syncer,
+            classifiers=slots, outbox=outbox, syncer=syncer,
             on_result=None if quiet else (lambda r: print(format_result(r), flush=True)),
             max_windows=max_windows, final_sync_timeout_s=cfg.sync.final_timeout_s, ops=cfg.ops,
         )
@@ -148,8 +176,7 @@ async def run_pipeline(cfg: Config, *, max_windows: int | None = None, quiet: bo
     faults = (f"; {stats.capture_errors} capture losses, {stats.gaps} gaps, {stats.clock_steps} clock steps, "
               f"{stats.dropped} windows not stored") if (stats.capture_errors or stats.gaps or stats.clock_steps
                                                         or stats.dropped) else ""
-    print(f"done: {stats.windows} windows ({stats.classified} classified, {stats.skipped} skipped, "
-          f"{stats.failed} failed), {stats.xruns} xruns; queue: {queue.unsynced} of "
+    print(f"done: {stats.windows} windows ({stats.summary()}), {stats.xruns} xruns; queue: {queue.unsynced} of "
           f"{queue.windows_total} windows not yet synced{faults}", flush=True)
     return 0
 

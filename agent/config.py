@@ -564,6 +564,14 @@ class Config(_Section):
     sync: SyncConfig = SyncConfig()
     ops: OpsConfig = OpsConfig()
 
+    @model_validator(mode="after")
+    def _birdnet_window(self) -> "Config":
+        # BirdNET classifies 3 s chunks and pads nothing (agent.analysis.birdnet.chunk_starts)
+        if self.birdnet.enabled and self.windows.length_s < 3.0:
+            raise ValueError(f"[birdnet] enabled needs [windows] length_s >= 3 (BirdNET classifies 3 s chunks), "
+                             f"got {self.windows.length_s:g}")
+        return self
+
 
 def _shown(value: object, limit: int = 80) -> str:
     """``repr(value)`` for an error message, at most ``limit`` characters: a config may hold

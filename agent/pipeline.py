@@ -4,9 +4,10 @@
 
     capture ─Chunk─▶ windows ─Window─▶ acoustics: levels, bands, indices, health (every window)
       (reader thread)                      │  (acoustics thread, filter state carried in order)
-                                           ├─ classify queue not full ─▶ classifier (worker thread) ─┐
-                                           └─ queue full: classification skipped, counted ───────────┤
-                                                                                                     ▼
+                                           │  for each classifier (AST, BirdNET), its turn (every_n_windows):
+                                           ├─ its queue not full ─▶ classifier (its own worker thread) ─┐
+                                           └─ queue full: skipped for that classifier, counted ─────────┤
+                                                          window stored when every classifier answered ▼
                                   PostgreSQL ◀─ sync (async psycopg, batches, backoff) ◀─ outbox (SQLite, one writer thread)
 
 Nothing here blocks the event loop: capture reads in its own thread, acoustics and inference
@@ -33,10 +34,11 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable
-from datetime import datetime, timezone
+from collections import Counter
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
 from agent.analysis.acoustics import AcousticAnalyser, Acoustics
 from agent.analysis.classifier import Classifier
@@ -44,7 +46,7 @@ from agent.capture import ThreadedSource
 from agent.config import OpsConfig, WindowsConfig
 from agent.errors import DeviceError, StoreError
 from agent.ops import SystemdNotifier, backoff_delay, host_snapshot, write_textfile
-from agent.records import ClockStep, Gap, Heartbeat, Status, Window, WindowResult
+from agent.records import ClockStep, Detection, Gap, Heartbeat, Status, Window, WindowResult, overall_status
 from agent.store import Outbox, StorePressure
 from agent.sync import Syncer
 from agent.windows import Windower, ntp_synchronised
@@ -68,8 +70,12 @@ class PipelineStats:
 
     Attributes:
         windows: windows cut and stored (each with its levels).
-        classified: windows classified; skipped: classification skipped because the classify
-            queue was full (levels still stored); failed: the classifier raised.
+        classified: windows every scheduled classifier classified; partial: windows one
+            classifier classified while another was skipped or failed; skipped: windows no
+            classifier classified because their queues were full (levels still stored);
+            failed: windows whose classifiers raised (and none classified).
+        by_classifier: per taxonomy (``audioset``, ``birdnet``), the count of each
+            :class:`~agent.records.Status` value it had.
         xruns: capture overruns.
         frames: audio frames received from capture.
         heartbeats: heartbeats queued.
@@ -81,8 +87,10 @@ class PipelineStats:
 
     windows: int = 0
     classified: int = 0
+    partial: int = 0
     skipped: int = 0
     failed: int = 0
+    by_classifier: dict[str, Counter[str]] = field(default_factory=dict)
     xruns: int = 0
     frames: int = 0
     heartbeats: int = 0
@@ -90,6 +98,78 @@ class PipelineStats:
     capture_errors: int = 0
     gaps: int = 0
     clock_steps: int = 0
+
+    def count(self, classifier_status: Sequence[tuple[str, Status]], status: Status) -> None:
+        """Count one stored window: its overall ``status`` and each classifier's."""
+        for taxonomy, s in classifier_status:
+            self.by_classifier.setdefault(taxonomy, Counter())[s.value] += 1
+        if status is Status.CLASSIFIED:
+            self.classified += 1
+        elif status is Status.PARTIAL:
+            self.partial += 1
+        elif status is Status.SKIPPED_BACKLOG:
+            self.skipped += 1
+        elif status is Status.FAILED:
+            self.failed += 1
+
+    def summary(self) -> str:
+        """``N classified, N skipped, N failed`` (and the per-classifier counts when there are
+        several or one runs on a duty cycle), for STATUS= and the final line."""
+        head = f"{self.classified} classified, {self.skipped} skipped, {self.failed} failed"
+        if self.partial:
+            head += f", {self.partial} partial"
+        per = self.by_classifier
+        if len(per) > 1 or any(Status.NOT_SCHEDULED.value in c for c in per.values()):
+            head += "; " + "; ".join(f"{t}: " + ", ".join(f"{n} {k}" for k, n in sorted(c.items()))
+                                     for t, c in per.items())
+        return head
+
+
+@dataclass(frozen=True, slots=True)
+class ClassifierSlot:
+    """A loaded classifier and how the pipeline feeds it.
+
+    Attributes:
+        classifier: the model (AST or BirdNET), called from one worker thread of its own.
+        queue_size: windows that may wait for it; when full, a live source's new windows skip
+            it (``skipped_backlog`` for this classifier), a file replay waits.
+        every_n_windows: classify windows whose index is divisible by N; the others get
+            ``not_scheduled`` for this classifier.
+    """
+
+    classifier: Classifier
+    queue_size: int = 3
+    every_n_windows: int = 1
+
+
+class _ClassifierWorker:
+    """One classifier's bounded queue and its inference thread (the event loop side only)."""
+
+    def __init__(self, slot: ClassifierSlot) -> None:
+        self.slot = slot
+        self.taxonomy = slot.classifier.taxonomy
+        self.queue: asyncio.Queue[tuple[Window, asyncio.Future[Outcome]] | None] = asyncio.Queue(slot.queue_size)
+        # One thread: a classifier is not thread-safe.
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix=f"classify-{self.taxonomy}")
+
+    async def run(self) -> None:
+        """Classify queued windows until ``None`` is queued; each outcome resolves its future."""
+        loop = asyncio.get_running_loop()
+        while (item := await self.queue.get()) is not None:
+            window, outcome = item
+            try:
+                detections = await loop.run_in_executor(self.pool, self.slot.classifier.classify, window.samples,
+                                                        window.sample_rate, window.start_time)
+            except Exception:
+                log.exception("%s classification of window %d failed; its levels are kept", self.taxonomy,
+                              window.index)
+                outcome.set_result((Status.FAILED, ()))
+                continue
+            outcome.set_result((Status.CLASSIFIED, tuple(detections)))
+
+
+#: A classifier's outcome for one window: its status and its detections.
+Outcome = tuple[Status, tuple[Detection, ...]]
 
 
 def _wall_minus_boottime() -> float:
@@ -108,10 +188,9 @@ class Pipeline:
         source: an opened capture source.
         windows: the ``[windows]`` section.
         acoustics: levels, indices and health of each window (its state follows the stream).
-        classifier: a loaded classifier, or ``None`` to store levels only.
-        queue_size: windows that may wait for classification; when it is full, a live source's
-            new windows skip classification (counted; SPL is still stored), while a
-            non-real-time file replay waits instead.
+        classifiers: the loaded classifiers (AST, BirdNET: both, either or none — levels
+            only), each with its own queue and worker thread (:class:`ClassifierSlot`); a
+            window is stored once every one of them has classified or skipped it.
         outbox: an opened SQLite outbox.
         syncer: the PostgreSQL syncer, or ``None`` when no DSN is configured.
         on_result: called in the event loop with each stored result (e.g. to print it).
@@ -124,7 +203,7 @@ class Pipeline:
     """
 
     def __init__(self, *, device_id: str, source: ThreadedSource, windows: WindowsConfig,
-                 acoustics: AcousticAnalyser, classifier: Classifier | None, queue_size: int,
+                 acoustics: AcousticAnalyser, classifiers: Sequence[ClassifierSlot] = (),
                  outbox: Outbox, syncer: Syncer | None,
                  on_result: Callable[[WindowResult], None] | None = None,
                  max_windows: int | None = None, final_sync_timeout_s: float = 10.0,
@@ -133,7 +212,7 @@ class Pipeline:
         self.source = source
         self.windower = Windower(windows, stream_id=uuid.uuid4().hex[:16])
         self.acoustics = acoustics
-        self.classifier = classifier
+        self.classifiers = tuple(classifiers)
         self.outbox = outbox
         self.syncer = syncer
         self.on_result = on_result
@@ -148,16 +227,14 @@ class Pipeline:
         self._started = time.monotonic()
         self._ready = asyncio.Event()
         self._last_commit = 0.0  # monotonic time of the newest stored window (0: none yet)
-        self._classify_q: asyncio.Queue[tuple[Window, Acoustics] | None] = asyncio.Queue(queue_size)
+        self._workers = [_ClassifierWorker(slot) for slot in self.classifiers]
+        self._storing: set[asyncio.Task[None]] = set()  # windows waiting for their classifiers
         self._stop = asyncio.Event()
         # fault state (event loop only)
         self._capture_lost: tuple[datetime | None, str] | None = None  # (audio end, reason) while down
         self._reconnect_attempts = 0
         self._dropped_since: tuple[datetime, int] | None = None  # first dropped window's start, count
         self._last_store_failure = 0.0  # monotonic
-        # One inference thread: the classifier is not thread-safe, and one at a time is all
-        # a Pi 4 can afford next to capture.
-        self._infer_pool = ThreadPoolExecutor(1, thread_name_prefix="classifier")
         # One acoustics thread: the level meter's filter state must see the windows in order.
         self._acoustics_pool = ThreadPoolExecutor(1, thread_name_prefix="acoustics")
 
@@ -181,16 +258,20 @@ class Pipeline:
         """
         sync_stop = asyncio.Event()
         sync_task = asyncio.create_task(self.syncer.run(sync_stop)) if self.syncer else None
-        classify_task = asyncio.create_task(self._classify_loop())
+        classify_tasks = [asyncio.create_task(w.run()) for w in self._workers]
         supervise_task = asyncio.create_task(self._supervise())
         try:
             await self._capture_loop()
         finally:
-            await self._classify_q.put(None)  # after the windows in flight
-            await classify_task
+            for worker in self._workers:
+                await worker.queue.put(None)  # after the windows in flight
+            await asyncio.gather(*classify_tasks)
+            while self._storing:
+                await asyncio.gather(*self._storing)
             supervise_task.cancel()
             await asyncio.gather(supervise_task, return_exceptions=True)
-            self._infer_pool.shutdown(wait=True)
+            for worker in self._workers:
+                worker.pool.shutdown(wait=True)
             self._acoustics_pool.shutdown(wait=True)
             if sync_task is not None:
                 sync_stop.set()
@@ -301,38 +382,44 @@ class Pipeline:
             self.stats.clock_steps += 1
 
     async def _analyse(self, window: Window) -> None:
-        acoustics = await asyncio.get_running_loop().run_in_executor(
-            self._acoustics_pool, self.acoustics.analyse, window)
-        self.stats.windows += 1
-        if self.classifier is None:
-            await self._store(window, acoustics, Status.DISABLED)
-            return
-        if not self.source.live:  # offline replay: wait for the classifier, skip nothing
-            await self._classify_q.put((window, acoustics))
-            return
-        try:
-            self._classify_q.put_nowait((window, acoustics))
-        except asyncio.QueueFull:
-            self.stats.skipped += 1
-            log.warning("analysis behind: classification of window %d skipped (%d skipped so far); levels kept",
-                        window.index, self.stats.skipped)
-            await self._store(window, acoustics, Status.SKIPPED_BACKLOG)
-
-    async def _classify_loop(self) -> None:
+        """Acoustics of every window, then each classifier whose turn it is: queued to it, or
+        skipped when its queue is full and the source is live (a replay waits instead). The
+        window is stored once every classifier has answered."""
         loop = asyncio.get_running_loop()
-        while (item := await self._classify_q.get()) is not None:
-            window, acoustics = item
-            assert self.classifier is not None
-            try:
-                detections = await loop.run_in_executor(
-                    self._infer_pool, self.classifier.classify, window.samples, window.sample_rate)
-            except Exception:
-                self.stats.failed += 1
-                log.exception("classification of window %d failed; its levels are kept", window.index)
-                await self._store(window, acoustics, Status.FAILED)
-                continue
-            self.stats.classified += 1
-            await self._store(window, acoustics, Status.CLASSIFIED, detections)
+        acoustics = await loop.run_in_executor(self._acoustics_pool, self.acoustics.analyse, window)
+        self.stats.windows += 1
+        outcomes: list[asyncio.Future[Outcome]] = []
+        for worker in self._workers:
+            outcome: asyncio.Future[Outcome] = loop.create_future()
+            outcomes.append(outcome)
+            if window.index % worker.slot.every_n_windows:
+                outcome.set_result((Status.NOT_SCHEDULED, ()))
+            elif not self.source.live:  # offline replay: wait for the classifier, skip nothing
+                await worker.queue.put((window, outcome))
+            else:
+                try:
+                    worker.queue.put_nowait((window, outcome))
+                except asyncio.QueueFull:
+                    outcome.set_result((Status.SKIPPED_BACKLOG, ()))
+                    log.warning("analysis behind: %s classification of window %d skipped; levels kept",
+                                worker.taxonomy, window.index)
+        if all(o.done() for o in outcomes):
+            await self._store_classified(window, acoustics, outcomes)
+        else:
+            task = asyncio.create_task(self._store_classified(window, acoustics, outcomes))
+            self._storing.add(task)
+            task.add_done_callback(self._storing.discard)
+
+    async def _store_classified(self, window: Window, acoustics: Acoustics,
+                                outcomes: list[asyncio.Future[Outcome]]) -> None:
+        """Wait for every classifier's outcome of ``window``, then store it."""
+        results = [await o for o in outcomes]
+        status_of = tuple((w.taxonomy, r[0]) for w, r in zip(self._workers, results))
+        status = overall_status([s for _, s in status_of])
+        self.stats.count(status_of, status)
+        models = tuple(w.slot.classifier.info for w, r in zip(self._workers, results) if r[0] is Status.CLASSIFIED)
+        detections = tuple(d for r in results for d in r[1])
+        await self._store(window, acoustics, status, detections, models, status_of)
 
     async def _supervise(self) -> None:
         """Watchdog pings, status line and heartbeats, until cancelled (see the module docstring)."""
@@ -422,7 +509,7 @@ class Pipeline:
         s = self.stats
         lost = "; CAPTURE LOST, reconnecting" if self._capture_lost is not None else ""
         dropped = f"; {s.dropped} windows NOT stored" if s.dropped else ""
-        return (f"{s.windows} windows ({s.classified} classified, {s.skipped} skipped, {s.failed} failed), "
+        return (f"{s.windows} windows ({s.summary()}), "
                 f"{s.xruns} xruns, up {time.monotonic() - self._started:.0f} s{lost}{dropped}")
 
     async def _heartbeat(self) -> Heartbeat:
@@ -435,7 +522,7 @@ class Pipeline:
         if degraded:
             log.warning("degraded: %s", ", ".join(degraded))
         host = await asyncio.to_thread(host_snapshot, self.outbox.path)
-        info = self.classifier.info if self.classifier is not None else None
+        info = self.classifiers[0].classifier.info if self.classifiers else None
         s = self.stats
         beat = Heartbeat(
             heartbeat_id=str(uuid.uuid4()), device_id=self.device_id, time=datetime.now(timezone.utc),
@@ -463,13 +550,14 @@ class Pipeline:
                 log.warning("node-exporter textfile %s not written: %s", self.ops.textfile_path, err)
         return beat
 
-    async def _store(self, window: Window, acoustics: Acoustics, status: Status, detections: tuple = ()) -> None:
+    async def _store(self, window: Window, acoustics: Acoustics, status: Status, detections: tuple[Detection, ...],
+                     models: tuple, classifier_status: tuple[tuple[str, Status], ...]) -> None:
         result = WindowResult(
             key=window.key, device_id=self.device_id, index=window.index, start_time=window.start_time,
             duration_s=window.duration_s, sample_rate=window.sample_rate,
             clock_synchronised=window.clock_synchronised, xruns=window.xruns, levels=acoustics.levels,
-            indices=acoustics.indices, health=acoustics.health, status=status, detections=tuple(detections),
-            model=self.classifier.info if (self.classifier is not None and status is Status.CLASSIFIED) else None,
+            indices=acoustics.indices, health=acoustics.health, status=status, detections=detections,
+            models=models, classifier_status=classifier_status,
         )
         try:
             await self.outbox.put(result)

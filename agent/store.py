@@ -152,6 +152,29 @@ _MIGRATIONS: tuple[str, ...] = (
         reason      TEXT NOT NULL                       -- 'queue_full' | 'disk_full'
     ) WITHOUT ROWID;
     """,
+    # 5: several classifiers per window (AST and BirdNET): each detection says whose label set
+    # it belongs to (taxonomy; ranks count per taxonomy) and which part of the window gave it
+    # (offset_s); the window keeps every classifier's model (models, JSON list of
+    # records.ModelInfo; the schema-1 model_* columns keep the first) and status
+    # (classifier_status, JSON object taxonomy -> records.Status value). NULL for older rows.
+    """
+    ALTER TABLE windows ADD COLUMN models TEXT;
+    ALTER TABLE windows ADD COLUMN classifier_status TEXT;
+    CREATE TABLE detections_v5 (
+        window_key   TEXT NOT NULL REFERENCES windows (key) ON DELETE CASCADE,
+        taxonomy     TEXT NOT NULL,                     -- 'audioset' | 'birdnet'
+        rank         INTEGER NOT NULL CHECK (rank >= 1),
+        label        TEXT NOT NULL,
+        label_index  INTEGER NOT NULL CHECK (label_index >= 0),
+        score        REAL NOT NULL CHECK (score >= 0.0 AND score <= 1.0),
+        offset_s     REAL,                              -- s from the window's start; NULL: whole window
+        PRIMARY KEY (window_key, taxonomy, rank)
+    ) WITHOUT ROWID;
+    INSERT INTO detections_v5 (window_key, taxonomy, rank, label, label_index, score)
+        SELECT window_key, 'audioset', rank, label, label_index, score FROM detections;
+    DROP TABLE detections;
+    ALTER TABLE detections_v5 RENAME TO detections;
+    """,
 )
 
 #: Schema version this code writes and reads (``PRAGMA user_version``).
@@ -160,7 +183,7 @@ SCHEMA_VERSION = len(_MIGRATIONS)
 _WINDOW_COLUMNS = (
     "key, device_id, window_index, start_time, duration_s, sample_rate, clock_synchronised,"
     " xruns, leq_db, leq_series_db, peak_dbfs, status, model_id, model_hash, model_backend,"
-    " model_is_scaffold, indicators"
+    " model_is_scaffold, indicators, models, classifier_status"
 )
 
 
@@ -311,21 +334,26 @@ def _window_row(r: WindowResult, stored_at: str) -> tuple[Any, ...]:
         m.backend if m else None,
         int(bool(m.is_scaffold)) if m else None,
         _indicators_json(r),
+        json.dumps([dataclasses.asdict(mi) for mi in r.models]),
+        json.dumps({t: Status(st).value for t, st in r.classifier_status}),
         stored_at,
     )
 
 
 def _result_from_row(row: tuple[Any, ...], detections: tuple[Detection, ...]) -> WindowResult:
     (key, device_id, index, start_time, duration_s, sample_rate, clock_sync, xruns, leq_db,
-     leq_series, peak_dbfs, status, model_id, model_hash, model_backend, model_is_scaffold, indicators) = row
-    model = None
-    if model_id is not None:
-        model = ModelInfo(
-            model_id=model_id,
-            model_hash=model_hash,
-            backend=model_backend,
-            is_scaffold=bool(model_is_scaffold),
-        )
+     leq_series, peak_dbfs, status, model_id, model_hash, model_backend, model_is_scaffold, indicators,
+     models_json, classifier_status_json) = row
+    if models_json is not None:  # schema 5
+        models = tuple(ModelInfo(**m) for m in json.loads(models_json))
+    elif model_id is not None:
+        models = (ModelInfo(model_id=model_id, model_hash=model_hash, backend=model_backend,
+                            is_scaffold=bool(model_is_scaffold)),)
+    else:
+        models = ()
+    classifier_status = tuple((t, Status(v)) for t, v in json.loads(classifier_status_json or "{}").items())
+    order = {t: i for i, (t, _) in enumerate(classifier_status)}
+    detections = tuple(sorted(detections, key=lambda d: (order.get(d.taxonomy, len(order)), d.rank)))
     doc = json.loads(indicators) if indicators is not None else None
     health = None
     if doc is not None and doc.get("health") is not None:
@@ -344,9 +372,10 @@ def _result_from_row(row: tuple[Any, ...], detections: tuple[Detection, ...]) ->
                             _unreal(peak_dbfs)),
         status=Status(status),
         detections=detections,
-        model=model,
+        models=models,
         indices=AcousticIndices(**doc["indices"]) if doc is not None and doc.get("indices") is not None else None,
         health=health,
+        classifier_status=classifier_status,
     )
 
 
@@ -728,20 +757,22 @@ class Outbox:
             ValueError: ``result.start_time`` is naive.
         """
         row = _window_row(result, _to_text(datetime.now(timezone.utc)))
-        dets = [(result.key, int(d.rank), d.label, int(d.label_index), float(d.score)) for d in result.detections]
+        dets = [(result.key, d.taxonomy, int(d.rank), d.label, int(d.label_index), float(d.score), d.offset_s)
+                for d in result.detections]
 
         def work(conn: sqlite3.Connection) -> bool:
             # ON CONFLICT (key) DO NOTHING, not INSERT OR IGNORE: OR IGNORE would also
             # silently drop rows violating NOT NULL / CHECK constraints.
             cur = conn.execute(
-                f"INSERT INTO windows ({_WINDOW_COLUMNS}, stored_at) VALUES ({', '.join('?' * 18)})"
+                f"INSERT INTO windows ({_WINDOW_COLUMNS}, stored_at) VALUES ({', '.join('?' * len(row))})"
                 " ON CONFLICT (key) DO NOTHING",
                 row,
             )
             if cur.rowcount == 0:
                 return False
             conn.executemany(
-                "INSERT INTO detections (window_key, rank, label, label_index, score) VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO detections (window_key, taxonomy, rank, label, label_index, score, offset_s)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 dets,
             )
             return True
@@ -1075,13 +1106,15 @@ class Outbox:
                     (limit,),
                 ).fetchall()
                 dets: dict[str, list[Detection]] = {}
-                for key, rank, label, label_index, score in conn.execute(
-                    "SELECT window_key, rank, label, label_index, score FROM detections WHERE window_key IN"
+                for key, taxonomy, rank, label, label_index, score, offset_s in conn.execute(
+                    "SELECT window_key, taxonomy, rank, label, label_index, score, offset_s FROM detections"
+                    " WHERE window_key IN"
                     " (SELECT key FROM windows WHERE synced_at IS NULL ORDER BY start_time, key LIMIT ?)"
-                    " ORDER BY window_key, rank",
+                    " ORDER BY window_key, taxonomy, rank",
                     (limit,),
                 ):
-                    dets.setdefault(key, []).append(Detection(int(rank), label, int(label_index), float(score)))
+                    dets.setdefault(key, []).append(Detection(int(rank), label, int(label_index), float(score),
+                                                              taxonomy, offset_s))
             finally:
                 conn.execute("COMMIT")
             return [_result_from_row(row, tuple(dets.get(row[0], ()))) for row in rows]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import importlib.resources
 import logging
 import math
@@ -64,14 +65,16 @@ INSERT INTO windows (
     band_centres_hz, band_leq_db,
     aci, adi, aei, bi, ndsi, hf, ht,
     clipping_ratio, dc_offset_fs, rms_dbfs, hum_share, health_flags,
-    cal_offset_db, cal_sensitivity_dbv, cal_gain_db, cal_vadc, cal_reference_db, cal_time
+    cal_offset_db, cal_sensitivity_dbv, cal_gain_db, cal_vadc, cal_reference_db, cal_time,
+    classifier_status
 ) VALUES (
     %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::double precision[], %s, %s, %s, %s, %s, %s, %s::uuid,
     %s, %s, %s, %s, %s, %s, %s, %s, %s::double precision[],
     %s::real[], %s::real[],
     %s, %s, %s, %s, %s, %s, %s,
     %s, %s, %s, %s, %s::text[],
-    %s, %s, %s, %s, %s, %s
+    %s, %s, %s, %s, %s, %s,
+    %s::jsonb
 ) ON CONFLICT DO NOTHING
 """
 
@@ -97,8 +100,9 @@ VALUES (%s::uuid, %s, %s, %s, %s) ON CONFLICT DO NOTHING
 """
 
 _INSERT_DETECTION = """
-INSERT INTO detections (window_key, rank, label, label_index, score)
-VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING
+INSERT INTO detections (window_key, taxonomy, rank, label, label_index, score, offset_s, model_id, model_hash,
+                        model_is_scaffold)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING
 """
 
 
@@ -405,7 +409,18 @@ def _window_params(r: WindowResult, sync_id: uuid.UUID) -> tuple:
         float(cal.offset_db), float(cal.sensitivity_dbv), float(cal.gain_db), float(cal.vadc),
         None if cal.reference_db is None else float(cal.reference_db),
         cal.calibrated_at,
+        json.dumps({t: st.value for t, st in r.classifier_status}) if r.classifier_status else None,
     )
+
+
+def _detection_params(r: WindowResult) -> list[tuple]:
+    """Rows of ``_INSERT_DETECTION`` for one window: each detection with its classifier's model."""
+    rows = []
+    for d in r.detections:
+        m = r.model_for(d.taxonomy)
+        rows.append((r.key, d.taxonomy, int(d.rank), d.label, int(d.label_index), float(d.score), d.offset_s,
+                     m.model_id if m else None, m.model_hash if m else None, m.is_scaffold if m else None))
+    return rows
 
 
 async def send_batch(conn: psycopg.AsyncConnection, results: Sequence[WindowResult], sync_id: str) -> int:
@@ -435,9 +450,7 @@ async def send_batch(conn: psycopg.AsyncConnection, results: Sequence[WindowResu
     if not results:
         return 0
     windows = [_window_params(r, sid) for r in results]
-    detections = [
-        (r.key, int(d.rank), d.label, int(d.label_index), float(d.score)) for r in results for d in r.detections
-    ]
+    detections = [row for r in results for row in _detection_params(r)]
     inserted = await _insert_rows(conn, "a batch", [(_INSERT_WINDOW, windows)])
     await _insert_rows(conn, "a batch", [(_INSERT_DETECTION, detections)])
     return inserted

@@ -62,10 +62,36 @@ def make_result(index: int = 0, *, device: str = "audiomoth-01", stream: str = "
                          flags=("mains_hum",) if index % 5 == 4 else ()),
         status=status,
         detections=dets,
-        model=model if classified else None,
+        models=(model,) if classified and model is not None else (),
+        classifier_status=(("audioset", status),) if status is not Status.DISABLED else (),
     )
 
 
 def make_results(n: int, **kw) -> list[WindowResult]:
     """``n`` consecutive windows (indices 0..n-1)."""
     return [make_result(i, **kw) for i in range(n)]
+
+
+BIRDNET_MODEL = ModelInfo(
+    model_id="BirdNET-GLOBAL-6K-V2.4 (CC BY-NC-SA 4.0, non-commercial)", model_hash="b1" * 32, backend="litert",
+    is_scaffold=False, taxonomy="birdnet",
+)
+SPECIES = ("Cranioleuca erythrops_Red-faced Spinetail", "Cranioleuca curtata_Ash-browed Spinetail")
+
+
+def make_two_classifier_result(index: int = 0, *, ast: Status = Status.CLASSIFIED,
+                               birdnet: Status = Status.CLASSIFIED, **kw) -> WindowResult:
+    """Window ``index`` seen by AST (``ast`` status, 3 AudioSet labels if classified) and by
+    BirdNET (``birdnet`` status, 2 species with their chunk offsets if classified)."""
+    from dataclasses import replace
+
+    from agent.records import overall_status
+
+    base = make_result(index, status=Status.CLASSIFIED, **kw)
+    dets = base.detections if ast is Status.CLASSIFIED else ()
+    if birdnet is Status.CLASSIFIED:
+        dets += tuple(Detection(rank=r + 1, label=SPECIES[r], label_index=1500 + r, score=0.8 - 0.3 * r,
+                                taxonomy="birdnet", offset_s=3.0 * r) for r in range(2))
+    models = tuple(m for m, s in ((MODEL, ast), (BIRDNET_MODEL, birdnet)) if s is Status.CLASSIFIED)
+    return replace(base, status=overall_status([ast, birdnet]), detections=dets, models=models,
+                   classifier_status=(("audioset", ast), ("birdnet", birdnet)))

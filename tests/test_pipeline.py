@@ -15,7 +15,7 @@ from agent.analysis.acoustics import AcousticAnalyser
 from agent.analysis.levels import nominal_calibration
 from agent.config import (AlsaCaptureConfig, FileCaptureConfig, HealthConfig, IndicesConfig, LevelsConfig,
                           StoreConfig, TorchClassifierConfig, WindowsConfig)
-from agent.pipeline import Pipeline
+from agent.pipeline import ClassifierSlot, Pipeline
 from agent.store import Outbox
 from tests.audio import PCM_NAME, RECORDINGS, real_audio_s16, write_alsa_file_pcm
 
@@ -25,7 +25,7 @@ async def _run(source, classifier, db, *, windows: WindowsConfig, queue_size: in
     async with Outbox(StoreConfig(path=db)) as outbox:
         acoustics = AcousticAnalyser(LevelsConfig(), IndicesConfig(), HealthConfig(), nominal_calibration(LevelsConfig()))
         p = Pipeline(device_id="t", source=source, windows=windows, acoustics=acoustics,
-                     classifier=classifier, queue_size=queue_size, outbox=outbox, syncer=None,
+                     classifiers=[ClassifierSlot(classifier, queue_size)] if classifier is not None else [], outbox=outbox, syncer=None,
                      max_windows=max_windows)
         stats = await p.run()
     return stats

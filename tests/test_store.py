@@ -485,3 +485,52 @@ def test_latest_calibration_is_the_newest_measurement(tmp_path):
             return await ob.latest_calibration()
 
     assert asyncio.run(main()) == later
+
+
+def test_two_classifiers_per_window_round_trip_with_their_own_ranks_models_and_statuses(tmp_path):
+    """AST and BirdNET both rank from 1; one may be skipped while the other ran (``partial``)."""
+    from tests.factories import make_two_classifier_result
+
+    results = [make_two_classifier_result(0), make_two_classifier_result(1, ast=Status.SKIPPED_BACKLOG),
+               make_two_classifier_result(2, ast=Status.NOT_SCHEDULED)]
+
+    async def main():
+        async with Outbox(StoreConfig(path=tmp_path / "q.db")) as ob:
+            for r in results:
+                assert await ob.put(r)
+            return await ob.pending(10)
+
+    back = asyncio.run(main())
+    assert back == results
+    assert [r.status for r in back] == [Status.CLASSIFIED, Status.PARTIAL, Status.CLASSIFIED]
+    both = back[0]
+    assert [(d.taxonomy, d.rank) for d in both.detections] == [("audioset", 1), ("audioset", 2), ("audioset", 3),
+                                                               ("birdnet", 1), ("birdnet", 2)]
+    assert both.model_for("birdnet").backend == "litert" and both.detections[-1].offset_s == 3.0
+    assert back[1].model_for("audioset") is None and dict(back[1].classifier_status)["audioset"] is Status.SKIPPED_BACKLOG
+
+
+def test_a_schema_4_queue_keeps_its_detections_as_audioset_ones(tmp_path):
+    """Schema 5 rebuilds the detections table (its key gains the taxonomy): an unsynced window
+    queued before the upgrade keeps its labels and its model."""
+    from agent.store import _MIGRATIONS
+
+    path = tmp_path / "old.db"
+    con = sqlite3.connect(path, isolation_level=None)
+    con.executescript("BEGIN; " + " ".join(_MIGRATIONS[:4]) + " PRAGMA user_version = 4; COMMIT;")
+    con.execute(
+        "INSERT INTO windows (key, device_id, window_index, start_time, duration_s, sample_rate, clock_synchronised,"
+        " xruns, leq_db, leq_series_db, peak_dbfs, status, model_id, model_hash, model_backend, model_is_scaffold,"
+        " stored_at) VALUES ('old-0', 'moth', 0, '2024-05-01T04:30:00.000000+00:00', 10.0, 48000, 1, 0, 51.5,"
+        " '[50.0]', -20.0, 'classified', 'MIT/ast', 'ab', 'onnx', 0, '2024-05-01T04:30:10.000000+00:00')")
+    con.execute("INSERT INTO detections VALUES ('old-0', 1, 'Speech', 0, 0.75), ('old-0', 2, 'Rain', 5, 0.25)")
+    con.close()
+
+    async def main():
+        async with Outbox(StoreConfig(path=path)) as ob:
+            return await ob.pending(10)
+
+    (old,) = asyncio.run(main())
+    assert [(d.taxonomy, d.rank, d.label, d.offset_s) for d in old.detections] == [
+        ("audioset", 1, "Speech", None), ("audioset", 2, "Rain", None)]
+    assert old.model.model_id == "MIT/ast" and old.model.taxonomy == "audioset"

@@ -503,3 +503,49 @@ def test_backoff_grows_with_jitter_between_initial_and_max():
     assert all(5 <= d <= 20 for d in third) and len(set(third)) > 100  # jittered
     late = [s.backoff_delay(50) for _ in range(200)]
     assert all(5 <= d <= 600 for d in late) and max(late) > 300
+
+
+def test_detections_say_which_classifier_made_them_and_the_view_appends_their_columns(migrated_dsn, tmp_path):
+    """AST and BirdNET detections of one window reach PostgreSQL with their taxonomy, model id
+    and hash, chunk offset and the classifier's status; detections_flat keeps its first five
+    columns and its model_id is the detection's own classifier's."""
+    from tests.factories import BIRDNET_MODEL, MODEL, make_two_classifier_result
+
+    results = [make_two_classifier_result(0), make_two_classifier_result(1, ast=Status.SKIPPED_BACKLOG)]
+    queue_and_sync_once(tmp_path, results, migrated_dsn)
+    with psycopg.connect(migrated_dsn) as con:
+        cur = con.execute("SELECT * FROM detections_flat ORDER BY window_key, taxonomy, rank")
+        names = [c.name for c in cur.description]
+        rows = [dict(zip(names, r)) for r in cur.fetchall()]
+        statuses = dict(con.execute("SELECT window_key, status FROM windows").fetchall())
+    assert names[:5] == ["label", "score", "device", "sync_id", "sync_time"]
+    assert names[-4:] == ["taxonomy", "model_hash", "offset_s", "classifier_status"]
+    assert statuses == {"s1-0": "classified", "s1-1": "partial"}
+    birds = [r for r in rows if r["taxonomy"] == "birdnet"]
+    assert len(birds) == 4 and len(rows) == 4 + 3
+    assert {r["model_id"] for r in birds} == {BIRDNET_MODEL.model_id}
+    assert {r["model_id"] for r in rows if r["taxonomy"] == "audioset"} == {MODEL.model_id}
+    assert [r["offset_s"] for r in birds[:2]] == [0.0, 3.0] and birds[0]["classifier_status"] == "classified"
+    assert birds[0]["label"] == "Cranioleuca erythrops_Red-faced Spinetail" and birds[0]["rank"] == 1
+
+
+def test_a_schema_5_database_keeps_its_detections_when_migrated(pg_dsn, tmp_path):
+    """Rows delivered before migration 0006 become AudioSet detections of their window's model."""
+    from agent.sync import _CREATE_MIGRATIONS_TABLE, _migrations
+
+    with psycopg.connect(pg_dsn, autocommit=True) as con:  # a server as the previous release left it
+        con.execute(_CREATE_MIGRATIONS_TABLE)
+        for version, _name, sql in _migrations():
+            if version <= 5:
+                con.execute(sql)
+                con.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (version,))
+        con.execute("INSERT INTO windows (window_key, device, window_index, start_time, duration_s, sample_rate,"
+                    " clock_synchronised, status, model_id, model_hash, model_is_scaffold, sync_id) VALUES"
+                    " ('k-0', 'moth', 0, now(), 10, 48000, true, 'classified', 'MIT/ast', 'ab', false,"
+                    " gen_random_uuid())")
+        con.execute("INSERT INTO detections (window_key, rank, label, label_index, score) VALUES"
+                    " ('k-0', 1, 'Speech', 0, 0.5)")
+    migrate(pg_dsn)
+    with psycopg.connect(pg_dsn) as con:
+        row = con.execute("SELECT taxonomy, model_id, model_hash, offset_s FROM detections_flat").fetchone()
+    assert row == ("audioset", "MIT/ast", "ab", None)

@@ -37,6 +37,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
@@ -66,20 +67,23 @@ class Classifier(Protocol):
     Blocking, and NOT thread-safe: call ``classify``/``scores`` from one worker thread at a
     time (the model, its thread pool and the feature extractor hold mutable state).
 
+    Implemented by the AST backends (:class:`ASTClassifierBase`, taxonomy ``audioset``) and
+    by :class:`agent.analysis.birdnet.BirdNETClassifier` (taxonomy ``birdnet``).
+
     Attributes:
+        taxonomy: the label set, ``audioset`` or ``birdnet``; stored with every detection.
         info: provenance stored with every result (:class:`~agent.records.ModelInfo`).
         labels: label names in index order (527 AudioSet display names for AST).
     """
 
+    taxonomy: str
     info: ModelInfo
     labels: Sequence[str]
 
-    def classify(self, samples: np.ndarray, sample_rate: int) -> tuple[Detection, ...]:
-        """Top-k labels of one window; see :meth:`ASTClassifierBase.classify`."""
-        ...
-
-    def scores(self, samples: np.ndarray, sample_rate: int) -> np.ndarray:
-        """Every label's score of one window; see :meth:`ASTClassifierBase.scores`."""
+    def classify(self, samples: np.ndarray, sample_rate: int,
+                 start_time: datetime | None = None) -> tuple[Detection, ...]:
+        """Top-k labels of one window (``start_time``: the window's UTC start, for
+        date-dependent filters; AST ignores it); see :meth:`ASTClassifierBase.classify`."""
         ...
 
 
@@ -190,6 +194,7 @@ class ASTClassifierBase:
     """
 
     backend: ClassVar[str] = ""
+    taxonomy: ClassVar[str] = "audioset"
 
     def __init__(self, cfg: TorchClassifierConfig | OnnxClassifierConfig) -> None:
         self._top_k = cfg.top_k
@@ -274,12 +279,14 @@ class ASTClassifierBase:
 
         return expit(logits).max(axis=0)
 
-    def classify(self, samples: np.ndarray, sample_rate: int) -> tuple[Detection, ...]:
+    def classify(self, samples: np.ndarray, sample_rate: int,
+                 start_time: datetime | None = None) -> tuple[Detection, ...]:
         """Top-k AudioSet labels of one window. Blocking; not thread-safe.
 
         Args:
             samples: mono, shape (n,), float32, full scale ±1.0.
             sample_rate: Hz (any; resampled to 16 kHz).
+            start_time: unused (AudioSet labels do not depend on the date).
 
         Returns:
             up to ``top_k`` :class:`~agent.records.Detection` (rank from 1, descending sigmoid
