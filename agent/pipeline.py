@@ -43,7 +43,7 @@ from datetime import datetime, timezone
 from agent.analysis.acoustics import AcousticAnalyser, Acoustics
 from agent.analysis.classifier import Classifier
 from agent.capture import ThreadedSource
-from agent.config import OpsConfig, WindowsConfig
+from agent.config import BirdnetConfig, ClassifierConfig, OpsConfig, WindowsConfig
 from agent.errors import DeviceError, StoreError
 from agent.ops import SystemdNotifier, backoff_delay, host_snapshot, write_textfile
 from agent.records import ClockStep, Detection, Gap, Heartbeat, Status, Window, WindowResult, overall_status
@@ -140,6 +140,36 @@ class ClassifierSlot:
     classifier: Classifier
     queue_size: int = 3
     every_n_windows: int = 1
+
+
+def load_classifier_slots(classifier: ClassifierConfig, birdnet: BirdnetConfig,
+                          ast: Classifier | None = None) -> list[ClassifierSlot]:
+    """Load the enabled classifiers, AST first, each with its queue size and duty cycle.
+
+    Args:
+        classifier: the ``[classifier]`` section (AST), loaded when ``enabled``.
+        birdnet: the ``[birdnet]`` section, loaded when ``enabled``.
+        ast: an AST classifier loaded already (``demo`` loads its own), used instead of
+            loading ``classifier``.
+
+    Returns:
+        zero, one or two :class:`ClassifierSlot`.
+
+    Raises:
+        ModelError: a model cannot be found or loaded (exit 66).
+    """
+    slots = []
+    if ast is None and classifier.enabled:
+        from agent.analysis.classifier import load_classifier
+
+        ast = load_classifier(classifier)
+    if ast is not None:
+        slots.append(ClassifierSlot(ast, classifier.queue_size, classifier.every_n_windows))
+    if birdnet.enabled:
+        from agent.analysis.birdnet import load_birdnet
+
+        slots.append(ClassifierSlot(load_birdnet(birdnet), birdnet.queue_size))
+    return slots
 
 
 class _ClassifierWorker:

@@ -103,3 +103,42 @@ def test_event_loop_stays_responsive_while_full_size_ast_classifies(tmp_path, fu
     assert stats.classified == 4  # 00, 03, 06, 09 h recordings
     assert sum(inference_s) > 1.0, "the full-size model must really have computed"
     assert max(lags) < 0.5, f"event loop lagged {max(lags):.2f} s during inference"
+
+
+def _classifier_statuses(db) -> list[tuple[int, str, str]]:
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return con.execute("SELECT window_index, status, classifier_status FROM windows ORDER BY window_index").fetchall()
+    finally:
+        con.close()
+
+
+def test_every_n_windows_classifies_exactly_the_promised_windows(tmp_path, tiny_model_dir):
+    """A duty cycle of 3: windows 0, 3, 6, … classified, the others stored with their levels as
+    not scheduled (not as skipped: nothing the configuration promised was missed)."""
+    import json
+
+    clf = load_classifier(TorchClassifierConfig(model=str(tiny_model_dir)))
+    source = make_source(FileCaptureConfig(path=str(RECORDINGS / "S4A03895_20190522_00*.wav")))
+    source.open()
+    db = tmp_path / "q.db"
+
+    async def main():
+        async with Outbox(StoreConfig(path=db)) as outbox:
+            acoustics = AcousticAnalyser(LevelsConfig(), IndicesConfig(), HealthConfig(),
+                                         nominal_calibration(LevelsConfig()))
+            p = Pipeline(device_id="t", source=source, windows=WindowsConfig(length_s=1), acoustics=acoustics,
+                         classifiers=[ClassifierSlot(clf, queue_size=2, every_n_windows=3)], outbox=outbox,
+                         syncer=None)
+            return await p.run()
+
+    stats = asyncio.run(main())
+    rows = _classifier_statuses(db)
+    assert stats.windows == len(rows) == 10
+    for index, status, per in rows:
+        expected = "classified" if index % 3 == 0 else "not_scheduled"
+        assert json.loads(per) == {"audioset": expected}, (index, per)
+        assert status == ("classified" if index % 3 == 0 else "not_scheduled")
+    assert stats.by_classifier["audioset"] == {"classified": 4, "not_scheduled": 6}
+    con = sqlite3.connect(db)
+    assert con.execute("SELECT count(DISTINCT window_key) FROM detections").fetchone()[0] == 4
