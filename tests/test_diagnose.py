@@ -157,3 +157,28 @@ def test_invalid_config_is_a_failed_check_not_a_traceback(tmp_path):
     assert "Traceback" not in r.stderr
     r = agent("diagnose", "--check", "nonsense", "--config", str(cfg))
     assert r.returncode != 0 and "--check takes one of" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_model_check_says_whether_the_configured_classifiers_keep_up_together(tmp_path, tiny_model_dir,
+                                                                             full_model_dir, migrated_dsn):
+    """AST (tiny scaffold) beside BirdNET (real weights) on 3 s windows keeps up here; the
+    full-size AST on PyTorch with 1 s windows does not (each window is padded to AST's 10.24 s
+    of frames: ~2 s of compute per 1 s hop), and the check says so with what to change."""
+    cfg, env = _setup(tmp_path, migrated_dsn, tiny_model_dir, windows={"length_s": 3.0},
+                      birdnet={"enabled": True})
+    code, doc, _ = _diagnose(cfg, env, "--check", "model")
+    c = _by_name(doc)["model"]
+    assert code == 0 and c["status"] == "ok", c
+    assert [t["taxonomy"] for t in c["value"]["classifiers"]] == ["audioset", "birdnet"]
+    assert c["value"]["keeps_up"] is True
+    rtf = c["value"]["real_time_factor"]
+    assert rtf == pytest.approx(sum(t["inference_s"] for t in c["value"]["classifiers"]) / 3.0, abs=2e-3)
+    assert "CC BY-NC-SA 4.0" in c["detail"] and "keeps up" in c["detail"]
+
+    cfg, env = _setup(tmp_path, migrated_dsn, full_model_dir, windows={"length_s": 1.0},
+                      classifier={"type": "torch", "threads": 1})
+    code, doc, _ = _diagnose(cfg, env, "--check", "model")
+    c = _by_name(doc)["model"]
+    assert code == 1 and c["status"] == "warn" and c["value"]["keeps_up"] is False, c
+    assert c["value"]["real_time_factor"] > 0.8 and "does NOT keep up" in c["detail"]
+    assert "every_n_windows" in c["hint"] and "16-16" in c["hint"]
