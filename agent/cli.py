@@ -350,7 +350,7 @@ def cmd_model_scaffold(args: argparse.Namespace) -> int:
     """``model scaffold``: write a random-weight AST test model from the real AudioSet config."""
     from agent.analysis.models import scaffold
 
-    info = scaffold(Path(args.out), tiny=args.tiny, onnx=args.onnx)
+    info = scaffold(Path(args.out), tiny=args.tiny, onnx=args.onnx, variant=args.variant)
     print(f"wrote SCAFFOLD test model (random weights, labels meaningless) to {args.out}: {info}")
     return 0
 
@@ -410,6 +410,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (sub-commands and their options)."""
     from agent.analysis.export import DEFAULT_QUANTIZE, QUANTIZE_CHOICES  # cheap: numpy only
+    from agent.analysis.models import AST_VARIANTS, DEFAULT_VARIANT
 
     p = _Parser(prog="soundscape-agent", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"soundscape-agent {__version__}")
@@ -470,6 +471,9 @@ def build_parser() -> argparse.ArgumentParser:
     sc = msub.add_parser("scaffold", help="write a random-weight AST test model (real config, 527 labels)")
     sc.add_argument("--out", required=True, help="output directory")
     sc.add_argument("--tiny", action="store_true", help="a small variant for fast tests")
+    sc.add_argument("--variant", choices=sorted(AST_VARIANTS), default=DEFAULT_VARIANT,
+                    help="AST patch strides: 10-10 (1212 patches, default) or 16-16 (512 patches: "
+                         "MIT/ast-finetuned-audioset-16-16-0.442, 2.7x less compute)")
     sc.add_argument("--onnx", action="store_true", help="also export model.onnx (needs the export extra)")
     sc.set_defaults(func=cmd_model_scaffold)
 

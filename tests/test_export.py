@@ -376,3 +376,35 @@ def test_fp32_and_int8_of_one_export_carry_different_hashes_and_manifest_does_no
     assert again.model_hash == int8.model_hash
     (copy / FP32_FILE).write_bytes(b"changed")  # not the file in use: no effect on int8's hash
     assert load_classifier(OnnxClassifierConfig(model=str(copy), file_name=INT8_FILE)).info.model_hash == int8.model_hash
+
+
+def test_ast_16_16_scaffold_exports_verifies_and_runs_in_both_backends(tmp_path):
+    """The 16-16 variant end to end: `model scaffold --variant 16-16` (512 patches, what was
+    derived said in its files), `model export` with int8 and verification, and the torch and
+    onnx backends giving the same scores on a real recording from the same 1024×128 features."""
+    from agent.analysis.classifier import load_classifier
+    from agent.config import OnnxClassifierConfig, TorchClassifierConfig
+
+    src = tmp_path / "ast16"
+    r = agent("model", "scaffold", "--variant", "16-16", "--tiny", "--out", str(src))
+    assert r.returncode == 0, r.stderr
+    mark = json.loads((src / SCAFFOLD_MARKER).read_text())
+    assert mark["variant"] == "16-16" and mark["stands_for"] == "MIT/ast-finetuned-audioset-16-16-0.442"
+    assert "frequency_stride = time_stride = 16" in mark["derived_from"] and "512 patches" in mark["derived_from"]
+    config = json.loads((src / "config.json").read_text())
+    assert (config["frequency_stride"], config["time_stride"], config["soundscape_variant"]) == (16, 16, "16-16")
+
+    out = tmp_path / "ast16-onnx"
+    result = export_model(str(src), out, quantize="avx2")
+    assert result.manifest["verification"]["passed"] is True
+    x, rate = read_recording()
+    torch_clf = load_classifier(TorchClassifierConfig(model=str(src)))
+    fp32 = load_classifier(OnnxClassifierConfig(model=str(out)))
+    int8 = load_classifier(OnnxClassifierConfig(model=str(out), file_name="model_quantized.onnx"))
+    assert "16-16" in torch_clf.info.model_id and torch_clf.info.is_scaffold
+    tokens = torch_clf._model.audio_spectrogram_transformer.embeddings.position_embeddings.shape[1]
+    assert tokens == 8 * 64 + 2  # 512 patches + CLS + distillation token
+    assert torch_clf.features(x, rate).shape == (1, 1024, 128)
+    reference = torch_clf.scores(x, rate)
+    assert np.abs(fp32.scores(x, rate) - reference).max() < 1e-4
+    assert np.abs(int8.scores(x, rate) - reference).max() < 0.05

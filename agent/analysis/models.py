@@ -44,6 +44,17 @@ SCAFFOLD_MARKER = "SCAFFOLD.json"
 SCAFFOLD_CONFIG_KEY = "soundscape_scaffold"
 #: The real model the packaged config comes from.
 SOURCE_MODEL_ID = "MIT/ast-finetuned-audioset-10-10-0.4593"
+#: The AST AudioSet variants: the real model each scaffold stands for, its patch strides (the
+#: only architectural difference: the 16-16 config is the 10-10 config with both strides set to
+#: 16), patches of a 1024 × 128 fbank, and its published AudioSet mAP (the figure in each model's
+#: hub id; Gong et al., "AST: Audio Spectrogram Transformer", Interspeech 2021, Table 5).
+AST_VARIANTS: dict[str, dict[str, Any]] = {
+    "10-10": {"model_id": "MIT/ast-finetuned-audioset-10-10-0.4593", "stride": 10, "patches": (12, 101),
+              "audioset_map": 0.4593},
+    "16-16": {"model_id": "MIT/ast-finetuned-audioset-16-16-0.442", "stride": 16, "patches": (8, 64),
+              "audioset_map": 0.442},
+}
+DEFAULT_VARIANT = "10-10"
 #: Architecture overrides of ``scaffold(tiny=True)``; labels, mel bins, frames, patches and
 #: strides stay those of the real model, so features and outputs have the real shapes.
 TINY_OVERRIDES: dict[str, int] = {
@@ -514,12 +525,16 @@ def _prepare_out_dir(out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
 
 
-def scaffold(out_dir: Path, tiny: bool = False, *, onnx: bool = False, seed: int = 0) -> ScaffoldResult:
+def scaffold(out_dir: Path, tiny: bool = False, *, onnx: bool = False, seed: int = 0,
+             variant: str = DEFAULT_VARIANT) -> ScaffoldResult:
     """Write an AST AudioSet model directory with RANDOM weights (a test model).
 
     The architecture and the 527 labels come from the packaged real config
     (``MIT/ast-finetuned-audioset-10-10-0.4593``: 12 layers, hidden 768, 12 heads,
     intermediate 3072, 128 mel bins, 1024 frames, 16×16 patches, strides 10);
+    ``variant="16-16"`` sets both patch strides to 16 (512 patches instead of 1212: the
+    ``MIT/ast-finetuned-audioset-16-16-0.442`` architecture; :data:`AST_VARIANTS`), recorded in
+    ``SCAFFOLD.json`` (``derived_from``) and ``config.json`` (``soundscape_variant``).
     ``tiny=True`` keeps labels, mel bins, frames, patches and strides but uses
     :data:`TINY_OVERRIDES` (2 layers, hidden 64, 2 heads, intermediate 128). Weights are
     transformers' initialisation under ``torch.manual_seed(seed)`` (deterministic; the global
@@ -538,16 +553,20 @@ def scaffold(out_dir: Path, tiny: bool = False, *, onnx: bool = False, seed: int
         tiny: small architecture for fast tests.
         onnx: also export ``model.onnx`` (needs the ``export`` extra: optimum-onnx).
         seed: torch seed for the random weights.
+        variant: ``10-10`` or ``16-16`` (:data:`AST_VARIANTS`).
 
     Returns:
         :class:`ScaffoldResult`.
 
     Raises:
+        ValueError: unknown ``variant``.
         ModelError: torch or transformers are not installed (the ``torch`` extra); ``out_dir``
             is a file, or a non-empty directory without ``SCAFFOLD.json`` (never overwrites
             what may be a real model); the ONNX export failed or optimum is not installed
             (the ``export`` extra).
     """
+    if variant not in AST_VARIANTS:
+        raise ValueError(f"unknown AST variant {variant!r}: use one of {', '.join(AST_VARIANTS)}")
     try:
         import torch
         from transformers import ASTConfig, ASTForAudioClassification
@@ -563,17 +582,28 @@ def scaffold(out_dir: Path, tiny: bool = False, *, onnx: bool = False, seed: int
         config_dict.pop(key, None)
     if tiny:
         config_dict.update(TINY_OVERRIDES)
+    spec = AST_VARIANTS[variant]
+    config_dict["frequency_stride"] = config_dict["time_stride"] = spec["stride"]
+    config_dict["soundscape_variant"] = variant
     n_labels = len(config_dict["id2label"])
-    model_id = f"{SCAFFOLD_ID_PREFIX}ast-audioset-{n_labels}{'-tiny' if tiny else ''}"
+    tag = "" if variant == DEFAULT_VARIANT else f"{variant}-"
+    model_id = f"{SCAFFOLD_ID_PREFIX}ast-{tag}audioset-{n_labels}{'-tiny' if tiny else ''}"
     mark = {
         "scaffold": True,
         "random_weights": True,
         "tiny": tiny,
         "seed": seed,
         "model_id": model_id,
+        "variant": variant,
+        "stands_for": spec["model_id"],
         "source_config": f"{SOURCE_MODEL_ID} config.json (packaged in agent/data/ast-audioset)",
         "warning": "labels are meaningless: random weights, for tests and benchmarks only",
     }
+    if variant != DEFAULT_VARIANT:
+        mark["derived_from"] = (f"{SOURCE_MODEL_ID} config.json with frequency_stride = time_stride = "
+                                f"{spec['stride']}: the only architectural difference of {spec['model_id']} "
+                                f"({spec['patches'][0]} x {spec['patches'][1]} = "
+                                f"{spec['patches'][0] * spec['patches'][1]} patches)")
     (out_dir / SCAFFOLD_MARKER).write_text(json.dumps(mark, indent=2) + "\n", encoding="utf-8")
 
     config = ASTConfig(**config_dict)
@@ -616,7 +646,7 @@ def scaffold(out_dir: Path, tiny: bool = False, *, onnx: bool = False, seed: int
 
 
 __all__ = [
-    "DEFAULT_PROBE_TIMEOUT_S", "HASHED_SUFFIXES", "SCAFFOLD_CONFIG_KEY", "SCAFFOLD_ID_PREFIX",
+    "AST_VARIANTS", "DEFAULT_PROBE_TIMEOUT_S", "DEFAULT_VARIANT", "HASHED_SUFFIXES", "SCAFFOLD_CONFIG_KEY", "SCAFFOLD_ID_PREFIX",
     "SCAFFOLD_MARKER", "SOURCE_MODEL_ID", "TINY_OVERRIDES", "WEIGHT_SUFFIXES", "ResolvedModel",
     "ScaffoldResult", "load_feature_extractor", "model_hash", "packaged_config_dir", "read_json",
     "resolve_model", "scaffold",
