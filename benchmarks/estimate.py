@@ -165,6 +165,20 @@ def _ref(name_part: str, precision: str, threads: int) -> PiReference:
                 if name_part in r.name and r.precision == precision and r.threads == threads)
 
 
+def pi4_rate(precision: str, threads: int) -> tuple[float, float]:
+    """(pessimistic, optimistic) Raspberry Pi 4 throughput, G MAC/s, for a transformer or CNN
+    at ``precision`` on ``threads`` threads (see :func:`pi4_estimate` for the basis)."""
+
+    def rate(name: str, prec: str) -> float:
+        if threads in (1, 4):
+            return _ref(name, prec, threads).gmac_per_s
+        one, four = _ref(name, prec, 1).gmac_per_s, _ref(name, prec, 4).gmac_per_s
+        return one + (four - one) * (threads - 1) / 3
+
+    vit, r50, r50_8 = rate("ViT", "fp32"), rate("resnet50)", "fp32"), rate("resnet50_int8", "int8")
+    return (vit, r50) if precision == "fp32" else (vit * r50_8 / r50, r50_8)
+
+
 def pi4_estimate(macs_per_window: float, window_s: float = 10.0) -> dict:
     """ESTIMATED seconds per window and real-time factor of AST on a Raspberry Pi 4.
 
@@ -186,20 +200,10 @@ def pi4_estimate(macs_per_window: float, window_s: float = 10.0) -> dict:
     Returns:
         a JSON-able dict with the basis, the arithmetic and the estimates (all marked ESTIMATE).
     """
-
-    def rate(name: str, precision: str, threads: int) -> float:
-        if threads in (1, 4):
-            return _ref(name, precision, threads).gmac_per_s
-        one, four = _ref(name, precision, 1).gmac_per_s, _ref(name, precision, 4).gmac_per_s
-        return one + (four - one) * (threads - 1) / 3
-
     rows = []
     for threads in (1, 3, 4):
-        vit = rate("ViT", "fp32", threads)
-        r50 = rate("resnet50)", "fp32", threads)
-        r50_8 = rate("resnet50_int8", "int8", threads)
-        cases = {"fp32": (r50, vit), "int8": (r50_8, vit * r50_8 / r50)}
-        for precision, (fast, slow) in cases.items():
+        for precision in ("fp32", "int8"):
+            slow, fast = pi4_rate(precision, threads)
             t_fast = macs_per_window / (fast * 1e9)
             t_slow = macs_per_window / (slow * 1e9)
             rows.append({
@@ -224,6 +228,125 @@ def pi4_estimate(macs_per_window: float, window_s: float = 10.0) -> dict:
         "clock_note": "the references ran at 1.8 GHz; a 1.5 GHz board is ~1.2× slower than these estimates",
         "rows": rows,
     }
+
+
+# ------------------------------------------------------------------------------ per variant
+
+#: EfficientNet-B0 on the same Pi 4, ncnn benchncnn (same section as :data:`PI4_REFERENCES`):
+#: 129.73 ms on 1 thread, 74.19 ms on 4; 0.39 G multiply-adds (Tan & Le, "EfficientNet", ICML
+#: 2019, Table 2). BirdNET V2.4 is an EfficientNet-style CNN of nearly the same size (0.40 GMAC
+#: per 3 s chunk, counted from its graph): a cross-check of the range, not a bound.
+EFFICIENTNET_B0_MACS = 0.39e9
+EFFICIENTNET_B0_PI4_MS = {1: 129.73, 4: 74.19}
+#: The same networks, one thread, on an x86 core (ncnn benchncnn, section "AMD Ryzen
+#: Threadripper 3970X (Zen2 3.7 GHz ~ 4.5 GHz x 32)") and on the Pi 4 (1.8 GHz): the Pi took
+#: this many times longer, ms / ms. Used to carry this machine's measured acoustics (numpy and
+#: scipy filters, FFTs: not MAC-counted) over to a Pi 4.
+NCNN_X86_VS_PI4_1_THREAD_MS: dict[str, tuple[float, float]] = {
+    "squeezenet": (11.78, 73.96), "mobilenet": (21.68, 124.32), "mobilenet_v2": (14.82, 93.48),
+    "mobilenet_v3": (12.15, 72.81), "shufflenet": (14.12, 47.51), "shufflenet_v2": (26.06, 42.12),
+    "mnasnet": (14.14, 83.98), "proxylessnasnet": (16.61, 98.78), "efficientnet_b0": (22.93, 129.73),
+    "regnety_400m": (18.56, 105.70), "blazeface": (6.21, 12.65), "googlenet": (58.49, 235.94),
+    "resnet18": (61.40, 191.10), "alexnet": (50.92, 139.40), "vgg16": (217.87, 1071.85),
+    "resnet50": (128.21, 534.11), "squeezenet_ssd": (114.47, 179.30), "mobilenet_ssd": (51.77, 251.00),
+    "mobilenet_yolo": (125.83, 558.80), "mobilenetv2_yolov3": (57.65, 306.52), "yolov4-tiny": (85.79, 372.99),
+}
+#: The target of the recommended Pi configuration: its estimated real-time factor, upper bound.
+RECOMMENDED_MAX_RTF = 0.5
+
+
+def _model_row(gmac: float, precision: str, threads: int, window_s: float) -> dict:
+    slow, fast = pi4_rate(precision, threads)
+    lo, hi = gmac / fast, gmac / slow
+    return {"threads": threads, "gmac_per_s_range": [round(slow, 2), round(fast, 2)],
+            "seconds_per_window_range": [round(lo, 3), round(hi, 3)],
+            "rtf_range": [round(lo / window_s, 3), round(hi / window_s, 3)],
+            "arithmetic": f"{gmac:.2f} GMAC / {fast:.2f} … {slow:.2f} GMAC/s = {lo:.2f} … {hi:.2f} s"}
+
+
+def pi4_by_variant(ast_gmac: dict[str, float], birdnet_gmac_per_chunk: float, acoustics_cpu_s_per_audio_s: float,
+                   window_s: float = 10.0, recommended: tuple[str, int] = ("16-16", 3)) -> dict:
+    """ESTIMATED Pi 4 cost of each classifier variant, of the acoustics, and of the
+    recommended configuration (AST variant on one window in N + BirdNET + acoustics).
+
+    Args:
+        ast_gmac: G MAC per window of each AST variant, counted from its exported graph
+            (``{"10-10": 130.5, "16-16": 48.6}``).
+        birdnet_gmac_per_chunk: G MAC of one BirdNET invocation (3 s), from its TFLite graph.
+        acoustics_cpu_s_per_audio_s: this machine's measured CPU time of the per-window
+            acoustics (levels, bands, indices, health) per second of audio.
+        window_s: window length, s (BirdNET: ``len(chunk_starts)`` chunks per window).
+        recommended: (AST variant, every_n_windows) of the recommended configuration.
+
+    Returns:
+        ``{"ast-<v>-int8" | "ast-<v>-fp32" | "birdnet" | "acoustics" | "pi4-recommended":
+        {"gmac_per_window", "seconds_per_window_range", "rtf_3_threads_range", "references", …}}``
+        (ranges [optimistic, pessimistic]).
+    """
+    from agent.analysis.birdnet import SAMPLE_RATE, chunk_starts
+
+    chunks = len(chunk_starts(int(window_s * SAMPLE_RATE)))
+    refs = [f"{r.name} {r.precision} {r.threads} thread(s): {r.gmac_per_s:.2f} GMAC/s ({r.source})"
+            for r in PI4_REFERENCES]
+    method = ("GMAC per window ÷ published Pi 4 throughput: optimistic ResNet-50 (large GEMMs), pessimistic "
+              "ViT-B/32 (int8: × ncnn's ResNet-50 int8/fp32 speed-up); 3 threads interpolated between the "
+              "published 1 and 4")
+    out: dict = {"label": "ESTIMATE (not measured on a Pi 4)", "window_s": window_s, "method": method}
+    for variant, gmac in ast_gmac.items():
+        for precision in ("int8", "fp32"):
+            three = _model_row(gmac, precision, 3, window_s)
+            out[f"ast-{variant}-{precision}"] = {
+                "gmac_per_window": round(gmac, 3), "precision": precision,
+                "seconds_per_window_range": three["seconds_per_window_range"],
+                "rtf_3_threads_range": three["rtf_range"], "arithmetic": three["arithmetic"], "references": refs}
+    bn_gmac = birdnet_gmac_per_chunk * chunks
+    one, three = _model_row(bn_gmac, "fp32", 1, window_s), _model_row(bn_gmac, "fp32", 3, window_s)
+    effnet = {t: EFFICIENTNET_B0_MACS / (ms / 1000) / 1e9 for t, ms in EFFICIENTNET_B0_PI4_MS.items()}
+    out["birdnet"] = {
+        "gmac_per_window": round(bn_gmac, 3), "gmac_per_chunk": round(birdnet_gmac_per_chunk, 4),
+        "chunks_per_window": chunks, "precision": "fp32 (TFLite, XNNPACK)",
+        "seconds_per_window_range": one["seconds_per_window_range"], "rtf_1_thread_range": one["rtf_range"],
+        "rtf_3_threads_range": three["rtf_range"], "threads_as_configured": 1,
+        "cross_check": (f"EfficientNet-B0 (0.39 GMAC, same family) on the Pi 4, ncnn: {effnet[1]:.2f} GMAC/s on 1 "
+                        f"thread → {bn_gmac / effnet[1]:.2f} s per {window_s:g} s window, inside the range"
+                        if one["seconds_per_window_range"][0] <= bn_gmac / effnet[1] <= one["seconds_per_window_range"][1]
+                        else f"EfficientNet-B0 on the Pi 4 gives {bn_gmac / effnet[1]:.2f} s: OUTSIDE the range"),
+        "references": refs + [f"efficientnet_b0 fp32 1 thread: {EFFICIENTNET_B0_PI4_MS[1]} ms ({_SRC})"]}
+    ratios = [pi / x86 for x86, pi in NCNN_X86_VS_PI4_1_THREAD_MS.values()]
+    lo_r, hi_r = min(ratios), max(ratios)
+    ac = acoustics_cpu_s_per_audio_s
+    out["acoustics"] = {
+        "cpu_s_per_audio_s_here": round(ac, 5), "slowdown_range": [round(lo_r, 2), round(hi_r, 2)],
+        "seconds_per_window_range": [round(ac * window_s * lo_r, 3), round(ac * window_s * hi_r, 3)],
+        "rtf_range": [round(ac * lo_r, 3), round(ac * hi_r, 3)], "threads": 1,
+        "method": ("this machine's CPU time per audio second × how many times longer the same networks took on "
+                   "one Pi 4 core than on one x86 core (ncnn benchncnn: Threadripper 3970X vs Pi 4, 1 thread, "
+                   f"{len(ratios)} networks, {lo_r:.1f}–{hi_r:.1f}×); the acoustics are filters and FFTs, not "
+                   "MAC-counted"),
+        "references": [f"{_SRC}; ncnn benchncnn section \"AMD Ryzen Threadripper 3970X (Zen2 3.7 GHz ~ 4.5 GHz x 32)\""]}
+    variant, every_n = recommended
+    ast = out[f"ast-{variant}-int8"]
+    parts = {
+        f"ast-{variant}-int8, 3 threads, one window in {every_n}": [round(v / every_n, 3) for v in ast["rtf_3_threads_range"]],
+        "birdnet, 1 thread, every window": out["birdnet"]["rtf_1_thread_range"],
+        "acoustics, 1 thread, every window": out["acoustics"]["rtf_range"],
+    }
+    lo = round(sum(v[0] for v in parts.values()), 3)
+    hi = round(sum(v[1] for v in parts.values()), 3)
+    out["pi4-recommended"] = {
+        "config": {"classifier": {"type": "onnx", "model": f"export of MIT/ast-finetuned-audioset-{variant}-"
+                                  f"{'0.442' if variant == '16-16' else '0.4593'}", "file_name": "model_quantized.onnx",
+                                  "threads": 3, "every_n_windows": every_n},
+                   "birdnet": {"enabled": True, "threads": 1}, "windows": {"length_s": window_s}},
+        "gmac_per_window": round(ast["gmac_per_window"] / every_n + bn_gmac, 3),
+        "parts_rtf_range": parts, "rtf_3_threads_range": [lo, hi],
+        "seconds_per_window_range": [round(lo * window_s, 2), round(hi * window_s, 2)],
+        "combination": "sum of each part's wall time per window at its own thread count, as if they ran one "
+                       "after another (they share the 4 cores: the sum is the conservative case)",
+        "target_max_rtf": RECOMMENDED_MAX_RTF, "meets_target": hi <= RECOMMENDED_MAX_RTF,
+        "references": "as for its parts",
+    }
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
