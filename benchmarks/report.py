@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 
 def _cell(text: str) -> str:
     """Text safe inside a markdown table cell (pipes escaped)."""
@@ -149,6 +151,8 @@ def render(results: dict) -> str:
         "- The agent runs one pass per 10 s window; the prototype one pass per 1 s clip (padded to the same "
         "1024 frames), i.e. 10× the compute per second of audio analysed.",
     ]
+    if results.get("pi4_by_variant"):
+        out += ["", render_by_variant(results)]
     pi = results["pi4_estimate"]
     out += [
         "",
@@ -200,4 +204,83 @@ def render(results: dict) -> str:
         "Only a measurement on a Pi 4 can settle it.",
         "",
     ]
+    return "\n".join(out)
+
+
+#: Rows of the README's "which model on which device" table: (benchmark variant, model, published
+#: accuracy, key of results["pi4_by_variant"], how its Pi 4 RTF is read).
+MODEL_ROWS: tuple[tuple[str, str, str, str, str], ...] = (
+    ("prototype", "prototype's method (AST 10-10, PyTorch, one pass per 1 s clip)", "AudioSet mAP 0.4593",
+     "", ""),
+    ("torch", "AST 10-10, PyTorch fp32", "AudioSet mAP 0.4593", "ast-10-10-fp32", "rtf_3_threads_range"),
+    ("onnx-fp32", "AST 10-10, ONNX fp32", "AudioSet mAP 0.4593", "ast-10-10-fp32", "rtf_3_threads_range"),
+    ("onnx-int8", "AST 10-10, ONNX int8", "AudioSet mAP 0.4593 (fp32)", "ast-10-10-int8", "rtf_3_threads_range"),
+    ("onnx-fp32-16x16", "AST 16-16, ONNX fp32", "AudioSet mAP 0.442", "ast-16-16-fp32", "rtf_3_threads_range"),
+    ("onnx-int8-16x16", "AST 16-16, ONNX int8", "AudioSet mAP 0.442 (fp32)", "ast-16-16-int8", "rtf_3_threads_range"),
+    ("birdnet", "BirdNET GLOBAL 6K V2.4, LiteRT fp32, 1 thread (CC BY-NC-SA 4.0)",
+     "6,522 species; no AudioSet mAP (Kahl et al. 2021)", "birdnet", "rtf_1_thread_range"),
+    ("pi4-recommended", "**recommended Pi 4**: AST 16-16 int8 on 1 window in 3 + BirdNET on every window + "
+     "acoustics", "as its parts", "pi4-recommended", "rtf_3_threads_range"),
+)
+
+
+def render_model_table(results: dict) -> str:
+    """README's "which model on which device": per model, published accuracy, compute per 10 s
+    window (counted from the exported graph), this machine's measured CPU time and peak RSS,
+    and the Pi 4 real-time factor ESTIMATE (3 inference threads; BirdNET 1)."""
+    pi = results["pi4_by_variant"]
+    variants = results["variants"]
+    lines = ["| model | published accuracy | GMAC per 10 s window | x86 CPU-s per audio-s (measured) | "
+             "peak RSS (measured) | Pi 4 RTF (ESTIMATE) |", "|---|---|---:|---:|---:|---|"]
+    for variant, name, accuracy, key, rtf_key in MODEL_ROWS:
+        v = variants.get(variant)
+        if v is None:
+            continue
+        if key:
+            gmac = f"{pi[key]['gmac_per_window']:.1f}"
+            lo, hi = pi[key][rtf_key]
+            rtf = f"{lo:.2f}–{hi:.2f}"
+        else:
+            gmac = f"{10 * results['macs_per_window']['measured']['total'] / 1e9:.0f} (10 passes)"
+            rtf = "—"
+        rss = max(v["peak_rss_mb"], (v.get("cold_start") or {}).get("peak_rss_mb", 0))
+        lines.append(f"| {name} | {accuracy} | {gmac} | {_f(v['cpu_s_per_audio_s'], '.4f')} | {rss:.0f} MB | {rtf} |")
+    return "\n".join(lines) + "\n"
+
+
+def render_by_variant(results: dict) -> str:
+    """results.md's section on compute per variant (three counts) and the Pi 4 ESTIMATE per variant."""
+    out = ["## Compute per variant, counted three ways", "",
+           "| variant | graph count, model.onnx | graph count, model_quantized.onnx | torch FlopCounter | formula |",
+           "|---|---:|---:|---:|---:|"]
+    for variant, m in results["macs_per_window_by_variant"].items():
+        g = m["graph"]
+        out.append(f"| AST {variant} | {g['model.onnx']['total'] / 1e9:.3f} GMAC | "
+                   f"{g['model_quantized.onnx']['total'] / 1e9:.3f} GMAC | {m['measured']['total'] / 1e9:.3f} GMAC | "
+                   f"{m['analytic']['total'] / 1e9:.3f} GMAC |")
+    bn = results["birdnet_macs_per_chunk"]
+    ac = results["acoustics_cost"]
+    pi = results["pi4_by_variant"]
+    out += ["", f"BirdNET: {bn['total'] / 1e9:.3f} GMAC per 3 s chunk ({bn['method']}; not counted: "
+            + ", ".join(f"{k} ×{n}" for k, n in sorted(bn["not_counted"].items())) + "), "
+            f"{pi['birdnet']['chunks_per_window']} chunks per 10 s window. Acoustics here: "
+            f"{ac['cpu_s_per_window']:.3f} CPU-s per 10 s window ({ac['method']}).", "",
+            "## Raspberry Pi 4 ESTIMATE per variant", "", f"**ESTIMATE, not measured on a Pi 4.** {pi['method']}.", "",
+            "| part | GMAC per window | s per 10 s window | RTF | basis |", "|---|---:|---|---|---|"]
+    for key, e in pi.items():
+        if not isinstance(e, dict) or key == "pi4-recommended":
+            continue
+        rtf_key = "rtf_3_threads_range" if "rtf_3_threads_range" in e and key != "birdnet" else (
+            "rtf_1_thread_range" if key == "birdnet" else "rtf_range")
+        threads = {"rtf_3_threads_range": "3 threads", "rtf_1_thread_range": "1 thread", "rtf_range": "1 thread"}[rtf_key]
+        gmac = f"{e['gmac_per_window']:.2f}" if "gmac_per_window" in e else "—"
+        lo, hi = e[rtf_key]
+        s_lo, s_hi = e["seconds_per_window_range"]
+        basis = e.get("arithmetic") or e.get("cross_check") or e.get("method", "")
+        out.append(f"| {key} ({threads}) | {gmac} | {s_lo}–{s_hi} | {lo}–{hi} | {_cell(basis)} |")
+    r = pi["pi4-recommended"]
+    out += ["", f"**Recommended configuration** ({_cell(json.dumps(r['config']))}): ESTIMATED RTF "
+            f"{r['rtf_3_threads_range'][0]}–{r['rtf_3_threads_range'][1]} ({r['combination']}); target ≤ "
+            f"{r['target_max_rtf']}: {'met' if r['meets_target'] else '**NOT met**'}. Parts: "
+            + "; ".join(f"{k} {v[0]}–{v[1]}" for k, v in r["parts_rtf_range"].items()) + ".", ""]
     return "\n".join(out)

