@@ -16,7 +16,10 @@ The Raspberry Pi 4 numbers are an ESTIMATE: MACs per window divided by throughpu
 *measured elsewhere on a Pi 4* and published (:data:`PI4_REFERENCES`), each converted to
 MAC/s with the MACs of the model it was measured on. No Pi 4 was used here.
 
-Usage (run.py calls it): ``python benchmarks/estimate.py --model DIR``: prints a JSON object.
+Usage: ``python benchmarks/estimate.py --model DIR`` prints a model's MACs as JSON (run.py calls
+it); ``python benchmarks/estimate.py --from benchmarks/results/results.json [--write]`` recomputes
+the Pi 4 ESTIMATE per variant (``pi4_by_variant``) from a results file without re-running the
+benchmark (``--write``: into the file, and ``results.md`` re-rendered).
 """
 
 from __future__ import annotations
@@ -253,21 +256,91 @@ NCNN_X86_VS_PI4_1_THREAD_MS: dict[str, tuple[float, float]] = {
 }
 #: The target of the recommended Pi configuration: its estimated real-time factor, upper bound.
 RECOMMENDED_MAX_RTF = 0.5
+#: The recommended Pi configuration: AST variant, its duty cycle (``[classifier]
+#: every_n_windows``) and inference threads (the onnx backend's default on a Pi 4: all cores but one).
+RECOMMENDED = {"ast_variant": "16-16", "every_n_windows": 3, "ast_threads": 3, "birdnet_threads": 1}
+#: Relative difference within which the three MAC counts of a variant (ONNX graph, torch
+#: FlopCounterMode, formula) must agree. They agree exactly on both variants; the tolerance
+#: is there so that a count that ever drifts is named, not silently averaged.
+MAC_AGREEMENT_REL_TOL = 1e-3
+#: Benchmark rows (results["variants"]) measuring each AST model alone on this machine.
+AST_ROWS = {"ast-10-10-fp32": "onnx-fp32", "ast-10-10-int8": "onnx-int8",
+            "ast-16-16-fp32": "onnx-fp32-16x16", "ast-16-16-int8": "onnx-int8-16x16"}
+
+
+def mac_agreement(entry: dict, rel_tol: float = MAC_AGREEMENT_REL_TOL) -> dict:
+    """Whether the counts of one AST variant agree: ``entry`` holds ``graph`` (per ONNX file),
+    ``measured`` (FlopCounterMode) and ``analytic`` (formula), as ``macs_per_window_by_variant``.
+
+    Returns:
+        ``{"counts": {name: MACs}, "max_rel_diff", "tolerance_rel", "agree"}``.
+    """
+    counts = {f"graph {name}": g["total"] for name, g in entry.get("graph", {}).items()}
+    counts["torch FlopCounterMode"] = entry["measured"]["total"]
+    counts["formula"] = entry["analytic"]["total"]
+    ref = entry["analytic"]["total"]
+    worst = max(abs(v - ref) / ref for v in counts.values())
+    return {"counts": counts, "max_rel_diff": worst, "tolerance_rel": rel_tol, "agree": worst <= rel_tol}
 
 
 def _model_row(gmac: float, precision: str, threads: int, window_s: float) -> dict:
     slow, fast = pi4_rate(precision, threads)
     lo, hi = gmac / fast, gmac / slow
-    return {"threads": threads, "gmac_per_s_range": [round(slow, 2), round(fast, 2)],
+    return {"threads": threads, "interpolated": threads not in (1, 4),
+            "gmac_per_s_range": [round(slow, 2), round(fast, 2)],
             "seconds_per_window_range": [round(lo, 3), round(hi, 3)],
             "rtf_range": [round(lo / window_s, 3), round(hi / window_s, 3)],
             "arithmetic": f"{gmac:.2f} GMAC / {fast:.2f} … {slow:.2f} GMAC/s = {lo:.2f} … {hi:.2f} s"}
 
 
+def implied_slowdown(ast_gmac: dict[str, float], x86_cpu_s_per_window: dict[str, float],
+                     window_s: float = 10.0) -> dict:
+    """How many times longer a Pi 4 core takes than this machine's core, as the AST estimate
+    implies it: the ESTIMATED Pi 4 seconds per window on 1 thread (:func:`pi4_rate`) ÷ the CPU
+    seconds this machine measured for the same model per window (1 inference thread).
+
+    The fp32 pairs are the basis when measured: like the acoustics (numpy/scipy float filters
+    and FFTs) they run float arithmetic on both machines, whereas this machine's int8 runs on
+    AVX-512 VNNI dot-product instructions the Cortex-A72 lacks, which inflates the int8 ratio.
+    The int8 pairs are the basis only when no fp32 row was measured; all pairs are listed.
+
+    Args:
+        ast_gmac: G MAC per window per AST variant (``{"10-10": 130.5, "16-16": 48.6}``).
+        x86_cpu_s_per_window: measured CPU-s per window of the classifier alone, keyed
+            ``ast-<variant>-<precision>``.
+
+    Returns:
+        ``{"pairs": {key: {...}}, "basis": "fp32" | "int8", "range": [lo, hi], "method"}``, or
+        ``{}`` when nothing was measured.
+    """
+    pairs = {}
+    for key, here in sorted(x86_cpu_s_per_window.items()):
+        variant, precision = key.removeprefix("ast-").rsplit("-", 1)  # "ast-16-16-int8" -> "16-16", "int8"
+        if variant not in ast_gmac or not here or here <= 0:
+            continue
+        lo, hi = _model_row(ast_gmac[variant], precision, 1, window_s)["seconds_per_window_range"]
+        pairs[key] = {"x86_cpu_s_per_window": round(here, 4), "pi4_s_per_window_1_thread": [lo, hi],
+                      "slowdown": [round(lo / here, 2), round(hi / here, 2)]}
+    if not pairs:
+        return {}
+    basis = "fp32" if any(k.endswith("fp32") for k in pairs) else "int8"
+    used = [p["slowdown"] for k, p in pairs.items() if k.endswith(basis)]
+    return {"pairs": pairs, "basis": basis, "range": [min(u[0] for u in used), max(u[1] for u in used)],
+            "method": (f"ESTIMATED Pi 4 s per window on 1 thread ÷ this machine's measured CPU-s per window of the "
+                       "same AST model alone on 1 thread; "
+                       f"range over the {basis} pairs ({', '.join(k for k in pairs if k.endswith(basis))}): "
+                       + ("float work on both machines, like the acoustics (the int8 pairs also reflect this "
+                          "machine's VNNI, which the Cortex-A72 lacks)" if basis == "fp32" else
+                          "no fp32 model was measured (int8 on this machine uses VNNI, which the Cortex-A72 lacks: "
+                          "a larger slowdown than float work would see)"))}
+
+
 def pi4_by_variant(ast_gmac: dict[str, float], birdnet_gmac_per_chunk: float, acoustics_cpu_s_per_audio_s: float,
-                   window_s: float = 10.0, recommended: tuple[str, int] = ("16-16", 3)) -> dict:
+                   window_s: float = 10.0, recommended: dict | None = None, *,
+                   x86_cpu_s_per_window: dict[str, float] | None = None,
+                   birdnet_x86_cpu_s_per_window: float | None = None) -> dict:
     """ESTIMATED Pi 4 cost of each classifier variant, of the acoustics, and of the
-    recommended configuration (AST variant on one window in N + BirdNET + acoustics).
+    recommended configuration (AST on one window in N + BirdNET on every window + acoustics).
 
     Args:
         ast_gmac: G MAC per window of each AST variant, counted from its exported graph
@@ -276,69 +349,104 @@ def pi4_by_variant(ast_gmac: dict[str, float], birdnet_gmac_per_chunk: float, ac
         acoustics_cpu_s_per_audio_s: this machine's measured CPU time of the per-window
             acoustics (levels, bands, indices, health) per second of audio.
         window_s: window length, s (BirdNET: ``len(chunk_starts)`` chunks per window).
-        recommended: (AST variant, every_n_windows) of the recommended configuration.
+        recommended: :data:`RECOMMENDED` or a variation of it.
+        x86_cpu_s_per_window: this machine's measured CPU-s per window of each AST model alone
+            (``ast-<variant>-<precision>``), for the x86 → Cortex-A72 slowdown the acoustics are
+            scaled by (:func:`implied_slowdown`); without it, ncnn's published one-thread
+            x86-vs-Pi 4 ratios are used instead (and said so).
+        birdnet_x86_cpu_s_per_window: BirdNET's measured CPU-s per window here (1 thread): the
+            same slowdown applied to it is given beside its MAC-based estimate, as a check of
+            how far the slowdown carries over to other work.
 
     Returns:
         ``{"ast-<v>-int8" | "ast-<v>-fp32" | "birdnet" | "acoustics" | "pi4-recommended":
         {"gmac_per_window", "seconds_per_window_range", "rtf_3_threads_range", "references", …}}``
-        (ranges [optimistic, pessimistic]).
+        (ranges [optimistic, pessimistic]; ``seconds_per_window_range`` at the thread count the
+        entry names).
     """
     from agent.analysis.birdnet import SAMPLE_RATE, chunk_starts
 
+    rec = {**RECOMMENDED, **(recommended or {})}
     chunks = len(chunk_starts(int(window_s * SAMPLE_RATE)))
     refs = [f"{r.name} {r.precision} {r.threads} thread(s): {r.gmac_per_s:.2f} GMAC/s ({r.source})"
             for r in PI4_REFERENCES]
-    method = ("GMAC per window ÷ published Pi 4 throughput: optimistic ResNet-50 (large GEMMs), pessimistic "
-              "ViT-B/32 (int8: × ncnn's ResNet-50 int8/fp32 speed-up); 3 threads interpolated between the "
-              "published 1 and 4")
+    method = ("GMAC per window ÷ published Pi 4 throughput (the references of pi4_estimate): optimistic ResNet-50 "
+              "(large GEMMs), pessimistic ViT-B/32 (int8: × ncnn's ResNet-50 int8/fp32 speed-up); 3 threads "
+              "interpolated linearly between the published 1 and 4")
     out: dict = {"label": "ESTIMATE (not measured on a Pi 4)", "window_s": window_s, "method": method}
     for variant, gmac in ast_gmac.items():
         for precision in ("int8", "fp32"):
-            three = _model_row(gmac, precision, 3, window_s)
+            one, three = _model_row(gmac, precision, 1, window_s), _model_row(gmac, precision, 3, window_s)
             out[f"ast-{variant}-{precision}"] = {
-                "gmac_per_window": round(gmac, 3), "precision": precision,
+                "gmac_per_window": round(gmac, 3), "precision": precision, "threads": 3,
                 "seconds_per_window_range": three["seconds_per_window_range"],
-                "rtf_3_threads_range": three["rtf_range"], "arithmetic": three["arithmetic"], "references": refs}
+                "rtf_3_threads_range": three["rtf_range"], "rtf_1_thread_range": one["rtf_range"],
+                "arithmetic": three["arithmetic"], "references": refs}
     bn_gmac = birdnet_gmac_per_chunk * chunks
     one, three = _model_row(bn_gmac, "fp32", 1, window_s), _model_row(bn_gmac, "fp32", 3, window_s)
     effnet = {t: EFFICIENTNET_B0_MACS / (ms / 1000) / 1e9 for t, ms in EFFICIENTNET_B0_PI4_MS.items()}
+    effnet_s = bn_gmac / effnet[1]
+    inside = one["seconds_per_window_range"][0] <= effnet_s <= one["seconds_per_window_range"][1]
     out["birdnet"] = {
         "gmac_per_window": round(bn_gmac, 3), "gmac_per_chunk": round(birdnet_gmac_per_chunk, 4),
-        "chunks_per_window": chunks, "precision": "fp32 (TFLite, XNNPACK)",
-        "seconds_per_window_range": one["seconds_per_window_range"], "rtf_1_thread_range": one["rtf_range"],
-        "rtf_3_threads_range": three["rtf_range"], "threads_as_configured": 1,
+        "chunks_per_window": chunks, "precision": "fp32 (TFLite)", "threads": 1,
+        "seconds_per_window_range": one["seconds_per_window_range"],
+        "seconds_per_window_range_3_threads": three["seconds_per_window_range"],
+        "rtf_1_thread_range": one["rtf_range"], "rtf_3_threads_range": three["rtf_range"],
+        "threads_as_configured": 1, "arithmetic": one["arithmetic"], "arithmetic_3_threads": three["arithmetic"],
         "cross_check": (f"EfficientNet-B0 (0.39 GMAC, same family) on the Pi 4, ncnn: {effnet[1]:.2f} GMAC/s on 1 "
-                        f"thread → {bn_gmac / effnet[1]:.2f} s per {window_s:g} s window, inside the range"
-                        if one["seconds_per_window_range"][0] <= bn_gmac / effnet[1] <= one["seconds_per_window_range"][1]
-                        else f"EfficientNet-B0 on the Pi 4 gives {bn_gmac / effnet[1]:.2f} s: OUTSIDE the range"),
+                        f"thread → {effnet_s:.2f} s per {window_s:g} s window, "
+                        + ("inside the range" if inside else "OUTSIDE the range")),
         "references": refs + [f"efficientnet_b0 fp32 1 thread: {EFFICIENTNET_B0_PI4_MS[1]} ms ({_SRC})"]}
     ratios = [pi / x86 for x86, pi in NCNN_X86_VS_PI4_1_THREAD_MS.values()]
-    lo_r, hi_r = min(ratios), max(ratios)
+    ncnn_range = [round(min(ratios), 2), round(max(ratios), 2)]
+    slowdown = implied_slowdown(ast_gmac, x86_cpu_s_per_window or {}, window_s)
     ac = acoustics_cpu_s_per_audio_s
+    ncnn_note = (f"ncnn benchncnn one-thread ratios, Pi 4 vs Threadripper 3970X, {len(ratios)} networks: "
+                 f"{ncnn_range[0]}–{ncnn_range[1]}×")
+    # Basis: ncnn's published times of the same networks on one x86 core and one Pi 4 core. The
+    # slowdown the AST estimate implies (its pessimistic Pi GEMM rate against onnxruntime's
+    # AVX-512 GEMMs here) is given as a cross-check only: applied to BirdNET it predicts ~4x the
+    # MAC-based time, so it does not carry over to work that is not large GEMMs.
+    lo_r, hi_r = ncnn_range
+    how = f"this machine's CPU time per audio second × {ncnn_note}"
+    cross = (f"with the x86 → Cortex-A72 slowdown the AST estimate implies instead ({slowdown['method']}): RTF "
+             f"{ac * slowdown['range'][0]:.3f}–{ac * slowdown['range'][1]:.3f}" if slowdown else "")
+    if slowdown and birdnet_x86_cpu_s_per_window:
+        b = birdnet_x86_cpu_s_per_window
+        out["birdnet"]["x86_scaled_cross_check"] = (
+            f"BirdNET measured here {b:.3f} CPU-s per window (1 thread) × the AST-implied slowdown "
+            f"{slowdown['range'][0]:.1f}–{slowdown['range'][1]:.1f}× = {b * slowdown['range'][0]:.2f}–"
+            f"{b * slowdown['range'][1]:.2f} s per window (the MAC-based estimate above: "
+            f"{one['seconds_per_window_range'][0]}–{one['seconds_per_window_range'][1]} s)")
     out["acoustics"] = {
         "cpu_s_per_audio_s_here": round(ac, 5), "slowdown_range": [round(lo_r, 2), round(hi_r, 2)],
+        "slowdown": slowdown or None, "ncnn_slowdown_range": ncnn_range,
         "seconds_per_window_range": [round(ac * window_s * lo_r, 3), round(ac * window_s * hi_r, 3)],
-        "rtf_range": [round(ac * lo_r, 3), round(ac * hi_r, 3)], "threads": 1,
-        "method": ("this machine's CPU time per audio second × how many times longer the same networks took on "
-                   "one Pi 4 core than on one x86 core (ncnn benchncnn: Threadripper 3970X vs Pi 4, 1 thread, "
-                   f"{len(ratios)} networks, {lo_r:.1f}–{hi_r:.1f}×); the acoustics are filters and FFTs, not "
-                   "MAC-counted"),
+        "rtf_range": [round(ac * lo_r, 3), round(ac * hi_r, 3)], "rtf_3_threads_range": [round(ac * lo_r, 3),
+                                                                                       round(ac * hi_r, 3)],
+        "threads": 1, "method": how + "; the acoustics are single-threaded numpy/scipy filters and FFTs, not "
+        "MAC-counted, so they take the same time with 3 inference threads", "cross_check": cross,
         "references": [f"{_SRC}; ncnn benchncnn section \"AMD Ryzen Threadripper 3970X (Zen2 3.7 GHz ~ 4.5 GHz x 32)\""]}
-    variant, every_n = recommended
-    ast = out[f"ast-{variant}-int8"]
+    variant, every_n = rec["ast_variant"], int(rec["every_n_windows"])
+    ast_three = _model_row(ast_gmac[variant], "int8", rec["ast_threads"], window_s)
+    bn_row = _model_row(bn_gmac, "fp32", rec["birdnet_threads"], window_s)
     parts = {
-        f"ast-{variant}-int8, 3 threads, one window in {every_n}": [round(v / every_n, 3) for v in ast["rtf_3_threads_range"]],
-        "birdnet, 1 thread, every window": out["birdnet"]["rtf_1_thread_range"],
+        f"ast-{variant}-int8, {rec['ast_threads']} threads, one window in {every_n}":
+            [round(v / every_n, 3) for v in ast_three["rtf_range"]],
+        f"birdnet, {rec['birdnet_threads']} thread(s), every window": bn_row["rtf_range"],
         "acoustics, 1 thread, every window": out["acoustics"]["rtf_range"],
     }
     lo = round(sum(v[0] for v in parts.values()), 3)
     hi = round(sum(v[1] for v in parts.values()), 3)
+    mapv = 0.442 if variant == "16-16" else 0.4593
     out["pi4-recommended"] = {
-        "config": {"classifier": {"type": "onnx", "model": f"export of MIT/ast-finetuned-audioset-{variant}-"
-                                  f"{'0.442' if variant == '16-16' else '0.4593'}", "file_name": "model_quantized.onnx",
-                                  "threads": 3, "every_n_windows": every_n},
-                   "birdnet": {"enabled": True, "threads": 1}, "windows": {"length_s": window_s}},
-        "gmac_per_window": round(ast["gmac_per_window"] / every_n + bn_gmac, 3),
+        "config": {"classifier": {"type": "onnx", "model": f"export of MIT/ast-finetuned-audioset-{variant}-{mapv}",
+                                  "file_name": "model_quantized.onnx", "threads": rec["ast_threads"],
+                                  "every_n_windows": every_n},
+                   "birdnet": {"enabled": True, "threads": rec["birdnet_threads"]}, "windows": {"length_s": window_s}},
+        "ast_variant": variant, "every_n_windows": every_n,
+        "gmac_per_window": round(ast_gmac[variant] / every_n + bn_gmac, 3),
         "parts_rtf_range": parts, "rtf_3_threads_range": [lo, hi],
         "seconds_per_window_range": [round(lo * window_s, 2), round(hi * window_s, 2)],
         "combination": "sum of each part's wall time per window at its own thread count, as if they ran one "
@@ -349,14 +457,69 @@ def pi4_by_variant(ast_gmac: dict[str, float], birdnet_gmac_per_chunk: float, ac
     return out
 
 
+def x86_cpu_s_per_window(results: dict) -> dict[str, float]:
+    """This machine's CPU-s per window of each AST model alone, from a results file: measured
+    directly (``components_cpu``: the classifier alone on one thread, median over the benchmark
+    windows, ``components.py``) when present; otherwise its benchmark row's CPU-s per analysed
+    audio-s minus the acoustics' (``acoustics_cost``), × the window length. Models not measured
+    are left out."""
+    parts = (results.get("components_cpu") or {}).get("parts") or {}
+    direct = {k: p["cpu_s_per_window"] for k, p in parts.items() if k in AST_ROWS}
+    if direct:
+        return direct
+    window_s = results.get("pi4_by_variant", {}).get("window_s", 10.0)
+    ac = results["acoustics_cost"]["cpu_s_per_audio_s"]
+    out = {}
+    for key, row in AST_ROWS.items():
+        v = results["variants"].get(row)
+        if v and v.get("cpu_s_per_audio_s"):
+            out[key] = (v["cpu_s_per_audio_s"] - ac) * window_s
+    return out
+
+
+def pi4_by_variant_from_results(results: dict, recommended: dict | None = None) -> dict:
+    """:func:`pi4_by_variant` from a benchmark's ``results.json`` (no re-run): the graph MAC
+    counts (``macs_per_window_by_variant``, ``birdnet_macs_per_chunk``), the measured acoustics
+    (``acoustics_cost``) and the AST rows of ``variants``. BirdNET's count includes its
+    front end's FFTs when present (``total_with_fft``)."""
+    ast_gmac = {v: m["graph"]["model.onnx"]["total"] / 1e9 for v, m in results["macs_per_window_by_variant"].items()}
+    bn = results["birdnet_macs_per_chunk"]
+    parts = (results.get("components_cpu") or {}).get("parts") or {}
+    return pi4_by_variant(ast_gmac, bn.get("total_with_fft", bn["total"]) / 1e9,
+                          results["acoustics_cost"]["cpu_s_per_audio_s"], 10.0, recommended,
+                          x86_cpu_s_per_window=x86_cpu_s_per_window(results),
+                          birdnet_x86_cpu_s_per_window=(parts.get("birdnet") or {}).get("cpu_s_per_window"))
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``--model DIR``: print the analytic and measured MACs of one window as JSON."""
-    p = argparse.ArgumentParser(description="MACs of one AST window (analytic and measured)")
-    p.add_argument("--model", required=True, type=Path)
+    """``--model DIR``: print the analytic and measured MACs of one window as JSON.
+    ``--from RESULTS``: recompute ``pi4_by_variant`` (and the MAC agreement) from a results
+    file without re-running the benchmark; print it, or with ``--write`` store it in the file
+    and re-render ``results.md`` beside it."""
+    p = argparse.ArgumentParser(description="MACs of one AST window (analytic and measured); the Pi 4 ESTIMATE "
+                                            "per variant from a results file")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--model", type=Path, help="an AST model directory: print its analytic and measured MACs")
+    g.add_argument("--from", dest="results", type=Path, help="a benchmark results.json: recompute pi4_by_variant")
+    p.add_argument("--every-n-windows", type=int, default=RECOMMENDED["every_n_windows"],
+                   help=f"the recommended configuration's AST duty cycle (default {RECOMMENDED['every_n_windows']})")
+    p.add_argument("--write", action="store_true", help="with --from: update the file and its results.md")
     args = p.parse_args(argv)
-    config = json.loads((args.model / "config.json").read_text())
-    out = {"analytic": ast_macs(config), "measured": measured_macs(args.model)}
-    print(json.dumps(out))
+    if args.model:
+        config = json.loads((args.model / "config.json").read_text())
+        print(json.dumps({"analytic": ast_macs(config), "measured": measured_macs(args.model)}))
+        return 0
+    results = json.loads(args.results.read_text())
+    for entry in results["macs_per_window_by_variant"].values():
+        entry["agreement"] = mac_agreement(entry)
+    results["pi4_by_variant"] = pi4_by_variant_from_results(results, {"every_n_windows": args.every_n_windows})
+    if args.write:
+        import report
+
+        args.results.write_text(json.dumps(results, indent=2, default=str) + "\n")
+        (args.results.parent / "results.md").write_text(report.render(results))
+        print(f"updated {args.results} and {args.results.parent / 'results.md'}", file=sys.stderr)
+    print(json.dumps(results["pi4_by_variant"], indent=2))
     return 0
 
 

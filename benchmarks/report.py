@@ -31,6 +31,27 @@ def render_table(results: dict) -> str:
     return "\n".join(rows) + "\n"
 
 
+def render_per_classifier(results: dict) -> list[str]:
+    """One line per agent row with BirdNET or a duty cycle: each classifier's own coverage, from
+    the stored windows' ``classifier_status`` (``per_classifier`` in results.json)."""
+    lines = []
+    for name, v in results["variants"].items():
+        per = v.get("per_classifier") or {}
+        if not per or (set(per) == {"audioset"} and "not_scheduled" not in per["audioset"]["windows"]):
+            continue
+        parts = []
+        for taxonomy, c in per.items():
+            w = c["windows"]
+            scheduled = sum(n for k, n in w.items() if k != "not_scheduled")
+            cov = c.get("coverage_of_scheduled")
+            parts.append(f"{taxonomy} classified {w.get('classified', 0)} of the {scheduled} windows scheduled for it "
+                         f"({'—' if cov is None else format(cov, '.1%')})"
+                         + (f", {w['not_scheduled']} not scheduled" if w.get("not_scheduled") else "")
+                         + "".join(f", {n} {k}" for k, n in w.items() if k not in ("classified", "not_scheduled")))
+        lines.append(f"- Per classifier, {name}: " + "; ".join(parts) + ".")
+    return lines
+
+
 def render(results: dict) -> str:
     """The whole ``results.md``."""
     m, ver = results["machine"], results["versions"]
@@ -64,6 +85,7 @@ def render(results: dict) -> str:
         "replayed in real time to every variant.",
         "",
         render_table(results),
+        *render_per_classifier(results),
         "- **CPU-s per audio-s analysed**: CPU time (user + system, the process and its children) after the model "
         "was loaded, divided by the seconds of audio actually classified. **CPU-s per stream-s**: the same CPU time "
         "divided by the seconds of audio that streamed past.",
@@ -207,80 +229,140 @@ def render(results: dict) -> str:
     return "\n".join(out)
 
 
-#: Rows of the README's "which model on which device" table: (benchmark variant, model, published
-#: accuracy, key of results["pi4_by_variant"], how its Pi 4 RTF is read).
-MODEL_ROWS: tuple[tuple[str, str, str, str, str], ...] = (
-    ("prototype", "prototype's method (AST 10-10, PyTorch, one pass per 1 s clip)", "AudioSet mAP 0.4593",
-     "", ""),
-    ("torch", "AST 10-10, PyTorch fp32", "AudioSet mAP 0.4593", "ast-10-10-fp32", "rtf_3_threads_range"),
-    ("onnx-fp32", "AST 10-10, ONNX fp32", "AudioSet mAP 0.4593", "ast-10-10-fp32", "rtf_3_threads_range"),
-    ("onnx-int8", "AST 10-10, ONNX int8", "AudioSet mAP 0.4593 (fp32)", "ast-10-10-int8", "rtf_3_threads_range"),
-    ("onnx-fp32-16x16", "AST 16-16, ONNX fp32", "AudioSet mAP 0.442", "ast-16-16-fp32", "rtf_3_threads_range"),
-    ("onnx-int8-16x16", "AST 16-16, ONNX int8", "AudioSet mAP 0.442 (fp32)", "ast-16-16-int8", "rtf_3_threads_range"),
-    ("birdnet", "BirdNET GLOBAL 6K V2.4, LiteRT fp32, 1 thread (CC BY-NC-SA 4.0)",
-     "6,522 species; no AudioSet mAP (Kahl et al. 2021)", "birdnet", "rtf_1_thread_range"),
-    ("pi4-recommended", "**recommended Pi 4**: AST 16-16 int8 on 1 window in 3 + BirdNET on every window + "
-     "acoustics", "as its parts", "pi4-recommended", "rtf_3_threads_range"),
-)
+#: BirdNET's published accuracy, as the model table states it: BirdNET is not evaluated on
+#: AudioSet, so there is no mAP to set beside AST's.
+BIRDNET_ACCURACY = ("not published as AudioSet mAP (6,522 species; Kahl et al., Ecological Informatics 61, 2021, "
+                    "evaluate BirdNET on bird recordings)")
+
+
+def _ast_accuracy(variant: str) -> str:
+    from agent.analysis.models import AST_VARIANTS
+
+    spec = AST_VARIANTS[variant]
+    return f"AudioSet mAP {spec['audioset_map']} ({spec['model_id']})"
+
+
+def model_rows(results: dict) -> list[dict]:
+    """The rows of the README's "which model on which device" table, as values (the test reads
+    them back from the rendered table): one per benchmark variant present in ``results``.
+
+    Each: ``variant`` (benchmark row), ``model``, ``accuracy``, ``gmac`` (per 10 s window,
+    counted from the exported graph; BirdNET from its TFLite graph), ``cpu_s_per_audio_s``
+    (measured on this machine), ``peak_rss_mb`` (measured), ``rtf_3_threads`` ([lo, hi] Pi 4
+    ESTIMATE at 3 inference threads, or None) and ``note``.
+    """
+    pi = results["pi4_by_variant"]
+    rec = pi["pi4-recommended"]
+    every_n, rec_variant = rec["every_n_windows"], rec["ast_variant"]
+    specs = [
+        ("prototype", "prototype's method: AST 10-10, PyTorch, one pass per 1 s clip", _ast_accuracy("10-10"), None),
+        ("torch", "AST 10-10, PyTorch fp32", _ast_accuracy("10-10"), "ast-10-10-fp32"),
+        ("onnx-fp32", "AST 10-10, ONNX fp32", _ast_accuracy("10-10"), "ast-10-10-fp32"),
+        ("onnx-int8", "AST 10-10, ONNX int8", _ast_accuracy("10-10") + ", published for fp32", "ast-10-10-int8"),
+        ("onnx-fp32-16x16", "AST 16-16, ONNX fp32", _ast_accuracy("16-16"), "ast-16-16-fp32"),
+        ("onnx-int8-16x16", "AST 16-16, ONNX int8", _ast_accuracy("16-16") + ", published for fp32", "ast-16-16-int8"),
+        ("birdnet", "BirdNET GLOBAL 6K V2.4, LiteRT fp32 (CC BY-NC-SA 4.0)", BIRDNET_ACCURACY, "birdnet"),
+        ("pi4-recommended", f"**recommended Pi 4**: AST {rec_variant} ONNX int8 on 1 window in {every_n} + BirdNET "
+         "on every window + acoustics", "as its parts", "pi4-recommended"),
+    ]
+    rows = []
+    for variant, name, accuracy, key in specs:
+        v = results["variants"].get(variant)
+        if v is None:
+            continue
+        note = ""
+        if key is None:
+            gmac = 10 * results["macs_per_window"]["measured"]["total"] / 1e9
+            rtf = None
+            note = "10 passes per 10 s"
+        else:
+            gmac = pi[key]["gmac_per_window"]
+            rtf = pi[key]["rtf_3_threads_range"]
+            if key == "birdnet":
+                lo, hi = pi[key]["rtf_1_thread_range"]
+                note = f"1 thread (as configured): {lo:.3f}–{hi:.3f}"
+        rss = max(v["peak_rss_mb"], (v.get("cold_start") or {}).get("peak_rss_mb", 0))
+        rows.append({"variant": variant, "model": name, "accuracy": accuracy, "gmac": gmac,
+                     "cpu_s_per_audio_s": v.get("cpu_s_per_audio_s"), "peak_rss_mb": rss, "rtf_3_threads": rtf,
+                     "note": note})
+    return rows
 
 
 def render_model_table(results: dict) -> str:
-    """README's "which model on which device": per model, published accuracy, compute per 10 s
-    window (counted from the exported graph), this machine's measured CPU time and peak RSS,
-    and the Pi 4 real-time factor ESTIMATE (3 inference threads; BirdNET 1)."""
-    pi = results["pi4_by_variant"]
-    variants = results["variants"]
-    lines = ["| model | published accuracy | GMAC per 10 s window | x86 CPU-s per audio-s (measured) | "
-             "peak RSS (measured) | Pi 4 RTF (ESTIMATE) |", "|---|---|---:|---:|---:|---|"]
-    for variant, name, accuracy, key, rtf_key in MODEL_ROWS:
-        v = variants.get(variant)
-        if v is None:
-            continue
-        if key:
-            gmac = f"{pi[key]['gmac_per_window']:.1f}"
-            lo, hi = pi[key][rtf_key]
-            rtf = f"{lo:.2f}–{hi:.2f}"
-        else:
-            gmac = f"{10 * results['macs_per_window']['measured']['total'] / 1e9:.0f} (10 passes)"
+    """README's "which model on which device" table, from a benchmark's ``results.json``: per
+    model, its published accuracy, GMAC per 10 s window (counted from its graph), the CPU-s per
+    audio-s and peak RSS measured on the benchmark machine, and the ESTIMATED Raspberry Pi 4
+    real-time factor at 3 inference threads [optimistic–pessimistic] (``pi4_by_variant``)."""
+    m = results["machine"]
+    lines = [f"| model / variant | published accuracy | GMAC per 10 s window | CPU-s per audio-s, measured "
+             f"({m['logical_cpus']}-core x86) | peak RSS, measured | Pi 4 RTF at 3 threads (ESTIMATE) |",
+             "|---|---|---:|---:|---:|---|"]
+    for r in model_rows(results):
+        gmac = f"{r['gmac']:.2f}" + (f" ({r['note']})" if r["rtf_3_threads"] is None and r["note"] else "")
+        if r["rtf_3_threads"] is None:
             rtf = "—"
-        rss = max(v["peak_rss_mb"], (v.get("cold_start") or {}).get("peak_rss_mb", 0))
-        lines.append(f"| {name} | {accuracy} | {gmac} | {_f(v['cpu_s_per_audio_s'], '.4f')} | {rss:.0f} MB | {rtf} |")
+        else:
+            rtf = f"{r['rtf_3_threads'][0]:.3f}–{r['rtf_3_threads'][1]:.3f}" + (f"; {r['note']}" if r["note"] else "")
+        lines.append(f"| {r['model']} | {_cell(r['accuracy'])} | {gmac} | {_f(r['cpu_s_per_audio_s'], '.4f')} | "
+                     f"{r['peak_rss_mb']:.0f} MB | {rtf} |")
     return "\n".join(lines) + "\n"
 
 
 def render_by_variant(results: dict) -> str:
-    """results.md's section on compute per variant (three counts) and the Pi 4 ESTIMATE per variant."""
+    """results.md's sections on compute per variant (three counts) and the Pi 4 ESTIMATE per variant."""
     out = ["## Compute per variant, counted three ways", "",
-           "| variant | graph count, model.onnx | graph count, model_quantized.onnx | torch FlopCounter | formula |",
-           "|---|---:|---:|---:|---:|"]
+           "| variant | graph count, model.onnx | graph count, model_quantized.onnx | torch FlopCounter | formula | "
+           "agree |", "|---|---:|---:|---:|---:|---|"]
     for variant, m in results["macs_per_window_by_variant"].items():
         g = m["graph"]
-        out.append(f"| AST {variant} | {g['model.onnx']['total'] / 1e9:.3f} GMAC | "
-                   f"{g['model_quantized.onnx']['total'] / 1e9:.3f} GMAC | {m['measured']['total'] / 1e9:.3f} GMAC | "
-                   f"{m['analytic']['total'] / 1e9:.3f} GMAC |")
+        a = m.get("agreement") or {}
+        agree = (f"{'yes' if a['agree'] else '**NO**'} (max relative difference {a['max_rel_diff']:.2g}, tolerance "
+                 f"{a['tolerance_rel']:g})") if a else "—"
+        out.append(f"| AST {variant} | {g['model.onnx']['total']:,} | {g['model_quantized.onnx']['total']:,} | "
+                   f"{m['measured']['total']:,} | {m['analytic']['total']:,} | {agree} |")
     bn = results["birdnet_macs_per_chunk"]
     ac = results["acoustics_cost"]
     pi = results["pi4_by_variant"]
-    out += ["", f"BirdNET: {bn['total'] / 1e9:.3f} GMAC per 3 s chunk ({bn['method']}; not counted: "
-            + ", ".join(f"{k} ×{n}" for k, n in sorted(bn["not_counted"].items())) + "), "
-            f"{pi['birdnet']['chunks_per_window']} chunks per 10 s window. Acoustics here: "
+    fft = (f"; its front end's RFFTs add ≈ {bn['fft_estimate'] / 1e9:.3f} GMAC (2·n·log2 n per frame: "
+           + ", ".join(bn.get("fft_by_node", {})) + f"), {bn['total_with_fft'] / 1e9:.3f} GMAC in all, the figure used "
+           "below") if bn.get("fft_estimate") else ""
+    out += ["", f"MACs counted in multiply-accumulates of one forward pass (one 10 s window), from the graphs the agent "
+            f"runs (`benchmarks/macs.py`). BirdNET: {bn['total'] / 1e9:.3f} GMAC per 3 s chunk in its layers "
+            f"({', '.join(f'{k} {v / 1e9:.3f}' for k, v in bn['by_op'].items())}){fft}; "
+            f"{pi['birdnet']['chunks_per_window']} chunks per 10 s window. Acoustics measured here: "
             f"{ac['cpu_s_per_window']:.3f} CPU-s per 10 s window ({ac['method']}).", "",
             "## Raspberry Pi 4 ESTIMATE per variant", "", f"**ESTIMATE, not measured on a Pi 4.** {pi['method']}.", "",
-            "| part | GMAC per window | s per 10 s window | RTF | basis |", "|---|---:|---|---|---|"]
+            "| part | GMAC per window | threads | s per 10 s window | RTF | basis |", "|---|---:|---|---|---|---|"]
     for key, e in pi.items():
         if not isinstance(e, dict) or key == "pi4-recommended":
             continue
-        rtf_key = "rtf_3_threads_range" if "rtf_3_threads_range" in e and key != "birdnet" else (
-            "rtf_1_thread_range" if key == "birdnet" else "rtf_range")
-        threads = {"rtf_3_threads_range": "3 threads", "rtf_1_thread_range": "1 thread", "rtf_range": "1 thread"}[rtf_key]
         gmac = f"{e['gmac_per_window']:.2f}" if "gmac_per_window" in e else "—"
-        lo, hi = e[rtf_key]
-        s_lo, s_hi = e["seconds_per_window_range"]
-        basis = e.get("arithmetic") or e.get("cross_check") or e.get("method", "")
-        out.append(f"| {key} ({threads}) | {gmac} | {s_lo}–{s_hi} | {lo}–{hi} | {_cell(basis)} |")
+        if key == "birdnet":
+            rows = [("1 (as configured)", e["seconds_per_window_range"], e["rtf_1_thread_range"], e["arithmetic"]),
+                    ("3 (interpolated)", e["seconds_per_window_range_3_threads"], e["rtf_3_threads_range"],
+                     e.get("arithmetic_3_threads", ""))]
+        elif key == "acoustics":
+            rows = [("1", e["seconds_per_window_range"], e["rtf_range"], e["method"])]
+        else:
+            rows = [("3 (interpolated)", e["seconds_per_window_range"], e["rtf_3_threads_range"], e["arithmetic"])]
+        for threads, (s_lo, s_hi), (lo, hi), basis in rows:
+            basis += f"; {e['cross_check']}" if e.get("cross_check") and threads.startswith("1") else ""
+            basis += f"; {e['x86_scaled_cross_check']}" if e.get("x86_scaled_cross_check") and threads.startswith("1") else ""
+            out.append(f"| {key} | {gmac} | {threads} | {s_lo}–{s_hi} | {lo}–{hi} | {_cell(basis)} |")
+    slow = (pi.get("acoustics") or {}).get("slowdown") or {}
+    if slow:
+        out += ["", "x86 → Cortex-A72 slowdown the AST estimate implies (ESTIMATED Pi 4 s per window on 1 thread ÷ "
+                "this machine's measured CPU-s per window, the classifier alone on 1 thread; the acoustics are scaled "
+                "by the basis pairs' range):", "",
+                "| AST model | CPU-s per window here | Pi 4 s per window, 1 thread (ESTIMATE) | slowdown |",
+                "|---|---:|---|---|"]
+        for k, p in slow["pairs"].items():
+            lo, hi = p["pi4_s_per_window_1_thread"]
+            out.append(f"| {k}{' (basis)' if k.endswith(slow['basis']) else ''} | {p['x86_cpu_s_per_window']:.3f} | "
+                       f"{lo}–{hi} | {p['slowdown'][0]}–{p['slowdown'][1]}× |")
     r = pi["pi4-recommended"]
     out += ["", f"**Recommended configuration** ({_cell(json.dumps(r['config']))}): ESTIMATED RTF "
-            f"{r['rtf_3_threads_range'][0]}–{r['rtf_3_threads_range'][1]} ({r['combination']}); target ≤ "
+            f"{r['rtf_3_threads_range'][0]}–{r['rtf_3_threads_range'][1]} ({r['combination']}); target: upper bound ≤ "
             f"{r['target_max_rtf']}: {'met' if r['meets_target'] else '**NOT met**'}. Parts: "
             + "; ".join(f"{k} {v[0]}–{v[1]}" for k, v in r["parts_rtf_range"].items()) + ".", ""]
     return "\n".join(out)

@@ -29,7 +29,8 @@ samples in real time:
 (f) ``birdnet``: BirdNET GLOBAL 6K V2.4 (real weights, LiteRT) alone, ``[classifier] enabled =
     false``;
 (g) ``pi4-recommended``: the recommended Raspberry Pi configuration: AST 16-16 int8 on one
-    window in three (``every_n_windows = 3``) and BirdNET on every window.
+    window in three (``every_n_windows = 3``, :data:`RECOMMENDED_EVERY_N`) and BirdNET on every
+    window.
 
 The agent variants run twice: *live* (``capture.type = "file"``, ``realtime = true``: the
 recording paced at its own rate, a live source whose windows are skipped, and counted, when
@@ -77,8 +78,9 @@ VARIANTS = ("prototype", "torch", "onnx-fp32", "onnx-int8", "onnx-int8-pow2", "o
             "birdnet", "pi4-recommended")
 #: What runs without --variants: all but onnx-int8-pow2 (opt-in).
 DEFAULT_VARIANTS = tuple(v for v in VARIANTS if v != "onnx-int8-pow2")
-#: The recommended Pi configuration's AST duty cycle (benchmarks/estimate.py pi4_by_variant).
-RECOMMENDED_EVERY_N = 3
+#: The recommended Pi configuration's AST duty cycle ([classifier] every_n_windows; the same
+#: number the Pi 4 ESTIMATE uses: benchmarks/estimate.py RECOMMENDED).
+RECOMMENDED_EVERY_N = estimate.RECOMMENDED["every_n_windows"]
 #: (d') the int8 agent with onnxruntime's default arena growth instead of the agent's.
 POW2_CLASSIFIER = {"arena_extend_strategy": "next_power_of_two"}
 _t0 = time.monotonic()
@@ -428,7 +430,8 @@ def run_agent(variant: str, agent: Path, classifier: dict, model_file: Path, aud
     """
     work.mkdir(parents=True, exist_ok=True)
     env = {"HF_HUB_OFFLINE": "1"}
-    out: dict = {"variant": variant, "backend": classifier["type"], "window_s": WINDOW_S,
+    out: dict = {"variant": variant, "backend": classifier.get("type", "litert" if birdnet else None),
+                 "window_s": WINDOW_S,
                  "threads": classifier.get("threads"), "model_file": model_file.name,
                  "model_file_mb": round(model_file.stat().st_size / 1e6, 1), "audio_s": audio.seconds,
                  "process": f"{agent.relative_to(REPO)} run", "classifier_config": classifier,
@@ -556,32 +559,22 @@ def birdnet_model_dir(python: Path) -> Path:
     return Path(found)
 
 
-def measure_acoustics(audio: BenchAudio) -> dict:
-    """CPU time of the agent's per-window acoustics (levels, bands, indices, health) on the
-    benchmark audio, in this process after a warm-up: CPU-s per second of audio."""
-    import numpy as np
-    import soundfile as sf
-
-    from agent.analysis.acoustics import AcousticAnalyser
-    from agent.analysis.levels import nominal_calibration
-    from agent.config import HealthConfig, IndicesConfig, LevelsConfig, WindowsConfig
-    from agent.records import Chunk
-    from agent.windows import Windower
-
-    say("timing the per-window acoustics on the benchmark audio")
-    x, rate = sf.read(audio.wav, dtype="float32")
-    analyser = AcousticAnalyser(LevelsConfig(), IndicesConfig(), HealthConfig(), nominal_calibration(LevelsConfig()))
-    analyser.warm_up(rate)
-    windows = list(Windower(WindowsConfig(length_s=WINDOW_S), stream_id="bench").push(
-        Chunk(np.ascontiguousarray(x), rate, segment_start=datetime.now(timezone.utc))))
-    t0 = time.process_time()
-    for w in windows:
-        analyser.analyse(w)
-    cpu = time.process_time() - t0
-    return {"windows": len(windows), "cpu_s_per_window": round(cpu / len(windows), 4),
-            "cpu_s_per_audio_s": round(cpu / (len(windows) * WINDOW_S), 5),
-            "method": "AcousticAnalyser.analyse on every 10 s window of the benchmark WAV, one thread, "
-                      "process CPU time after warm_up"}
+def measure_components(python: Path, exports: dict[str, Path], audio: BenchAudio, work: Path) -> dict:
+    """CPU-s per window of the acoustics, each AST ONNX file and BirdNET, each alone on one
+    thread, through the agent's code in the torch-free virtualenv (``components.py``): the
+    "measured here" side of the Pi 4 estimate's x86 → Cortex-A72 slowdown, and the acoustics'
+    own cost. ``exports``: AST variant → export directory."""
+    say("timing the acoustics, each AST model and BirdNET alone, one thread (torch-free virtualenv)")
+    cmd = [str(python), str(BENCH / "components.py"), "--wav", str(audio.wav), "--window-s", str(WINDOW_S),
+           "--birdnet"]
+    for variant, export_dir in exports.items():
+        for precision, name in (("fp32", "model.onnx"), ("int8", "model_quantized.onnx")):
+            cmd += ["--ast", f"ast-{variant}-{precision}={export_dir}:{name}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    (work / "components.stderr.log").write_text(proc.stderr)
+    if proc.returncode != 0 or not proc.stdout.strip():
+        sys.exit(f"benchmark: timing the components failed (exit {proc.returncode}); see {work / 'components.stderr.log'}")
+    return json.loads(proc.stdout)
 
 
 # ------------------------------------------------------------------------------ targets
@@ -724,9 +717,16 @@ def main(argv: list[str] | None = None) -> int:
     macs = count_macs(scaffold["dir"], runs)
     macs_by_variant = {"10-10": {**macs, "graph": graph_macs(export["dir"], runs)},
                        "16-16": {**count_macs(scaffold16["dir"], runs), "graph": graph_macs(export16["dir"], runs)}}
+    for entry in macs_by_variant.values():  # graph (fp32, int8), FlopCounterMode, formula
+        entry["agreement"] = estimate.mac_agreement(entry)
+        if not entry["agreement"]["agree"]:
+            say(f"WARNING: the MAC counts disagree beyond {estimate.MAC_AGREEMENT_REL_TOL:g}: {entry['agreement']}")
     birdnet_dir = birdnet_model_dir(venv["python"])
     birdnet_macs = tflite_macs(birdnet_dir / "BirdNET_GLOBAL_6K_V2.4_Model_FP32.tflite", runs)
-    acoustics = measure_acoustics(audio)
+    components = measure_components(venv["python"], {"10-10": export["dir"], "16-16": export16["dir"]}, audio, runs)
+    ac = components["parts"]["acoustics"]
+    acoustics = {"windows": components["windows"], "cpu_s_per_window": ac["cpu_s_per_window"],
+                 "cpu_s_per_audio_s": ac["cpu_s_per_audio_s"], "method": f"{ac['what']}: {components['method']}"}
 
     variants: dict[str, dict] = {}
     onnx_agent = venv["dir"] / "bin" / "soundscape-agent"
@@ -783,9 +783,11 @@ def main(argv: list[str] | None = None) -> int:
         tolerance = run_tolerance(venv["python"], export["dir"], audio, runs)
     memory = memory_profile(venv["python"], export["dir"], audio, runs) if "onnx-int8" in chosen else None
     pi4 = estimate.pi4_estimate(macs["measured"]["total"], WINDOW_S)
-    by_variant = estimate.pi4_by_variant(
-        {v: m["graph"]["model.onnx"]["total"] / 1e9 for v, m in macs_by_variant.items()},
-        birdnet_macs["total"] / 1e9, acoustics["cpu_s_per_audio_s"], WINDOW_S, ("16-16", RECOMMENDED_EVERY_N))
+    # the same function `estimate.py --from results.json` recomputes it with
+    by_variant = estimate.pi4_by_variant_from_results(
+        {"macs_per_window_by_variant": macs_by_variant, "birdnet_macs_per_chunk": birdnet_macs,
+         "acoustics_cost": acoustics, "components_cpu": components, "variants": variants},
+        {"every_n_windows": RECOMMENDED_EVERY_N})
 
     results = {
         "format": "soundscape-agent-benchmark/1",
@@ -818,6 +820,7 @@ def main(argv: list[str] | None = None) -> int:
         "macs_per_window_by_variant": macs_by_variant,
         "birdnet_macs_per_chunk": birdnet_macs,
         "acoustics_cost": acoustics,
+        "components_cpu": components,
         "variants": variants,
         "int8_vs_fp32": tolerance,
         "int8_memory_profile": memory,

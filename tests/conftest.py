@@ -50,6 +50,16 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_16_model_dir(tmp_path_factory) -> Path:
+    """A tiny AST 16-16 scaffold (strides 16: 8 × 64 = 512 patches) with its ONNX export. Read-only."""
+    from agent.analysis.models import scaffold
+
+    out = tmp_path_factory.mktemp("models") / "scaffold-tiny-16x16"
+    scaffold(out, tiny=True, onnx=True, variant="16-16")
+    return out
+
+
+@pytest.fixture(scope="session")
 def full_model_dir(tmp_path_factory) -> Path:
     """A full-size AST scaffold (exact architecture, 86.6 M parameters, ~2 s per 10 s window here)."""
     from agent.analysis.models import scaffold

@@ -81,6 +81,9 @@ def test_manifest_provenance_versions_quantisation_and_tolerances(cli_export, ti
     assert src["model_hash"] == src["revision"] == model_hash(tiny_model_dir)
     assert src["model_id"] == m["model_id"] == f"{SCAFFOLD_ID_PREFIX}ast-audioset-527-tiny"
     assert m["n_labels"] == 527 and m["task"] == "audio-classification"
+    a = m["architecture"]
+    assert (a["variant"], a["patch_grid"], a["patches"], a["tokens"]) == ("10-10", [12, 101], 1212, 1214)
+    assert a["stands_for"] == "MIT/ast-finetuned-audioset-10-10-0.4593" and a["input"] == [1, 1024, 128]
     assert isinstance(m["opset"], int) and m["opset"] >= 14
     created = datetime.fromisoformat(m["created_utc"])
     assert created.tzinfo is not None and created.utcoffset().total_seconds() == 0
@@ -397,14 +400,22 @@ def test_ast_16_16_scaffold_exports_verifies_and_runs_in_both_backends(tmp_path)
     out = tmp_path / "ast16-onnx"
     result = export_model(str(src), out, quantize="avx2")
     assert result.manifest["verification"]["passed"] is True
+    a = result.manifest["architecture"]  # the variant recorded in the manifest, from the exported config
+    assert (a["variant"], a["stands_for"]) == ("16-16", "MIT/ast-finetuned-audioset-16-16-0.442")
+    assert (a["patch_grid"], a["patches"], a["tokens"]) == ([8, 64], 512, 514)
+    assert json.loads((out / "config.json").read_text())["soundscape_variant"] == "16-16"
+    assert json.loads((out / SCAFFOLD_MARKER).read_text())["variant"] == "16-16"
     x, rate = read_recording()
     torch_clf = load_classifier(TorchClassifierConfig(model=str(src)))
     fp32 = load_classifier(OnnxClassifierConfig(model=str(out)))
     int8 = load_classifier(OnnxClassifierConfig(model=str(out), file_name="model_quantized.onnx"))
     assert "16-16" in torch_clf.info.model_id and torch_clf.info.is_scaffold
+    assert fp32.info.model_id == int8.info.model_id == torch_clf.info.model_id and int8.info.is_scaffold
     tokens = torch_clf._model.audio_spectrogram_transformer.embeddings.position_embeddings.shape[1]
     assert tokens == 8 * 64 + 2  # 512 patches + CLS + distillation token
     assert torch_clf.features(x, rate).shape == (1, 1024, 128)
+    # feature extraction is the variant-independent 1024 × 128 fbank in both backends
+    np.testing.assert_array_equal(fp32.features(x, rate), torch_clf.features(x, rate))
     reference = torch_clf.scores(x, rate)
     assert np.abs(fp32.scores(x, rate) - reference).max() < 1e-4
     assert np.abs(int8.scores(x, rate) - reference).max() < 0.05

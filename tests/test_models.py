@@ -259,3 +259,89 @@ def test_hub_id_found_in_local_cache(tiny_model_dir, tmp_path):
 
 def test_labels_helper_matches_shared_config():
     assert len(shared_labels()) == 527 and shared_labels()[0] == "Speech"
+
+
+# ------------------------------------------------------------------------------ AST variants
+
+
+def test_ast_variants_registry():
+    from agent.analysis.models import AST_VARIANTS
+
+    assert AST_VARIANTS["10-10"]["model_id"] == SOURCE_MODEL_ID == DEFAULT_MODEL_ID
+    assert AST_VARIANTS["16-16"]["model_id"] == "MIT/ast-finetuned-audioset-16-16-0.442"
+    for name, spec in AST_VARIANTS.items():
+        stride = int(name.split("-")[0])
+        assert spec["frequency_stride"] == spec["time_stride"] == stride
+        f_dim, t_dim = (128 - 16) // stride + 1, (1024 - 16) // stride + 1
+        assert tuple(spec["patch_grid"]) == (f_dim, t_dim) and spec["patches"] == f_dim * t_dim
+        # the published mAP is the figure in the hub id
+        assert spec["model_id"].endswith(str(spec["audioset_map"])) and "Gong" in spec["audioset_map_source"]
+    assert (AST_VARIANTS["10-10"]["patches"], AST_VARIANTS["16-16"]["patches"]) == (1212, 512)
+
+
+def test_variant_config_is_the_packaged_config_with_two_strides_and_the_id_changed():
+    from agent.analysis.models import DERIVED_CONFIG_KEY, variant_config
+
+    packaged = json.loads((packaged_config_dir() / "config.json").read_text())
+    assert variant_config("10-10") == packaged
+    derived = variant_config("16-16")
+    note = derived.pop(DERIVED_CONFIG_KEY)
+    changed = {k for k in set(packaged) | set(derived) if packaged.get(k) != derived.get(k)}
+    assert changed == {"frequency_stride", "time_stride", "_name_or_path"}
+    assert (derived["frequency_stride"], derived["time_stride"]) == (16, 16)
+    assert derived["_name_or_path"] == "MIT/ast-finetuned-audioset-16-16-0.442"
+    assert note["changed"]["time_stride"] == [10, 16] and SOURCE_MODEL_ID in note["from"]
+    assert ORIGINAL_SHA256["config.json"] in note["from"] and "512 patches" in note["why"]
+    with pytest.raises(ValueError, match="unknown AST variant"):
+        variant_config("12-12")
+
+
+def test_16_16_scaffold_records_its_variant_and_has_512_patches(tiny_16_model_dir):
+    import onnx
+    import torch
+    from transformers import ASTForAudioClassification
+
+    from agent.analysis.models import DERIVED_CONFIG_KEY
+
+    mark = json.loads((tiny_16_model_dir / SCAFFOLD_MARKER).read_text())
+    assert mark["variant"] == "16-16" and mark["stands_for"] == "MIT/ast-finetuned-audioset-16-16-0.442"
+    assert mark["patches"] == 512 and mark["derived"]["changed"]["frequency_stride"] == [10, 16]
+    config = json.loads((tiny_16_model_dir / "config.json").read_text())
+    assert config["soundscape_variant"] == "16-16" and config[DERIVED_CONFIG_KEY]["variant"] == "16-16"
+    assert (config["frequency_stride"], config["time_stride"]) == (16, 16)
+    assert "_name_or_path" not in config  # random weights never carry the real model's id
+    resolved = resolve_model(str(tiny_16_model_dir))
+    assert resolved.is_scaffold and resolved.model_id == SCAFFOLD_ID_PREFIX + "ast-16-16-audioset-527-tiny"
+
+    # PyTorch: the patch embedding cuts the 1024 × 128 fbank into 8 × 64 = 512 patches (+ 2 tokens)
+    model = ASTForAudioClassification.from_pretrained(str(tiny_16_model_dir)).eval()
+    with torch.no_grad():
+        tokens = model.audio_spectrogram_transformer.embeddings(torch.zeros(1, 1024, 128))
+    assert tokens.shape == (1, 512 + 2, 64)
+    # ONNX: the patch Conv's output, by ONNX shape inference with the input fixed to (1, 1024, 128)
+    graph = onnx.load(str(tiny_16_model_dir / "model.onnx"))
+    for d, value in zip(graph.graph.input[0].type.tensor_type.shape.dim, (1, 1024, 128)):
+        d.ClearField("dim_param")
+        d.dim_value = value
+    inferred = onnx.shape_inference.infer_shapes(graph)
+    conv = next(n for n in inferred.graph.node if n.op_type == "Conv")
+    vi = next(v for v in inferred.graph.value_info if v.name == conv.output[0])
+    assert [d.dim_value for d in vi.type.tensor_type.shape.dim] == [1, 64, 8, 64]
+
+
+def test_10_10_scaffold_keeps_its_id_and_says_its_variant(tiny_model_dir):
+    mark = json.loads((tiny_model_dir / SCAFFOLD_MARKER).read_text())
+    assert mark["variant"] == "10-10" and mark["patches"] == 1212 and "derived_from" not in mark
+    assert json.loads((tiny_model_dir / "config.json").read_text())["soundscape_variant"] == "10-10"
+
+
+def test_unknown_variant_is_refused(tmp_path):
+    from agent.cli import build_parser
+
+    with pytest.raises(ValueError, match="unknown AST variant '12-12'"):
+        scaffold(tmp_path / "x", tiny=True, variant="12-12")
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["model", "scaffold", "--out", str(tmp_path / "y"), "--variant", "12-12"])
+    args = build_parser().parse_args(["model", "scaffold", "--out", str(tmp_path / "y")])
+    assert args.variant == "10-10"

@@ -139,7 +139,8 @@ def test_sigterm_finishes_windows_in_flight_syncs_and_exits_0(tmp_path, tiny_mod
 
 
 def test_demo_runs_on_bundled_recordings_and_announces_the_scaffold(tmp_path, full_model_dir, pg_dsn):
-    """The README's first command: real recordings, real pipeline, scaffold announced, and
+    """The README's first command: real recordings, real pipeline, 5 s windows, the AST scaffold
+    announced, BirdNET's real species (the Red-faced Spinetail on the spinetail recording), and
     with SOUNDSCAPE_DSN set the demo creates the schema and syncs every window."""
     r = agent("demo", "--state-dir", str(tmp_path), "--scaffold-dir", str(full_model_dir),
               env={"SOUNDSCAPE_DSN": pg_dsn}, timeout=600)
@@ -147,11 +148,18 @@ def test_demo_runs_on_bundled_recordings_and_announces_the_scaffold(tmp_path, fu
     assert "the real model could not be loaded" in r.stdout and "FALLING BACK to a SCAFFOLD" in r.stdout
     assert "model: SCAFFOLD-random-weights" in r.stdout
     window_lines = [ln for ln in r.stdout.splitlines() if ln.startswith("window")]
-    assert len(window_lines) == 9 and all("dB SPL" in ln for ln in window_lines)
+    n = 8 * 2 + 3  # eight 10 s recordings and one of 19.5 s, in whole 5 s windows
+    assert len(window_lines) == n and all("dB SPL" in ln for ln in window_lines)
     assert "2019-05-22 06:00:00 UTC" in r.stdout
-    assert sum("[SCAFFOLD model: labels meaningless]" in ln for ln in window_lines) >= 1
+    assert sum("[SCAFFOLD model: labels meaningless]" in ln for ln in window_lines) == n
+    assert "BirdNET species classification: on" in r.stdout and "CC BY-NC-SA 4.0" in r.stdout
+    spinetail = [ln for ln in window_lines if "2018-09-19" in ln]
+    assert len(spinetail) == 3 and any("Red-faced Spinetail (Cranioleuca erythrops)" in ln for ln in spinetail)
     local = queue_rows(tmp_path / "queue.db")
-    assert len(local) == 9 and all(synced for _, synced in local)
+    assert len(local) == n and all(synced for _, synced in local)
     with psycopg.connect(pg_dsn) as con:
-        assert con.execute("SELECT count(*) FROM windows WHERE model_is_scaffold").fetchone()[0] == 9
-        assert con.execute("SELECT count(*) FROM detections_flat").fetchone()[0] == 9 * 5
+        assert con.execute("SELECT count(*) FROM windows WHERE model_is_scaffold").fetchone()[0] == n
+        assert con.execute("SELECT count(*) FROM detections_flat WHERE taxonomy = 'audioset'").fetchone()[0] == n * 5
+        birds = con.execute("SELECT DISTINCT model_id, model_is_scaffold FROM detections_flat"
+                            " WHERE taxonomy = 'birdnet'").fetchall()
+        assert len(birds) == 1 and "CC BY-NC-SA 4.0" in birds[0][0] and birds[0][1] is False

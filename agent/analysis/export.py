@@ -31,7 +31,8 @@ calls :func:`export_model`, which
    its native rate through the public classifier API (:func:`agent.analysis.classifier.load_classifier`,
    which resamples to 16 kHz): max |Δ sigmoid score| and top-k overlap (see
    :func:`compare_scores`) against :data:`TOLERANCES`, also int8 against fp32 ONNX;
-6. writes ``manifest.json`` (:data:`MANIFEST_NAME`): provenance, sha256 and size of every
+6. writes ``manifest.json`` (:data:`MANIFEST_NAME`): provenance, the architecture (AST
+   variant 10-10 or 16-16 by its patch strides, patch grid, tokens), sha256 and size of every
    file, quantisation settings and the operators it quantised, label count, library versions,
    opset, date, the verification results and the tolerances they were held to.
 
@@ -765,6 +766,23 @@ def export_model(
     return result
 
 
+def _architecture(config: dict[str, Any]) -> dict[str, Any]:
+    """The exported AST's shape from its ``config.json``: patch grid and tokens of the 1024 × 128
+    fbank, and which AST variant (:data:`agent.analysis.models.AST_VARIANTS`) its strides are."""
+    from agent.analysis.models import AST_VARIANTS
+
+    patch = int(config.get("patch_size", 16))
+    fs, ts = int(config["frequency_stride"]), int(config["time_stride"])
+    grid = ((int(config["num_mel_bins"]) - patch) // fs + 1, (int(config["max_length"]) - patch) // ts + 1)
+    variant = next((name for name, spec in AST_VARIANTS.items()
+                    if (spec["frequency_stride"], spec["time_stride"]) == (fs, ts)), None)
+    return {"variant": variant, "stands_for": AST_VARIANTS[variant]["model_id"] if variant else None,
+            "frequency_stride": fs, "time_stride": ts, "patch_size": patch,
+            "input": [1, int(config["max_length"]), int(config["num_mel_bins"])],
+            "patch_grid": list(grid), "patches": grid[0] * grid[1], "tokens": grid[0] * grid[1] + 2,
+            "layers": int(config["num_hidden_layers"]), "hidden_size": int(config["hidden_size"])}
+
+
 def _manifest(*, resolved: Any, model: str, staging: Path, quantize: str, per_channel: bool, qconfig: Any,
               windows: Sequence[AudioWindow], window_s: float, tolerances: Tolerances, threads: int,
               checks: Sequence[CheckResult], passed: bool, verification: dict[str, Any], exported_id: str,
@@ -810,6 +828,7 @@ def _manifest(*, resolved: Any, model: str, staging: Path, quantize: str, per_ch
         },
         "model_id": exported_id,
         "is_scaffold": resolved.is_scaffold,
+        "architecture": _architecture(json.loads((staging / "config.json").read_text(encoding="utf-8"))),
         "n_labels": verification["n_labels"],
         "task": "audio-classification",
         "opset": opset,

@@ -46,14 +46,25 @@ SCAFFOLD_CONFIG_KEY = "soundscape_scaffold"
 SOURCE_MODEL_ID = "MIT/ast-finetuned-audioset-10-10-0.4593"
 #: The AST AudioSet variants: the real model each scaffold stands for, its patch strides (the
 #: only architectural difference: the 16-16 config is the 10-10 config with both strides set to
-#: 16), patches of a 1024 × 128 fbank, and its published AudioSet mAP (the figure in each model's
-#: hub id; Gong et al., "AST: Audio Spectrogram Transformer", Interspeech 2021, Table 5).
+#: 16, :func:`variant_config`), its patch grid on a 1024-frame × 128-bin fbank
+#: (``(128 - 16) // stride + 1`` × ``(1024 - 16) // stride + 1``) and its published AudioSet
+#: mAP: the figure in each hub id, from the AST authors' list of their AudioSet checkpoints
+#: (github.com/YuanGongND/ast, README, "Pretrained Models": ``audioset_10_10_0.4593.pth``,
+#: "10 tstride, 10 fstride, with Weight Averaging (0.459 mAP)"; ``audioset_16_16_0.4422.pth``,
+#: "16 tstride, 16 fstride, without Weight Averaging (0.442 mAP)"); Gong, Chung and Glass,
+#: "AST: Audio Spectrogram Transformer", Interspeech 2021 (arXiv:2104.01778).
 AST_VARIANTS: dict[str, dict[str, Any]] = {
-    "10-10": {"model_id": "MIT/ast-finetuned-audioset-10-10-0.4593", "stride": 10, "patches": (12, 101),
-              "audioset_map": 0.4593},
-    "16-16": {"model_id": "MIT/ast-finetuned-audioset-16-16-0.442", "stride": 16, "patches": (8, 64),
-              "audioset_map": 0.442},
+    "10-10": {"model_id": "MIT/ast-finetuned-audioset-10-10-0.4593", "frequency_stride": 10, "time_stride": 10,
+              "stride": 10, "patch_grid": (12, 101), "patches": 1212, "audioset_map": 0.4593,
+              "audioset_map_source": "YuanGongND/ast README, Pretrained Models: audioset_10_10_0.4593.pth (0.459 mAP, "
+                                     "with weight averaging); Gong et al., Interspeech 2021"},
+    "16-16": {"model_id": "MIT/ast-finetuned-audioset-16-16-0.442", "frequency_stride": 16, "time_stride": 16,
+              "stride": 16, "patch_grid": (8, 64), "patches": 512, "audioset_map": 0.442,
+              "audioset_map_source": "YuanGongND/ast README, Pretrained Models: audioset_16_16_0.4422.pth (0.442 mAP, "
+                                     "without weight averaging); Gong et al., Interspeech 2021"},
 }
+#: ``config.json`` key of a derived variant's scaffold: what was derived, from what.
+DERIVED_CONFIG_KEY = "soundscape_derived"
 DEFAULT_VARIANT = "10-10"
 #: Architecture overrides of ``scaffold(tiny=True)``; labels, mel bins, frames, patches and
 #: strides stay those of the real model, so features and outputs have the real shapes.
@@ -525,6 +536,41 @@ def _prepare_out_dir(out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
 
 
+def variant_config(variant: str = DEFAULT_VARIANT) -> dict[str, Any]:
+    """The ``config.json`` of an AST AudioSet variant, from the packaged real 10-10 config.
+
+    ``10-10``: the packaged file as it is. ``16-16``: the same with ``frequency_stride`` and
+    ``time_stride`` set to 16 and ``_name_or_path`` set to the 16-16 hub id — the only
+    differences between the two real models' architectures (:data:`AST_VARIANTS`); the result
+    also carries :data:`DERIVED_CONFIG_KEY`, which says so.
+
+    Raises:
+        ValueError: unknown ``variant``.
+    """
+    if variant not in AST_VARIANTS:
+        raise ValueError(f"unknown AST variant {variant!r}: use one of {', '.join(AST_VARIANTS)}")
+    path = packaged_config_dir() / "config.json"
+    config = read_json(path)
+    spec = AST_VARIANTS[variant]
+    if variant == DEFAULT_VARIANT:
+        return config
+    changed = {"frequency_stride": [config["frequency_stride"], spec["frequency_stride"]],
+               "time_stride": [config["time_stride"], spec["time_stride"]],
+               "_name_or_path": [config.get("_name_or_path"), spec["model_id"]]}
+    for key, (_, value) in changed.items():
+        config[key] = value
+    config[DERIVED_CONFIG_KEY] = {
+        "variant": variant,
+        "from": f"{SOURCE_MODEL_ID} config.json, packaged in agent/data/ast-audioset "
+                f"(sha256 {hashlib.sha256(path.read_bytes()).hexdigest()})",
+        "changed": changed,
+        "why": f"{spec['model_id']} has the same architecture and labels but patch strides of {spec['frequency_stride']}: "
+               f"{spec['patch_grid'][0]} x {spec['patch_grid'][1]} = {spec['patches']} patches of the same 1024 x 128 "
+               "fbank (12 x 101 = 1212 with strides of 10)",
+    }
+    return config
+
+
 def scaffold(out_dir: Path, tiny: bool = False, *, onnx: bool = False, seed: int = 0,
              variant: str = DEFAULT_VARIANT) -> ScaffoldResult:
     """Write an AST AudioSet model directory with RANDOM weights (a test model).
@@ -532,9 +578,13 @@ def scaffold(out_dir: Path, tiny: bool = False, *, onnx: bool = False, seed: int
     The architecture and the 527 labels come from the packaged real config
     (``MIT/ast-finetuned-audioset-10-10-0.4593``: 12 layers, hidden 768, 12 heads,
     intermediate 3072, 128 mel bins, 1024 frames, 16×16 patches, strides 10);
-    ``variant="16-16"`` sets both patch strides to 16 (512 patches instead of 1212: the
-    ``MIT/ast-finetuned-audioset-16-16-0.442`` architecture; :data:`AST_VARIANTS`), recorded in
-    ``SCAFFOLD.json`` (``derived_from``) and ``config.json`` (``soundscape_variant``).
+    ``variant="16-16"`` starts from :func:`variant_config` instead: both patch strides 16 (512
+    patches instead of 1212: the ``MIT/ast-finetuned-audioset-16-16-0.442`` architecture;
+    :data:`AST_VARIANTS`), what was derived from what recorded in ``SCAFFOLD.json``
+    (``derived_from``, ``derived``) and ``config.json`` (``soundscape_derived``); every scaffold's
+    ``config.json`` names its variant (``soundscape_variant``) and its id says it for 16-16
+    (``SCAFFOLD-random-weights/ast-16-16-audioset-527``; 10-10 keeps its earlier id). Like the
+    10-10 scaffold it has no ``_name_or_path``: random weights never carry a real model's id.
     ``tiny=True`` keeps labels, mel bins, frames, patches and strides but uses
     :data:`TINY_OVERRIDES` (2 layers, hidden 64, 2 heads, intermediate 128). Weights are
     transformers' initialisation under ``torch.manual_seed(seed)`` (deterministic; the global
@@ -577,13 +627,13 @@ def scaffold(out_dir: Path, tiny: bool = False, *, onnx: bool = False, seed: int
     _prepare_out_dir(out_dir)
 
     src_dir = packaged_config_dir()
-    config_dict = read_json(src_dir / "config.json")
+    config_dict = variant_config(variant)
+    # a scaffold does not claim the real model's id (it has random weights): its id is its own
     for key in ("_name_or_path", "transformers_version", "architectures"):
         config_dict.pop(key, None)
     if tiny:
         config_dict.update(TINY_OVERRIDES)
     spec = AST_VARIANTS[variant]
-    config_dict["frequency_stride"] = config_dict["time_stride"] = spec["stride"]
     config_dict["soundscape_variant"] = variant
     n_labels = len(config_dict["id2label"])
     tag = "" if variant == DEFAULT_VARIANT else f"{variant}-"
@@ -599,11 +649,13 @@ def scaffold(out_dir: Path, tiny: bool = False, *, onnx: bool = False, seed: int
         "source_config": f"{SOURCE_MODEL_ID} config.json (packaged in agent/data/ast-audioset)",
         "warning": "labels are meaningless: random weights, for tests and benchmarks only",
     }
+    mark["patches"] = spec["patches"]
     if variant != DEFAULT_VARIANT:
         mark["derived_from"] = (f"{SOURCE_MODEL_ID} config.json with frequency_stride = time_stride = "
-                                f"{spec['stride']}: the only architectural difference of {spec['model_id']} "
-                                f"({spec['patches'][0]} x {spec['patches'][1]} = "
-                                f"{spec['patches'][0] * spec['patches'][1]} patches)")
+                                f"{spec['stride']} and _name_or_path = {spec['model_id']}: the only architectural "
+                                f"difference of {spec['model_id']} ({spec['patch_grid'][0]} x {spec['patch_grid'][1]} = "
+                                f"{spec['patches']} patches)")
+        mark["derived"] = config_dict[DERIVED_CONFIG_KEY]
     (out_dir / SCAFFOLD_MARKER).write_text(json.dumps(mark, indent=2) + "\n", encoding="utf-8")
 
     config = ASTConfig(**config_dict)
@@ -646,8 +698,8 @@ def scaffold(out_dir: Path, tiny: bool = False, *, onnx: bool = False, seed: int
 
 
 __all__ = [
-    "AST_VARIANTS", "DEFAULT_PROBE_TIMEOUT_S", "DEFAULT_VARIANT", "HASHED_SUFFIXES", "SCAFFOLD_CONFIG_KEY", "SCAFFOLD_ID_PREFIX",
-    "SCAFFOLD_MARKER", "SOURCE_MODEL_ID", "TINY_OVERRIDES", "WEIGHT_SUFFIXES", "ResolvedModel",
-    "ScaffoldResult", "load_feature_extractor", "model_hash", "packaged_config_dir", "read_json",
-    "resolve_model", "scaffold",
+    "AST_VARIANTS", "DEFAULT_PROBE_TIMEOUT_S", "DEFAULT_VARIANT", "DERIVED_CONFIG_KEY", "HASHED_SUFFIXES",
+    "SCAFFOLD_CONFIG_KEY", "SCAFFOLD_ID_PREFIX", "SCAFFOLD_MARKER", "SOURCE_MODEL_ID", "TINY_OVERRIDES",
+    "WEIGHT_SUFFIXES", "ResolvedModel", "ScaffoldResult", "load_feature_extractor", "model_hash",
+    "packaged_config_dir", "read_json", "resolve_model", "scaffold", "variant_config",
 ]
