@@ -18,6 +18,8 @@ AUDIO = Path(__file__).resolve().parent.parent / "data" / "recordings"
 # original's (MIT/ast-finetuned-audioset-10-10-0.4593, as in /work/shared/models)
 SHARED_CONFIG = Path(__file__).resolve().parent.parent / "agent" / "data" / "ast-audioset" / "config.json"
 RECORDING = AUDIO / "S4A03895_20190522_060000.wav"  # SM4, 22 kHz, 10 s, dawn chorus
+#: Audacity label track of spinetail_20180919_160000.wav (CRER: Cranioleuca erythrops songs)
+ANNOTATIONS = AUDIO / "spinetail_annotations.txt"
 
 def shared_labels() -> list[str]:
     """The 527 AudioSet labels of the real model's config, in index order."""
@@ -35,3 +37,13 @@ def copy_model(src: Path, dst: Path) -> Path:
     """Copy a model directory (to modify it without touching the shared one)."""
     shutil.copytree(src, dst)
     return dst
+
+
+def crer_songs() -> list[tuple[float, float]]:
+    """(start, end) s of every CRER song in the Audacity label track."""
+    songs = []
+    for line in ANNOTATIONS.read_text().splitlines():
+        start, end, label = (line.split("\t") + ["", ""])[:3]
+        if label.strip() == "CRER":
+            songs.append((float(start), float(end)))
+    return songs

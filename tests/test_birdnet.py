@@ -26,10 +26,9 @@ from agent.analysis.birdnet import (CHUNK_SAMPLES, KNOWN_SHA256, LABELS_FILE, LI
                                     load_birdnet, top_species, week_of)
 from agent.config import BirdnetConfig
 from agent.errors import ModelError
-from tests.model_fixtures import AUDIO
+from tests.model_fixtures import AUDIO, crer_songs
 
 RECORDING = AUDIO / "spinetail_20180919_160000.wav"
-ANNOTATIONS = AUDIO / "spinetail_annotations.txt"
 SPECIES = "Cranioleuca erythrops_Red-faced Spinetail"
 #: the recording's site, Valle del Cauca, Colombia (data/recordings/README.md)
 COLOMBIA = (3.4, -76.5)
@@ -38,14 +37,6 @@ BERLIN = (52.5, 13.4)
 WHEN = datetime(2018, 9, 19, 16, 0, tzinfo=timezone.utc)
 
 
-def crer_songs() -> list[tuple[float, float]]:
-    """(start, end) s of every CRER song in the Audacity label track."""
-    songs = []
-    for line in ANNOTATIONS.read_text().splitlines():
-        start, end, label = (line.split("\t") + ["", ""])[:3]
-        if label.strip() == "CRER":
-            songs.append((float(start), float(end)))
-    return songs
 
 
 def direct_chunk_scores(window: np.ndarray, rate: int, starts_s: list[float]) -> np.ndarray:

@@ -16,22 +16,13 @@ import pytest
 import soundfile as sf
 import soxr
 
-from tests.model_fixtures import AUDIO
+from tests.model_fixtures import AUDIO, crer_songs
 from tests.test_run import agent, write_config
 
 RECORDING = AUDIO / "spinetail_20180919_160000.wav"
-ANNOTATIONS = AUDIO / "spinetail_annotations.txt"
 SPECIES = "Cranioleuca erythrops_Red-faced Spinetail"
 WINDOW_S = 3.0
 
-def crer_songs() -> list[tuple[float, float]]:
-    """(start, end) s of every CRER song in the Audacity label track."""
-    songs = []
-    for line in ANNOTATIONS.read_text().splitlines():
-        start, end, label = (line.split("\t") + ["", ""])[:3]
-        if label.strip() == "CRER":
-            songs.append((float(start), float(end)))
-    return songs
 
 
 def direct_window_scores(samples: np.ndarray, rate: int) -> dict[str, tuple[float, float]]:
