@@ -217,11 +217,10 @@ MAX_REAL_TIME_FACTOR = 0.8
 def _keep_up_hint(timed: list[dict], hop: float) -> str:
     """What to change so that the classifiers keep up, from their measured seconds per window."""
     budget = MAX_REAL_TIME_FACTOR * hop
-    others = {t["taxonomy"]: t["inference_s"] / t["every_n_windows"] for t in timed}
     tips = []
     ast = next((t for t in timed if t["taxonomy"] == "audioset"), None)
     if ast is not None:
-        room = budget - sum(v for k, v in others.items() if k != "audioset")
+        room = budget - sum(t["inference_s"] / t["every_n_windows"] for t in timed if t is not ast)
         n = math.ceil(ast["inference_s"] / room) if room > 0 else None
         if ast["backend"] != "onnx" or "16-16" not in ast["model_id"]:
             tips.append("use the int8 ONNX export of AST 16-16 (`soundscape-agent model export --model "
