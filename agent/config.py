@@ -496,8 +496,8 @@ class SyncConfig(_Section):
         final_timeout_s: bound on the last sync attempt at shutdown, s (default 10).
         password_file: file holding the PostgreSQL password (first line; default none: the DSN
             or libpq's own ``PGPASSFILE`` supplies it). ``${CREDENTIALS_DIRECTORY}`` is expanded,
-            so a systemd credential (``LoadCredential=pg-password:...``) is named
-            ``"${CREDENTIALS_DIRECTORY}/pg-password"``. It must not be readable by group or
+            so the shipped unit's credential (``LoadCredential=soundscape-agent.pg-password``)
+            is named ``"${CREDENTIALS_DIRECTORY}/soundscape-agent.pg-password"``. It must not be readable by group or
             others (mode 0600 or stricter): :func:`agent.sync.read_password` refuses otherwise.
             Keeps the password off the command line, out of the environment and out of the
             config file.

@@ -292,7 +292,8 @@ def write_textfile(path: str | os.PathLike[str], metrics: dict[str, float | int 
     """Write node-exporter textfile-collector metrics atomically (temp file + rename).
 
     Each metric becomes ``soundscape_agent_<name>{labels} value`` (Prometheus text exposition
-    format 0.0.4); ``None`` values are left out, booleans are 0/1.
+    format 0.0.4); ``None`` values are left out, booleans are 0/1. The file's mode is 0644
+    whatever the process umask, so that node-exporter (another user) can read it.
 
     Raises:
         OSError: the directory is not writable.
@@ -308,6 +309,8 @@ def write_textfile(path: str | os.PathLike[str], metrics: dict[str, float | int 
     target = Path(path)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    # readable by node-exporter (another user) whatever the umask (the unit sets UMask=0077)
+    os.chmod(tmp, 0o644)
     os.replace(tmp, target)
 
 

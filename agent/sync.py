@@ -52,6 +52,19 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 )
 """
 
+# The compatibility floor of each applied migration (its "-- compatible-from: N" header): the
+# oldest agent schema version that still syncs to a server with it. Added by every `db init`
+# since schema 6, before the numbered migrations, so any server newer than an agent has it.
+_ADD_COMPATIBILITY_FLOOR = """
+ALTER TABLE schema_migrations ADD COLUMN IF NOT EXISTS compatible_from int;
+COMMENT ON COLUMN schema_migrations.compatible_from IS
+    'Oldest agent schema version that can still sync to a server with this migration (NULL: this version).'
+"""
+
+#: ``-- compatible-from: N`` in a migration's header: agents that know schema N or newer can
+#: still sync once it is applied (it only adds nullable or defaulted columns, tables, views).
+_COMPATIBLE_FROM = re.compile(r"^-- compatible-from: (\d+)\s*$", re.M)
+
 # Target-less ON CONFLICT DO NOTHING: it swallows a duplicate window_key (a replayed batch)
 # and needs only the INSERT privilege. "ON CONFLICT (window_key) DO NOTHING" would also need
 # SELECT on the conflict columns, which an INSERT-only device role does not have.
@@ -308,7 +321,18 @@ def _migrations() -> tuple[tuple[int, str, str], ...]:
     versions = [v for v, _, _ in found]
     if versions != list(range(1, len(found) + 1)):
         raise RuntimeError(f"agent/sql migrations must be numbered 0001, 0002, ... without gaps: {versions}")
+    for version, name, sql in found:
+        floor = compatible_from(sql, version)
+        if not 1 <= floor <= version:
+            raise RuntimeError(f"agent/sql/{name}: compatible-from {floor} must be between 1 and {version}")
     return tuple(found)
+
+
+def compatible_from(sql: str, version: int) -> int:
+    """The compatibility floor a migration declares (``-- compatible-from: N``), else ``version``
+    (nothing declared: only agents that know this migration may sync)."""
+    m = _COMPATIBLE_FROM.search(sql)
+    return int(m.group(1)) if m else version
 
 
 def known_schema_version() -> int:
@@ -322,7 +346,9 @@ def migrate(dsn: str, connect_timeout_s: float = 10) -> int:
     Each pending ``agent/sql/NNNN_*.sql`` runs in its own transaction holding
     ``pg_advisory_xact_lock(MIGRATION_LOCK_KEY)``, so concurrent runs queue up and each
     version is applied exactly once; a second run changes nothing. ``schema_migrations``
-    is readable by PUBLIC so that an INSERT-only device role can check the version.
+    is readable by PUBLIC so that an INSERT-only device role can check the version, and
+    records each migration's compatibility floor (``compatible_from``, from its
+    ``-- compatible-from: N`` header), which lets agents that do not know it yet keep syncing.
 
     Args:
         dsn: libpq string or URI of a role allowed to create tables (the database owner).
@@ -350,6 +376,10 @@ def migrate(dsn: str, connect_timeout_s: float = 10) -> int:
                 if not existed:
                     conn.execute(_CREATE_MIGRATIONS_TABLE)
                     conn.execute("GRANT SELECT ON schema_migrations TO PUBLIC")
+                conn.execute(_ADD_COMPATIBILITY_FLOOR)
+                for version, _, sql in _migrations():  # floors of migrations applied before 6 had the column
+                    conn.execute("UPDATE schema_migrations SET compatible_from = %s"
+                                 " WHERE version = %s AND compatible_from IS NULL", (compatible_from(sql, version), version))
             for version, name, sql in _migrations():
                 with conn.transaction():
                     conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
@@ -357,7 +387,8 @@ def migrate(dsn: str, connect_timeout_s: float = 10) -> int:
                     if done:
                         continue
                     conn.execute(sql)  # no parameters: several statements are allowed
-                    conn.execute("INSERT INTO schema_migrations (version, applied_at) VALUES (%s, now())", (version,))
+                    conn.execute("INSERT INTO schema_migrations (version, applied_at, compatible_from)"
+                                 " VALUES (%s, now(), %s)", (version, compatible_from(sql, version)))
                 log.info("PostgreSQL %s: applied migration %s", where, name)
             current = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()[0]
     except psycopg.Error as err:
@@ -573,10 +604,26 @@ async def _connect(cfg: SyncConfig, params: dict[str, str], where: str,
 
 
 async def _check_schema(conn: psycopg.AsyncConnection, params: dict[str, str], where: str) -> int:
-    """The server's schema version; SyncError unless it is the one this agent knows."""
+    """The server's schema version; SyncError unless this agent can write to it.
+
+    Accepted: the version this agent knows, or a newer one whose every unknown migration
+    declares a compatibility floor (``schema_migrations.compatible_from``) at or below it
+    (additive migrations: ``db.yml`` may run before the fleet is upgraded). Refused: an older
+    schema, or a newer one that is incompatible; the hint names both versions.
+    """
+    known = known_schema_version()
     try:
         cur = await conn.execute("SELECT max(version) FROM schema_migrations")
         row = await cur.fetchone()
+        version = int(row[0]) if row and row[0] is not None else 0
+        floor = version
+        if version > known:
+            try:
+                cur = await conn.execute(
+                    "SELECT max(coalesce(compatible_from, version)) FROM schema_migrations WHERE version > %s", (known,))
+                floor = int((await cur.fetchone())[0])
+            except pgerrors.UndefinedColumn:  # no floors recorded: incompatible
+                await conn.rollback()
         await conn.rollback()  # read only; each batch gets a transaction of its own
     except pgerrors.UndefinedTable:
         raise SyncError(
@@ -591,19 +638,32 @@ async def _check_schema(conn: psycopg.AsyncConnection, params: dict[str, str], w
     except psycopg.Error as err:
         text = _scrub(str(err), params)
         raise SyncError(f"PostgreSQL {where}: reading the schema version failed: {text}", _server_hint(err)) from None
-    version = int(row[0]) if row and row[0] is not None else 0
-    known = known_schema_version()
     if version < known:
         raise SyncError(
             f"PostgreSQL {where} has schema version {version}, this agent needs {known}",
             "run 'soundscape-agent db init' against this database as its owner",
         )
-    if version > known:
+    if floor > known:
         raise SyncError(
-            f"PostgreSQL {where} has schema version {version}, newer than this agent knows ({known})",
-            "upgrade soundscape-agent on this device (or run its 'db init' if the server was rolled back)",
+            f"PostgreSQL {where} has schema version {version}, newer than this agent knows ({known}) and "
+            f"incompatible with it (agents of schema {floor} or newer only)",
+            f"upgrade soundscape-agent on this device to a release with schema {floor} or newer "
+            f"(or run its 'db init' if the server was rolled back)",
         )
+    if version > known:
+        _log_newer_once(where, version, known, floor)
     return version
+
+
+_newer_logged: set[tuple[str, int]] = set()
+
+
+def _log_newer_once(where: str, version: int, known: int, floor: int) -> None:
+    if (where, version) not in _newer_logged:
+        _newer_logged.add((where, version))
+        log.warning("PostgreSQL %s has schema version %d, newer than this agent's %d but compatible with it "
+                    "(agents of schema %d or newer): syncing; upgrade soundscape-agent when you can",
+                    where, version, known, floor)
 
 
 async def probe_server(cfg: SyncConfig, device_id: str) -> tuple[str, int]:
@@ -851,7 +911,7 @@ class Syncer:
         if not self.enabled or timeout <= 0:
             return 0
         try:
-            return await asyncio.wait_for(self.sync_once(), timeout=timeout)
+            delivered = await asyncio.wait_for(self.sync_once(), timeout=timeout)
         except TimeoutError:
             log.warning("final sync did not finish within %g s; pending windows stay in the outbox", timeout)
         except (SyncError, StoreError) as err:
@@ -859,8 +919,11 @@ class Syncer:
                         f"; hint: {err.hint}" if err.hint else "")
         except Exception as err:
             log.error("final sync failed unexpectedly (%r)", err, exc_info=True)
+        else:
+            log.info("final sync: %d windows delivered, the outbox is empty", delivered)
+            return delivered
         return 0
 
 
-__all__ = ["MIGRATION_LOCK_KEY", "Syncer", "known_schema_version", "migrate", "redact_dsn", "send_batch", "send_events",
+__all__ = ["MIGRATION_LOCK_KEY", "Syncer", "compatible_from", "known_schema_version", "migrate", "redact_dsn", "send_batch", "send_events",
            "send_heartbeats"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import os
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 
@@ -29,22 +30,49 @@ log = logging.getLogger("agent.windows")
 TIME_ERROR = 5
 
 
-def ntp_synchronised() -> bool:
-    """Whether the kernel considers the system clock synchronised (as ``timedatectl`` reports).
+def clock_state() -> tuple[bool, str | None]:
+    """Ask the kernel whether the system clock is NTP-synchronised (as ``timedatectl`` reports).
 
-    Calls ``adjtimex(2)`` read-only (``modes = 0``); the return value ``TIME_ERROR`` (5)
-    means unsynchronised (``STA_UNSYNC`` set or maximum error exceeded), see ``man adjtimex``.
+    Calls ``adjtimex(2)`` read-only (``modes = 0``; glibc issues the ``clock_adjtime`` system
+    call); the return value ``TIME_ERROR`` (5) means unsynchronised (``STA_UNSYNC`` set or
+    maximum error exceeded), see ``man adjtimex``.
 
     Returns:
-        False too when the call is unavailable (not Linux).
+        ``(synchronised, error)``: ``error`` is ``None`` when the kernel answered, else why it
+        could not (e.g. ``"adjtimex: Operation not permitted"`` under a seccomp filter that
+        denies ``@clock``); ``synchronised`` is then False.
     """
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
         buf = ctypes.create_string_buffer(512)  # >= sizeof(struct timex); modes = 0 (read only)
         state = libc.adjtimex(buf)
-    except (OSError, AttributeError):
-        return False
-    return 0 <= state < TIME_ERROR
+    except (OSError, AttributeError) as err:
+        return False, f"adjtimex unavailable: {err}"
+    if state < 0:
+        errno = ctypes.get_errno()
+        return False, f"adjtimex: {os.strerror(errno)}"
+    return state < TIME_ERROR, None
+
+
+_clock_error_logged = False
+
+
+def ntp_synchronised() -> bool:
+    """Whether the kernel considers the system clock synchronised (:func:`clock_state`).
+
+    Returns:
+        False too when the kernel cannot be asked; that is logged once as a warning naming the
+        cause (a systemd unit must allow ``adjtimex``/``clock_adjtime`` and not set
+        ``ProtectClock=yes``, which denies them).
+    """
+    global _clock_error_logged
+    synced, error = clock_state()
+    if error is not None and not _clock_error_logged:
+        _clock_error_logged = True
+        log.warning("cannot read the clock's synchronisation state (%s): every window is stored with "
+                    "clock_synchronised = false; under systemd allow adjtimex and clock_adjtime "
+                    "(SystemCallFilter=) and do not set ProtectClock=yes", error)
+    return synced
 
 
 class Windower:

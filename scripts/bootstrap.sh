@@ -11,8 +11,9 @@ SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 # (soundfile), a compiler, venv, the PostgreSQL server (tests, and a local central DB) and
 # systemd (systemd-analyze verify / security of the unit, in the tests), debootstrap (the
 # Ansible role's converge test builds a throwaway Debian chroot), iproute2 (the GSM-link fault
-# test: network namespace, veth pair, tc tbf) and openssl (the TLS test's CA).
-APT_PKGS=(alsa-utils libasound2-dev libsndfile1 build-essential python3-venv python3-dev postgresql postgresql-contrib systemd debootstrap iproute2 openssl)
+# test: network namespace, veth pair, tc tbf), openssl (the TLS test's CA) and systemd-container
+# (systemd-nspawn: the service test boots that Debian tree with systemd as PID 1).
+APT_PKGS=(alsa-utils libasound2-dev libsndfile1 build-essential python3-venv python3-dev postgresql postgresql-contrib systemd systemd-container debootstrap iproute2 openssl)
 missing=()
 for p in "${APT_PKGS[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p"); done
 if [ "${#missing[@]}" -gt 0 ]; then

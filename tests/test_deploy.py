@@ -33,13 +33,10 @@ chroot, and pip there is pointed at the system bundle (``PIP_CERT``).
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 import tomllib
 import uuid
 from pathlib import Path
@@ -47,222 +44,35 @@ from pathlib import Path
 import pytest
 
 from agent.analysis.export import sha256_file
+from tests.deploykit import (  # noqa: F401  (fixtures)
+    BIN, DEPLOY, DEVICE, EXAMPLE, REPO, ROLE, ansible_env, changed_tasks, db_overrides, extract_tree,
+    model_export, pip_environment, playbook, provisioned_db, recap, remove_tree, require_pair,
+    require_root_and_debootstrap, run, tail, vault, vault_file, write_yaml,
+)
 
 pytestmark = pytest.mark.deploy
-
-REPO = Path(__file__).resolve().parent.parent
-DEPLOY = REPO / "deploy"
-EXAMPLE = DEPLOY / "inventory" / "example"
-ROLE = DEPLOY / "roles" / "soundscape_agent"
-BIN = Path(sys.executable).parent
-VAULT_PASSWORD = "soundscape-example-vault"  # the example vault's documented password
-
-CACHE = Path(os.environ.get("SOUNDSCAPE_DEPLOY_CACHE")
-             or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "soundscape-agent" / "deploy-test")
-SUITE = "bookworm"
-MIRROR = os.environ.get("SOUNDSCAPE_DEBIAN_MIRROR", "http://deb.debian.org/debian")
-# What Raspberry Pi OS Lite has and the role relies on without installing it.
-BASE_PACKAGES = ("python3", "systemd", "sudo")
-DEVICE = "pi-eth-01"  # the example host the chroot plays
-
-RECAP = re.compile(r"^(?P<host>\S+)\s+:\s+ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+unreachable=(?P<unreachable>\d+)"
-                   r"\s+failed=(?P<failed>\d+)\s+skipped=(?P<skipped>\d+)\s+rescued=(?P<rescued>\d+)"
-                   r"\s+ignored=(?P<ignored>\d+)", re.M)
-
-
-# ------------------------------------------------------------------------------------ helpers
-
-
-def run(cmd, *, timeout: float, check: bool = True, **kw) -> subprocess.CompletedProcess:
-    """Run ``cmd`` (bounded by ``timeout`` seconds), capturing text output."""
-    proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=timeout, **kw)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(map(str, cmd))} exited {proc.returncode}:\n"
-                             f"{proc.stdout[-6000:]}\n{proc.stderr[-4000:]}")
-    return proc
-
-
-def ansible_env(**extra: str) -> dict[str, str]:
-    env = {
-        **os.environ,
-        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-        "ANSIBLE_CONFIG": str(DEPLOY / "ansible.cfg"),
-        "ANSIBLE_NOCOLOR": "1",
-        "ANSIBLE_FORCE_COLOR": "0",
-        "ANSIBLE_RETRY_FILES_ENABLED": "0",
-        "PYTHONUNBUFFERED": "1",
-    }
-    env.update(extra)
-    return env
-
-
-def playbook(*args, log: Path, timeout: float = 900) -> subprocess.CompletedProcess:
-    """``ansible-playbook ARGS`` from deploy/; the output is also written to ``log``."""
-    proc = run([BIN / "ansible-playbook", *args], timeout=timeout, check=False, cwd=DEPLOY, env=ansible_env())
-    log.write_text(proc.stdout + "\n--- stderr ---\n" + proc.stderr)
-    return proc
-
-
-def recap(proc: subprocess.CompletedProcess) -> dict[str, dict[str, int]]:
-    """The PLAY RECAP lines: ``{host: {ok, changed, unreachable, failed, ...}}``."""
-    found = {m["host"]: {k: int(v) for k, v in m.groupdict().items() if k != "host"}
-             for m in RECAP.finditer(proc.stdout)}
-    assert found, f"no PLAY RECAP in the output:\n{proc.stdout[-4000:]}\n{proc.stderr[-2000:]}"
-    return found
-
-
-def tail(proc: subprocess.CompletedProcess, n: int = 6000) -> str:
-    return f"{proc.stdout[-n:]}\n--- stderr ---\n{proc.stderr[-2000:]}"
-
-
-def changed_tasks(proc: subprocess.CompletedProcess) -> list[str]:
-    """Names of the tasks that reported a change (to explain a non-idempotent run)."""
-    names, current = [], None
-    for line in proc.stdout.splitlines():
-        if line.startswith(("TASK [", "RUNNING HANDLER [")):
-            current = line.split("[", 1)[1].rsplit("]", 1)[0]
-        elif line.startswith("changed:") and current and current not in names:
-            names.append(current)
-    return names
-
-
-def write_yaml(path: Path, data: object) -> Path:
-    path.write_text(json.dumps(data, indent=2))  # JSON is YAML
-    return path
-
-
-# ------------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def vault_file(tmp_path_factory) -> Path:
-    f = tmp_path_factory.mktemp("vault") / "password"
-    f.write_text(VAULT_PASSWORD + "\n")
-    f.chmod(0o600)
-    return f
-
-
-@pytest.fixture(scope="module")
-def vault(vault_file) -> dict:
-    """The example vault's secrets, decrypted with ansible-vault."""
-    import yaml
-
-    out = run([BIN / "ansible-vault", "view", "--vault-password-file", vault_file,
-               EXAMPLE / "group_vars" / "all" / "vault.yml"], timeout=60, env=ansible_env())
-    return yaml.safe_load(out.stdout)
-
-
-@pytest.fixture(scope="module")
-def model_export(tmp_path_factory) -> Path:
-    """A real model export (tiny scaffold → `model export`, int8 + manifest), made once."""
-    base = tmp_path_factory.mktemp("model")
-    cli = BIN / "soundscape-agent"
-    run([cli, "model", "scaffold", "--tiny", "--out", base / "scaffold"], timeout=600)
-    run([cli, "model", "export", "--model", base / "scaffold", "--out", base / "tiny-int8"], timeout=900)
-    return base / "tiny-int8"
-
-
-def _mounts_under(root: Path) -> list[str]:
-    prefix = str(root.resolve())
-    points = []
-    with open("/proc/self/mountinfo", encoding="utf-8") as fh:
-        for line in fh:
-            point = line.split()[4].replace("\\040", " ")
-            if point == prefix or point.startswith(prefix + "/"):
-                points.append(point)
-    return points
-
-
-def _umount_all(root: Path) -> None:
-    for point in sorted(_mounts_under(root), key=len, reverse=True):
-        if subprocess.run(["umount", point], capture_output=True, timeout=60).returncode != 0:
-            subprocess.run(["umount", "-l", point], capture_output=True, timeout=60)
-
-
-def _remove_tree(root: Path) -> None:
-    """Delete a chroot, never following a mount into the host (refuses while one remains)."""
-    _umount_all(root)
-    left = _mounts_under(root)
-    if left:
-        raise RuntimeError(f"not deleting {root}: still mounted: {left}")
-    subprocess.run(["rm", "-rf", "--one-file-system", str(root)], capture_output=True, timeout=300)
-
-
-def _rootfs_tarball() -> Path:
-    """A Debian Bookworm minbase (+ BASE_PACKAGES) tarball, from the cache or made now."""
-    arch = run(["dpkg", "--print-architecture"], timeout=30).stdout.strip()
-    key = hashlib.sha256(repr((SUITE, arch, MIRROR, BASE_PACKAGES, "minbase")).encode()).hexdigest()[:12]
-    tarball = CACHE / f"debian-{SUITE}-{arch}-minbase-{key}.tar.gz"
-    if tarball.is_file():
-        return tarball
-    CACHE.mkdir(parents=True, exist_ok=True)
-    work = CACHE / f".build-{os.getpid()}"
-    try:
-        run(["debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}", SUITE, work, MIRROR],
-            timeout=1200)
-        for deb in (work / "var" / "cache" / "apt" / "archives").glob("*.deb"):
-            deb.unlink()
-        partial = CACHE / f".{tarball.name}.{os.getpid()}.partial"
-        run(["tar", "-C", work, "--numeric-owner", "-czf", partial, "."], timeout=900)
-        os.replace(partial, tarball)
-    finally:
-        _remove_tree(work)
-    return tarball
 
 
 @pytest.fixture(scope="module")
 def chroot(tmp_path_factory) -> Path:
     """A fresh Debian Bookworm root for this module, /proc mounted; unmounted and deleted after."""
-    if os.geteuid() != 0:
-        pytest.fail("the deploy converge test needs root (chroot, mount)", pytrace=False)
-    if not shutil.which("debootstrap"):
-        pytest.fail("debootstrap is not installed (Debian: apt-get install -y debootstrap)", pytrace=False)
-    tarball = _rootfs_tarball()
+    require_root_and_debootstrap("the deploy converge test (chroot, mount)")
     root = tmp_path_factory.mktemp("chroot") / "rootfs"
-    root.mkdir()
     try:
-        run(["tar", "-C", root, "--numeric-owner", "-xzf", tarball], timeout=600)
-        shutil.copyfile("/etc/resolv.conf", root / "etc" / "resolv.conf")
+        extract_tree(root)
         # no service starts from package scripts inside the chroot
         policy = root / "usr" / "sbin" / "policy-rc.d"
         policy.write_text("#!/bin/sh\nexit 101\n")
         policy.chmod(0o755)
-        local_ca = root / "usr" / "local" / "share" / "ca-certificates"
-        local_ca.mkdir(parents=True, exist_ok=True)
-        for crt in Path("/usr/local/share/ca-certificates").rglob("*.crt"):
-            shutil.copyfile(crt, local_ca / crt.name)
         run(["mount", "-t", "proc", "proc", root / "proc"], timeout=60)
         yield root
     finally:
-        _remove_tree(root)
+        remove_tree(root)
 
 
 def in_chroot(root: Path, *cmd, user: str | None = None, timeout: float = 120, check: bool = True):
     prefix = ["sudo", "-u", user, "--"] if user else []
     return run(["chroot", root, *prefix, *cmd], timeout=timeout, check=check)
-
-
-@pytest.fixture(scope="module")
-def db_overrides(pg_server, tmp_path_factory) -> dict:
-    """Point the example inventory's database settings at the test server."""
-    return {
-        "soundscape_db_host": "127.0.0.1",
-        "soundscape_db_port": pg_server.port,
-        "soundscape_db_sslmode": "disable",
-        "soundscape_db_admin_user": "admin",
-        "soundscape_db_admin_password": "admin-secret-pw",
-    }
-
-
-@pytest.fixture(scope="module")
-def provisioned_db(db_overrides, vault_file, tmp_path_factory):
-    """db.yml run twice against the test server: (first run, second run)."""
-    tmp = tmp_path_factory.mktemp("db")
-    extra = write_yaml(tmp / "overrides.yml", db_overrides)
-    args = ["db.yml", "-i", EXAMPLE / "hosts.yml", "--vault-password-file", vault_file, "-e", f"@{extra}"]
-    first = playbook(*args, log=tmp / "db-1.log", timeout=600)
-    second = playbook(*args, log=tmp / "db-2.log", timeout=600) if first.returncode == 0 else None
-    return first, second
 
 
 @pytest.fixture(scope="module")
@@ -283,16 +93,13 @@ def device_inventory(chroot, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def device_overrides(model_export, db_overrides, tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("device")
-    pip_env = {"PIP_CERT": "/etc/ssl/certs/ca-certificates.crt"}
-    if os.environ.get("PIP_INDEX_URL", "").startswith(("http://", "https://")):
-        pip_env["PIP_INDEX_URL"] = os.environ["PIP_INDEX_URL"]
     return write_yaml(tmp / "overrides.yml", {
         **{k: v for k, v in db_overrides.items() if not k.startswith("soundscape_db_admin")},
         "soundscape_agent_model_dir": str(model_export),
         "soundscape_agent_model_allow_scaffold": True,
         "soundscape_agent_manage_service": False,  # no systemd in a chroot
         "soundscape_agent_build_dir": str(tmp / "build"),
-        "soundscape_agent_pip_environment": pip_env,
+        "soundscape_agent_pip_environment": pip_environment(),
     })
 
 
@@ -306,11 +113,7 @@ def converged(device_inventory, device_overrides, vault_file, provisioned_db, tm
     return first, second
 
 
-def _require(run_pair):
-    first, second = run_pair
-    assert first.returncode == 0, f"the first run failed:\n{tail(first)}"
-    assert second is not None and second.returncode == 0, f"the second run failed:\n{tail(second)}"
-    return first, second
+_require = require_pair
 
 
 # ------------------------------------------------------------------------- lint and syntax
@@ -381,7 +184,7 @@ def test_every_example_host_gets_a_valid_config(vault_file, tmp_path):
         assert str(cfg.classifier.model) == "/opt/soundscape-agent/models/ast-int8"
         assert cfg.capture.type == "alsa" and cfg.capture.device == "AudioMoth"
         assert str(cfg.store.path) == "/var/lib/soundscape-agent/queue.db"
-        assert cfg.sync.password_file == "/run/credentials/soundscape-agent.service/pg-password"
+        assert cfg.sync.password_file == "/run/credentials/soundscape-agent.service/soundscape-agent.pg-password"
         assert "password" not in cfg.sync.dsn
         assert "sslmode=verify-full" in cfg.sync.dsn and "dbname=soundscape" in cfg.sync.dsn
         assert "sslrootcert=/etc/soundscape-agent/pg-ca.crt" in cfg.sync.dsn
@@ -492,12 +295,12 @@ def test_chroot_holds_the_installed_agent(converged, chroot, model_export, vault
     assert shell == "/usr/sbin/nologin"
 
     # the console script of the venv, on the chroot's own Python
-    helped = in_chroot(chroot, "/opt/soundscape-agent/venv/bin/soundscape-agent", "--help")
+    helped = in_chroot(chroot, "/opt/soundscape-agent/current/venv/bin/soundscape-agent", "--help")
     assert "diagnose" in helped.stdout
-    in_chroot(chroot, "/opt/soundscape-agent/venv/bin/python", "-m", "pip", "check")
+    in_chroot(chroot, "/opt/soundscape-agent/current/venv/bin/python", "-m", "pip", "check")
 
     # agent.toml: the agent validates it and loads the model from it, inside the chroot
-    diag = in_chroot(chroot, "/opt/soundscape-agent/venv/bin/soundscape-agent", "diagnose", "--json",
+    diag = in_chroot(chroot, "/opt/soundscape-agent/current/venv/bin/soundscape-agent", "diagnose", "--json",
                      "--check", "config", "--check", "model", "--config", "/etc/soundscape-agent/agent.toml",
                      user="soundscape", check=False, timeout=300)
     assert diag.returncode == 0, tail(diag)
@@ -505,15 +308,25 @@ def test_chroot_holds_the_installed_agent(converged, chroot, model_export, vault
     cfg = tomllib.loads((chroot / "etc/soundscape-agent/agent.toml").read_text())
     assert cfg["agent"]["device_id"] == "audiomoth-eth-01"
     assert cfg["levels"]["calibration_offset_db"] == pytest.approx(-1.7)
-    assert cfg["classifier"] == {"type": "onnx", "model": f"/opt/soundscape-agent/models/{model_export.name}",
-                                 "file_name": "model_quantized.onnx"}
+    model_dir = cfg["classifier"]["model"]
+    assert re.fullmatch(rf"/opt/soundscape-agent/models/{re.escape(model_export.name)}-[0-9a-f]{{12}}", model_dir), cfg
+    assert cfg["classifier"] == {"type": "onnx", "model": model_dir, "file_name": "model_quantized.onnx"}
     assert cfg["sync"]["link"] == "ethernet" and "password" not in cfg["sync"]["dsn"]
-    assert cfg["sync"]["password_file"] == "/run/credentials/soundscape-agent.service/pg-password"
+    assert cfg["sync"]["password_file"] == "/run/credentials/soundscape-agent.service/soundscape-agent.pg-password"
     assert cfg["ops"]["heartbeat_interval_s"] == 300
+
+    # the release: current -> releases/<id>, its venv a link to venvs/<id>, agent.toml linked from /etc
+    current = chroot / "opt/soundscape-agent/current"
+    assert current.is_symlink() and re.fullmatch(r"releases/[0-9a-f]{12}", os.readlink(current))
+    release = json.loads((current / "RELEASE.json").read_text())
+    assert release["model"] == Path(model_dir).name and (current / ".complete").is_file()
+    assert re.fullmatch(r"\.\./\.\./venvs/[0-9a-f]{12}", os.readlink(current / "venv"))
+    assert (chroot / "etc/soundscape-agent/agent.toml").is_symlink()
+    assert not (chroot / "opt/soundscape-agent/previous").exists()  # a first install has no previous release
 
     # the model: every shipped file matches the manifest; the unused fp32 ONNX stayed home
     manifest = json.loads((model_export / "manifest.json").read_text())
-    dest = chroot / "opt/soundscape-agent/models" / model_export.name
+    dest = chroot / model_dir.lstrip("/")
     shipped = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file())
     assert "model_quantized.onnx" in shipped and "model.onnx" not in shipped and "manifest.json" in shipped
     for name in shipped:
@@ -522,7 +335,7 @@ def test_chroot_holds_the_installed_agent(converged, chroot, model_export, vault
     assert (dest / "manifest.json").read_bytes() == (model_export / "manifest.json").read_bytes()
 
     # the credential: root-only, exactly the vault's password
-    cred = chroot / "etc/soundscape-agent/credentials/pg-password"
+    cred = chroot / "etc/credstore/soundscape-agent.pg-password"
     st = cred.stat()
     assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (0, 0, 0o600)
     assert (cred.parent.stat().st_mode & 0o7777) == 0o700
@@ -535,8 +348,8 @@ def test_chroot_holds_the_installed_agent(converged, chroot, model_export, vault
     assert wants.is_symlink() and os.readlink(wants) == "/etc/systemd/system/soundscape-agent.service"
 
     # code and config belong to root: the service can read them, not change them
-    for path in ("opt/soundscape-agent/venv/bin/soundscape-agent", "etc/soundscape-agent/agent.toml",
-                 f"opt/soundscape-agent/models/{model_export.name}/model_quantized.onnx"):
+    for path in ("opt/soundscape-agent/current/venv/bin/soundscape-agent", "opt/soundscape-agent/current/agent.toml",
+                 f"{model_dir.lstrip('/')}/model_quantized.onnx"):
         assert (chroot / path).stat().st_uid == 0, path
 
 
@@ -545,13 +358,13 @@ def test_agent_in_the_chroot_reaches_the_provisioned_database(converged, chroot)
     _require(converged)
     creds = chroot / "run/credentials/soundscape-agent.service"
     creds.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(chroot / "etc/soundscape-agent/credentials/pg-password", creds / "pg-password")
+    shutil.copyfile(chroot / "etc/credstore/soundscape-agent.pg-password", creds / "soundscape-agent.pg-password")
     uid = int(in_chroot(chroot, "id", "-u", "soundscape").stdout)
-    for path, mode in ((creds, 0o500), (creds / "pg-password", 0o400)):
+    for path, mode in ((creds, 0o500), (creds / "soundscape-agent.pg-password", 0o400)):
         os.chown(path, uid, 0)
         path.chmod(mode)
     try:
-        proc = in_chroot(chroot, "/opt/soundscape-agent/venv/bin/soundscape-agent", "diagnose", "--json",
+        proc = in_chroot(chroot, "/opt/soundscape-agent/current/venv/bin/soundscape-agent", "diagnose", "--json",
                          "--check", "postgres", "--config", "/etc/soundscape-agent/agent.toml",
                          user="soundscape", check=False, timeout=120)
         assert proc.returncode == 0, tail(proc)

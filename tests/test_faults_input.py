@@ -809,6 +809,53 @@ def test_server_schema_of_another_version(tmp_path, prefilled, tiny_model_dir, f
     assert lost == 0 and len(delivery.remote) == depth
 
 
+def _migrate_ahead(dsn: str, floor: int | None) -> int:
+    """What a newer agent's ``db init`` does to the server: one more migration (an added
+    column), with the compatibility floor it declares (None: none declared). Returns its version."""
+    ahead = known_schema_version() + 1
+    with psycopg.connect(dsn, autocommit=True) as con, con.transaction():
+        con.execute("ALTER TABLE windows ADD COLUMN IF NOT EXISTS reviewer_note text")
+        con.execute("INSERT INTO schema_migrations (version, compatible_from) VALUES (%s, %s)", (ahead, floor))
+    return ahead
+
+
+def test_server_migrated_ahead_of_the_agent(tmp_path, prefilled, tiny_model_dir, fault_pg):
+    """db.yml runs before the fleet is upgraded: a running agent of schema N keeps syncing to a
+    server migrated to N+1 by an additive migration that declares it compatible from N (no stop,
+    nothing lost or duplicated, one warning saying so); the same server declaring N+1
+    incompatible is refused, the message naming both versions and the hint the release to install."""
+    if not fault_pg.running:
+        fault_pg.start()
+    dsn = fault_pg.create_database()
+    _db_init(dsn)
+    known = known_schema_version()
+    cfg, db = _server_config(tmp_path, prefilled, tiny_model_dir, dsn)
+    proc = AgentProcess(cfg, tmp_path)
+    try:
+        proc.wait_for(lambda: unsynced_count(db) == 0 and proc.windows_printed() >= 2, 120, "the first windows synced")
+        ahead = _migrate_ahead(dsn, known)
+        with psycopg.connect(dsn, autocommit=True) as con:  # the agent reconnects and checks the schema again
+            con.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                        " WHERE datname = current_database() AND pid <> pg_backend_pid()")
+        seen = proc.windows_printed()
+        proc.wait_for(lambda: proc.windows_printed() >= seen + 3 and unsynced_count(db) == 0, 120,
+                      "three more windows synced to the migrated server")
+    finally:
+        rc = proc.stop(timeout=120)
+    log = proc.stderr()
+    assert rc == 0 and "Traceback" not in log, log[-3000:]
+    assert f"schema version {ahead}, newer than this agent's {known} but compatible" in log, log[-3000:]
+    assert "newer than this agent knows" not in log
+    delivery = check_delivery(db, dsn)
+    assert delivery.duplicated == 0 and len(delivery.remote) == len(snapshot(db)), delivery
+    # The same migration declared incompatible: refused, both versions named, nothing sent.
+    with psycopg.connect(dsn, autocommit=True) as con:
+        con.execute("UPDATE schema_migrations SET compatible_from = %s WHERE version = %s", (ahead, ahead))
+    r = agent("sync", "--once", "--config", str(cfg), timeout=RUN_TIMEOUT)
+    assert_clean_error(r, 75, f"schema version {ahead}, newer than this agent knows ({known}) and incompatible",
+                       f"release with schema {ahead} or newer")
+
+
 def test_wrong_password(tmp_path, prefilled, tiny_model_dir, fault_dsn):
     """A wrong password: the running agent keeps queueing and says authentication failed;
     `sync --once` exits 75; the wrong password is printed nowhere; with the right one

@@ -30,10 +30,10 @@ needs_systemd_analyze = pytest.mark.skipif(shutil.which("systemd-analyze") is No
 
 def _unit_with_local_exec(tmp_path: Path) -> Path:
     """The unit with ExecStart pointing at this checkout's console script instead of the
-    fleet's /opt/soundscape-agent/venv (verify checks that the executable exists)."""
+    fleet's /opt/soundscape-agent/current/venv (verify checks that the executable exists)."""
     exe = Path(sys.executable).with_name("soundscape-agent")
     assert exe.exists(), exe
-    text = UNIT.read_text().replace("/opt/soundscape-agent/venv/bin/soundscape-agent", str(exe))
+    text = UNIT.read_text().replace("/opt/soundscape-agent/current/venv/bin/soundscape-agent", str(exe))
     out = tmp_path / UNIT.name
     out.write_text(text)
     return out
@@ -58,7 +58,7 @@ def test_unit_security_exposure_is_at_most_2():
     # audio capture must survive the hardening: ALSA devices allowed, /dev not hidden
     assert "DeviceAllow=char-alsa rw" in settings and not any(s.startswith("PrivateDevices=") for s in settings)
     for key in ("Type=notify", "WatchdogSec=", "Restart=always", "StartLimitIntervalSec=0",
-                "SupplementaryGroups=audio", "StateDirectory=soundscape-agent", "LoadCredential=pg-password:"):
+                "SupplementaryGroups=audio", "StateDirectory=soundscape-agent", "LoadCredential=soundscape-agent.pg-password"):
         assert key in text, key
 
 
