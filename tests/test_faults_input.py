@@ -815,6 +815,7 @@ def _migrate_ahead(dsn: str, floor: int | None) -> int:
     ahead = known_schema_version() + 1
     with psycopg.connect(dsn, autocommit=True) as con, con.transaction():
         con.execute("ALTER TABLE windows ADD COLUMN IF NOT EXISTS reviewer_note text")
+        con.execute("ALTER TABLE schema_migrations ADD COLUMN IF NOT EXISTS compatible_from int")  # as db init does
         con.execute("INSERT INTO schema_migrations (version, compatible_from) VALUES (%s, %s)", (ahead, floor))
     return ahead
 

@@ -133,3 +133,21 @@ def test_host_probes_read_sysfs_and_report_absence(tmp_path):
     assert throttled_state(str(tmp_path)) == 0x50005
     assert throttle_flags(0x50005) == ("under_voltage", "throttled", "under_voltage_occurred", "throttled_occurred")
     assert throttle_flags(None) == () and throttle_flags(0) == ()
+
+
+def test_textfile_is_readable_by_node_exporter_under_the_units_umask(tmp_path):
+    """The unit sets UMask=0077; node-exporter runs as another user and must read the file."""
+    from agent.ops import write_textfile
+
+    path = tmp_path / "soundscape_agent.prom"
+    old = os.umask(0o077)
+    try:
+        write_textfile(path, {"windows_total": 3, "clock_synchronised": True, "missing": None}, {"device": 'a"b'})
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
+    assert path.read_text().splitlines() == [
+        "# TYPE soundscape_agent_windows_total gauge", 'soundscape_agent_windows_total{device="a\\"b"} 3',
+        "# TYPE soundscape_agent_clock_synchronised gauge", 'soundscape_agent_clock_synchronised{device="a\\"b"} 1',
+    ]
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left

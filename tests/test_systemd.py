@@ -42,8 +42,7 @@ import pytest
 from tests.audio import real_audio_s16
 from tests.deploykit import (  # noqa: F401  (fixtures)
     BIN, DEPLOY, DEVICE, EXAMPLE, changed_tasks, db_overrides, extract_tree, model_export, pip_environment,
-    playbook, provisioned_db, recap, remove_tree, require_root_and_debootstrap, run, tail, vault, vault_file,
-    write_yaml,
+    playbook, recap, remove_tree, require_root_and_debootstrap, run, tail, vault, vault_file, write_yaml,
 )
 
 pytestmark = pytest.mark.service
@@ -56,6 +55,7 @@ PCM = "soundscape_test"
 FIFO = "srv/soundscape-test/audio.fifo"  # in the tree
 TEXTFILE = "/var/lib/prometheus/node-exporter/soundscape_agent.prom"
 UNIT = "soundscape-agent.service"
+DBNAME = "soundscape_service"  # a database of its own: the deploy test writes test rows for the same device
 CLI = "/opt/soundscape-agent/current/venv/bin/soundscape-agent"
 QUEUE = "var/lib/soundscape-agent/queue.db"  # in the tree
 WATCHDOG_DROPIN = "etc/systemd/system/soundscape-agent.service.d/50-test-watchdog.conf"
@@ -279,9 +279,21 @@ def inventory(container, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def device_vars(model_export, db_overrides, tmp_path_factory) -> dict:
+def service_db(db_overrides, vault_file, tmp_path_factory) -> dict:
+    """db.yml against the test server, for a database of this module's own; its variables."""
+    tmp = tmp_path_factory.mktemp("db")
+    settings = {**db_overrides, "soundscape_db_name": DBNAME}
+    extra = write_yaml(tmp / "overrides.yml", settings)
+    r = playbook("db.yml", "-i", EXAMPLE / "hosts.yml", "--vault-password-file", vault_file, "-e", f"@{extra}",
+                 log=tmp / "db.log", timeout=600)
+    assert r.returncode == 0, tail(r)
+    return settings
+
+
+@pytest.fixture(scope="module")
+def device_vars(model_export, service_db, tmp_path_factory) -> dict:
     return {
-        **{k: v for k, v in db_overrides.items() if not k.startswith("soundscape_db_admin")},
+        **{k: v for k, v in service_db.items() if not k.startswith("soundscape_db_admin")},
         "soundscape_agent_model_dir": str(model_export),
         "soundscape_agent_model_allow_scaffold": True,
         "soundscape_agent_build_dir": str(tmp_path_factory.mktemp("build")),
@@ -312,8 +324,7 @@ class Deployer:
 
 
 @pytest.fixture(scope="module")
-def deploy(inventory, vault_file, device_vars, provisioned_db, feeder, tmp_path_factory) -> Deployer:
-    assert provisioned_db[0].returncode == 0, tail(provisioned_db[0])
+def deploy(inventory, vault_file, device_vars, feeder, tmp_path_factory) -> Deployer:
     return Deployer(inventory, vault_file, device_vars, tmp_path_factory.mktemp("site"))
 
 
@@ -325,9 +336,9 @@ def deployed(deploy) -> tuple[subprocess.CompletedProcess, subprocess.CompletedP
 
 
 @pytest.fixture(scope="module")
-def device_dsn(pg_server) -> str:
+def device_dsn(pg_server, service_db) -> str:
     """The central database db.yml provisioned, read as the admin for the checks."""
-    return pg_server.dsn(dbname="soundscape")
+    return pg_server.dsn(dbname=DBNAME)
 
 
 def server_windows(dsn: str) -> list[tuple]:
@@ -380,7 +391,10 @@ def test_ready_within_timeout_status_line_and_journal(deployed, container):
     assert re.search(r"Status: \"\d+ windows \(", status), status
     assert re.match(r"\d+ windows \(", p["StatusText"]), p
     journal = container.journal()
-    assert "Started soundscape-agent.service" in journal and "soundscape-agent" in journal, journal[-3000:]
+    assert "Started soundscape-agent.service" in journal, journal[-3000:]
+    # the agent's own output, under its SyslogIdentifier: one line per stored window
+    agent_lines = container.exec("journalctl", "-u", UNIT, "-t", "soundscape-agent", "-o", "cat", "--no-pager").stdout
+    assert re.search(r"^window +\d+ ", agent_lines, re.M), agent_lines[-3000:]
 
 
 def test_windows_synced_with_the_clock_state_the_kernel_reports(deployed, container, device_dsn):
