@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import functools
 import logging
 import os
 import signal
@@ -19,12 +18,12 @@ from pathlib import Path
 from agent import __version__
 from agent.config import Config, load_config, parse_config
 from agent.errors import EX_SOFTWARE, EX_USAGE, AgentError, InputError, ModelError, SyncError
+from agent.filesource import BUNDLED_RECORDINGS
 
 log = logging.getLogger("agent.cli")
 
 #: Where ``demo`` finds the bundled real recordings (scikit-maad's data, BSD-3-Clause).
 REPO_ROOT = Path(__file__).resolve().parent.parent
-BUNDLED_RECORDINGS = REPO_ROOT / "data" / "recordings"
 DEMO_SCAFFOLD_DIR = REPO_ROOT / "models" / "scaffold-ast-audioset"
 
 
@@ -98,15 +97,9 @@ def _announce_model(info) -> None:
 
 async def run_pipeline(cfg: Config, *, max_windows: int | None = None, quiet: bool = False,
                        classifier=None) -> int:
-    """Open every stage, run the pipeline until stopped, shut down cleanly.
-
-    Args:
-        cfg: the whole configuration; each stage receives only its own section.
-        max_windows: stop after this many windows (``None``: until SIGTERM/SIGINT or the
-            source ends).
-        quiet: do not print one line per window.
-        classifier: an already loaded AST classifier (``demo`` loads its own); else loaded
-            here when ``[classifier] enabled``. BirdNET is loaded here when ``[birdnet] enabled``.
+    """Run :func:`agent.pipeline.build_pipeline` until stopped (SIGTERM/SIGINT, the source's end
+    or ``max_windows``), printing the calibration, the models, each window (unless ``quiet``)
+    and the final counts.
 
     Returns:
         0 on a clean stop.
@@ -114,48 +107,18 @@ async def run_pipeline(cfg: Config, *, max_windows: int | None = None, quiet: bo
     Raises:
         AgentError: any stage could not start or capture failed.
     """
-    from agent.analysis.acoustics import AcousticAnalyser, choose_calibration
-    from agent.capture import make_source
-    from agent.pipeline import Pipeline, load_classifier_slots
-    from agent.store import Outbox
-    from agent.sync import Syncer
+    from agent.pipeline import build_pipeline
 
-    async with Outbox(cfg.store) as outbox:
-        calibration, warning = choose_calibration(cfg.levels, await outbox.latest_calibration())
-        if warning:
-            log.warning("%s", warning)
+    on_result = None if quiet else (lambda r: print(format_result(r), flush=True))
+    async with build_pipeline(cfg, classifier=classifier, on_result=on_result, max_windows=max_windows) as pipeline:
+        calibration = pipeline.acoustics.calibration
         print(f"levels: calibration offset {calibration.offset_db:+.2f} dB "
               + (f"(measured {calibration.calibrated_at:%Y-%m-%d %H:%M} UTC with a {calibration.reference_db:g} dB "
                  "calibrator)" if calibration.calibrated_at else
                  "(set in [levels])" if cfg.levels.calibration_offset_db is not None else
                  "(nominal chain: never calibrated; see `soundscape-agent calibrate`)"), flush=True)
-        hop = cfg.windows.hop_s if cfg.windows.hop_s not in (None, cfg.windows.length_s) else None
-        analyser = AcousticAnalyser(cfg.levels, cfg.indices, cfg.health, calibration, hop_s=hop)
-        # The device first: a missing microphone is reported before a slow model load.
-        source = make_source(cfg.capture)
-        await asyncio.to_thread(source.open)
-        # The acoustics' one-off imports and filter designs run while an ONNX model loads. Not
-        # beside torch's import: scipy's array-API probe can see a half-imported torch module.
-        rate = getattr(cfg.capture, "sample_rate", None)
-        load = functools.partial(load_classifier_slots, cfg.classifier, cfg.birdnet, classifier)
-        if classifier is None and cfg.classifier.enabled and cfg.classifier.type == "torch":
-            await asyncio.to_thread(analyser.warm_up, rate)
-            slots = await asyncio.to_thread(load)
-        else:
-            warm = asyncio.ensure_future(asyncio.to_thread(analyser.warm_up, rate))
-            try:
-                slots = await asyncio.to_thread(load)
-            finally:
-                await warm
-        for slot in slots:
+        for slot in pipeline.classifiers:
             _announce_model(slot.classifier.info)
-        syncer = Syncer(cfg.sync, outbox) if cfg.sync.dsn else None
-        pipeline = Pipeline(
-            device_id=cfg.agent.device_id, source=source, windows=cfg.windows, acoustics=analyser,
-            classifiers=slots, outbox=outbox, syncer=syncer,
-            on_result=None if quiet else (lambda r: print(format_result(r), flush=True)),
-            max_windows=max_windows, final_sync_timeout_s=cfg.sync.final_timeout_s, ops=cfg.ops,
-        )
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, pipeline.request_stop)
@@ -164,7 +127,7 @@ async def run_pipeline(cfg: Config, *, max_windows: int | None = None, quiet: bo
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
-        queue = await outbox.stats()
+        queue = await pipeline.outbox.stats()
     faults = (f"; {stats.capture_errors} capture losses, {stats.gaps} gaps, {stats.clock_steps} clock steps, "
               f"{stats.dropped} windows not stored") if (stats.capture_errors or stats.gaps or stats.clock_steps
                                                         or stats.dropped) else ""
@@ -177,7 +140,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     """``run``: the main job."""
     from agent.ops import pin_malloc_thresholds
 
-    pin_malloc_thresholds()  # before any model or thread: see its docstring for the figures
+    pin_malloc_thresholds()  # before any model or thread: figures: docs/performance.md#memory-what-it-took
     cfg = load_config(args.config)
     if args.dsn is not None:
         cfg = _with_overrides(cfg, sync={"dsn": args.dsn})
@@ -326,6 +289,17 @@ def cmd_sync(args: argparse.Namespace) -> int:
     return asyncio.run(once())
 
 
+def cmd_config_example(args: argparse.Namespace) -> int:
+    """``config example``: print the commented example configuration generated from the config
+    models (every key, its documentation and its default), as committed in config.example.toml."""
+    from agent.config import example_toml
+
+    sys.stdout.flush()
+    sys.stdout.buffer.write(example_toml().encode("utf-8"))  # UTF-8 whatever the locale: the committed bytes
+    sys.stdout.buffer.flush()
+    return 0
+
+
 def cmd_model_info(args: argparse.Namespace) -> int:
     """``model info``: load the configured classifiers through the run path and print what
     every stored result will name: model id, taxonomy, backend, sha256, labels, licence."""
@@ -462,6 +436,12 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--once", action="store_true", required=True, help="one round, then exit")
     sync.add_argument("--dsn", default=None)
     sync.set_defaults(func=cmd_sync)
+
+    config = sub.add_parser("config", help="configuration utilities")
+    csub = config.add_subparsers(dest="config_command", required=True, metavar="CONFIG_COMMAND", parser_class=_Parser)
+    ce = csub.add_parser("example", help="print the commented example configuration (every key, its documentation "
+                                         "and its default), as in config.example.toml")
+    ce.set_defaults(func=cmd_config_example)
 
     model = sub.add_parser("model", help="model utilities")
     msub = model.add_subparsers(dest="model_command", required=True, metavar="MODEL_COMMAND", parser_class=_Parser)

@@ -54,7 +54,7 @@ from agent.errors import AgentError
 
 log = logging.getLogger("agent.diagnose")
 
-Status = Literal["ok", "warn", "fail"]
+CheckStatus = Literal["ok", "warn", "fail"]
 _RANK = {"ok": 0, "warn": 1, "fail": 2}
 #: Exit status of ``diagnose`` per worst check status.
 EXIT_CODES = {"ok": 0, "warn": 1, "fail": 2}
@@ -75,7 +75,7 @@ class CheckResult:
     """
 
     name: str
-    status: Status
+    status: CheckStatus
     value: Any = None
     threshold: Any = None
     hint: str | None = None
@@ -172,7 +172,7 @@ def check_capture(ctx: Context) -> CheckResult:
                                    detail="the device is in use (by the service?) and the queue has no window yet")
             ctx.capture_from_service = True
             flags = latest.get("flags") or []
-            status: Status = "fail" if "silence" in flags else ("warn" if flags else "ok")
+            status: CheckStatus = "fail" if "silence" in flags else ("warn" if flags else "ok")
             return CheckResult("capture", status, value=latest, threshold=None,
                                hint=None if status == "ok" else _health_hint(flags),
                                detail=f"device held by the running service; its latest window "
@@ -390,7 +390,7 @@ def check_postgres(ctx: Context) -> CheckResult:
 @check("clock", timeout_s=5)
 def check_clock(ctx: Context) -> CheckResult:
     """The kernel says the clock is NTP-synchronised."""
-    from agent.windows import clock_state
+    from agent.ops import clock_state
 
     synced, error = clock_state()
     if error is not None:
@@ -575,7 +575,7 @@ def run_checks(config_path: Path | None, names: list[str] | None = None,
     return results, (ctx.config.agent.device_id if ctx.config is not None else None)
 
 
-def overall(results: list[CheckResult]) -> Status:
+def overall(results: list[CheckResult]) -> CheckStatus:
     """The worst status (``ok`` for no results)."""
     return max((r.status for r in results), key=_RANK.__getitem__, default="ok")
 

@@ -16,6 +16,10 @@ import logging
 import os
 import random
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from agent.records import Heartbeat
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +38,8 @@ def pin_malloc_thresholds(threshold: int = GLIBC_DEFAULT_THRESHOLD) -> dict[str,
     Without this, glibc raises its mmap threshold each time a large block is freed (up to
     32 MiB on 64-bit, ``mallopt(3)``, "M_MMAP_THRESHOLD"), so later large buffers (numpy
     windows, features, scores) come from the heap, where fragmentation keeps them resident
-    after they are freed. Measured for ``soundscape-agent run`` with the full-size int8 AST on
-    this project's benchmark audio: peak RSS 474 MB without, 378 MB with, at the same CPU
-    time. Call it early, before the model is loaded and threads start.
+    after they are freed (the peak RSS it saves: docs/performance.md#glibcs-malloc-thresholds-pinned).
+    Call it early, before the model is loaded and threads start.
 
     A parameter whose environment variable (``MALLOC_MMAP_THRESHOLD_``,
     ``MALLOC_TRIM_THRESHOLD_``) or ``GLIBC_TUNABLES`` entry is set is left to it: an operator's
@@ -273,10 +276,8 @@ def host_snapshot(state_path: str | os.PathLike[str], sys_root: str = "/sys") ->
     Returns:
         ``cpu_temp_c`` (°C or None), ``throttled`` (int or None), ``throttle_flags`` (tuple),
         ``disk_free_bytes``/``disk_total_bytes`` (or None), ``rss_bytes``/``peak_rss_bytes``
-        (or None), ``clock_synchronised`` (bool, :func:`agent.windows.ntp_synchronised`).
+        (or None), ``clock_synchronised`` (bool, :func:`ntp_synchronised`).
     """
-    from agent.windows import ntp_synchronised
-
     throttled = throttled_state(sys_root)
     disk = disk_free_bytes(state_path)
     rss = rss_bytes()
@@ -314,7 +315,77 @@ def write_textfile(path: str | os.PathLike[str], metrics: dict[str, float | int 
     os.replace(tmp, target)
 
 
+
+#: ``adjtimex(2)`` return value meaning the clock is not synchronised (linux/timex.h).
+TIME_ERROR = 5
+
+
+def clock_state() -> tuple[bool, str | None]:
+    """Ask the kernel whether the system clock is NTP-synchronised (as ``timedatectl`` reports).
+
+    Calls ``adjtimex(2)`` read-only (``modes = 0``; glibc issues the ``clock_adjtime`` system
+    call); the return value ``TIME_ERROR`` (5) means unsynchronised (``STA_UNSYNC`` set or
+    maximum error exceeded), see ``man adjtimex``.
+
+    Returns:
+        ``(synchronised, error)``: ``error`` is ``None`` when the kernel answered, else why it
+        could not (e.g. ``"adjtimex: Operation not permitted"`` under a seccomp filter that
+        denies ``@clock``); ``synchronised`` is then False.
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        buf = ctypes.create_string_buffer(512)  # >= sizeof(struct timex); modes = 0 (read only)
+        state = libc.adjtimex(buf)
+    except (OSError, AttributeError) as err:
+        return False, f"adjtimex unavailable: {err}"
+    if state < 0:
+        errno = ctypes.get_errno()
+        return False, f"adjtimex: {os.strerror(errno)}"
+    return state < TIME_ERROR, None
+
+
+_clock_error_logged = False
+
+
+def ntp_synchronised() -> bool:
+    """Whether the kernel considers the system clock synchronised (:func:`clock_state`).
+
+    Returns:
+        False too when the kernel cannot be asked; that is logged once as a warning naming the
+        cause (a systemd unit must allow ``adjtimex``/``clock_adjtime`` and not set
+        ``ProtectClock=yes``, which denies them).
+    """
+    global _clock_error_logged
+    synced, error = clock_state()
+    if error is not None and not _clock_error_logged:
+        _clock_error_logged = True
+        log.warning("cannot read the clock's synchronisation state (%s): every window is stored with "
+                    "clock_synchronised = false; under systemd allow adjtimex and clock_adjtime "
+                    "(SystemCallFilter=) and do not set ProtectClock=yes", error)
+    return synced
+
+#: node-exporter metric (``soundscape_agent_<name>``) <- :class:`~agent.records.Heartbeat` field:
+#: the one place the textfile's names are spelled (Prometheus conventions: ``_total`` for
+#: counters, base units in the suffix).
+TEXTFILE_METRICS: tuple[tuple[str, str], ...] = (
+    ("uptime_seconds", "uptime_s"), ("windows_total", "windows"), ("skipped_total", "skipped"),
+    ("failed_total", "failed"), ("xruns_total", "xruns"), ("queue_depth", "queue_depth"),
+    ("last_sync_timestamp_seconds", "last_sync_at"), ("cpu_temperature_celsius", "cpu_temp_c"),
+    ("throttled", "throttled"), ("disk_free_bytes", "disk_free_bytes"),
+    ("clock_synchronised", "clock_synchronised"), ("resident_memory_bytes", "rss_bytes"),
+)
+
+
+def heartbeat_metrics(beat: Heartbeat) -> dict[str, float | int | bool | None]:
+    """The textfile metrics of a :class:`~agent.records.Heartbeat` (:data:`TEXTFILE_METRICS`);
+    datetimes become Unix time, s."""
+    out: dict[str, float | int | bool | None] = {}
+    for metric, field_name in TEXTFILE_METRICS:
+        value = getattr(beat, field_name)
+        out[metric] = value.timestamp() if hasattr(value, "timestamp") else value
+    return out
+
 __all__ = [
-    "GLIBC_DEFAULT_THRESHOLD", "host_snapshot", "write_textfile", "PI_THROTTLED_PATH", "SystemdNotifier", "THROTTLE_BITS", "cpu_temperature_c",
+    "GLIBC_DEFAULT_THRESHOLD", "TEXTFILE_METRICS", "TIME_ERROR", "clock_state", "ntp_synchronised", "heartbeat_metrics", "host_snapshot", "write_textfile", "PI_THROTTLED_PATH", "SystemdNotifier", "THROTTLE_BITS", "cpu_temperature_c",
     "disk_free_bytes", "pin_malloc_thresholds", "rss_bytes", "throttle_flags", "throttled_state",
 ]

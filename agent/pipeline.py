@@ -1,4 +1,4 @@
-"""The asyncio pipeline: the README's data-flow diagram, in code.
+"""The asyncio pipeline: the README's data-flow diagram, in code (:func:`build_pipeline` wires it).
 
 ::
 
@@ -18,24 +18,21 @@ objects in RAM and is dropped once a window is analysed.
 Shutdown (:meth:`Pipeline.request_stop`, wired to SIGTERM/SIGINT by the CLI): capture stops,
 windows already cut are analysed and stored, one bounded final sync runs, the queue closes.
 
-Supervision, beside the data flow (:meth:`Pipeline._supervise`): ``READY=1`` to systemd once
-the first audio arrives; ``WATCHDOG=1`` every third of the watchdog interval *only* while
-captured frames (or windows cut) advance and windows keep being committed (a replay that is not
-live waits for the classifier by design: only its commit deadline counts) (a stalled capture or a wedged analysis stops
-the pings and systemd restarts the agent); ``STATUS=`` with a one-line summary; a
-:class:`~agent.records.Heartbeat` queued every ``[ops] heartbeat_interval_s`` (and the
-node-exporter textfile rewritten), delivered to PostgreSQL by the same sync as the windows.
+Supervision runs beside the data flow (:mod:`agent.supervise`, one small task per job:
+watchdog and ``STATUS=``, clock steps, housekeeping, heartbeats and the textfile) once the
+first audio arrived (``READY=1``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -43,13 +40,14 @@ from datetime import datetime, timezone
 from agent.analysis.acoustics import AcousticAnalyser, Acoustics
 from agent.analysis.classifier import Classifier
 from agent.capture import ThreadedSource
-from agent.config import BirdnetConfig, ClassifierConfig, OpsConfig, WindowsConfig
+from agent.config import BirdnetConfig, ClassifierConfig, Config, OpsConfig, WindowsConfig
 from agent.errors import DeviceError, StoreError
-from agent.ops import SystemdNotifier, backoff_delay, host_snapshot, write_textfile
-from agent.records import ClockStep, Detection, Gap, Heartbeat, Status, Window, WindowResult, overall_status
+from agent.ops import SystemdNotifier, backoff_delay
+from agent.records import ClockStep, Detection, Gap, Status, Window, WindowResult, overall_status
 from agent.store import Outbox, StorePressure
+from agent.supervise import supervise
 from agent.sync import Syncer
-from agent.windows import Windower, ntp_synchronised
+from agent.windows import Windower
 
 log = logging.getLogger("agent.pipeline")
 
@@ -57,11 +55,6 @@ log = logging.getLogger("agent.pipeline")
 #: PCM costs next to nothing, so the cap is short: a replugged microphone records again within 10 s.
 CAPTURE_RETRY_INITIAL_S = 1.0
 CAPTURE_RETRY_MAX_S = 10.0
-#: A change of (wall clock - boot clock) larger than this between two supervision ticks
-#: is a clock step, s. NTP slews at most 500 ppm (0.0025 s over a 5 s tick); steps are larger.
-CLOCK_STEP_THRESHOLD_S = 1.0
-#: Seconds between two applications of the outbox's eviction policy (retention, low disk).
-HOUSEKEEPING_INTERVAL_S = 60.0
 
 
 @dataclass(slots=True)
@@ -111,6 +104,11 @@ class PipelineStats:
             self.skipped += 1
         elif status is Status.FAILED:
             self.failed += 1
+
+    def heartbeat_counters(self) -> dict[str, int]:
+        """The counters a :class:`~agent.records.Heartbeat` carries, under its field names."""
+        return {"windows": self.windows, "classified": self.classified, "skipped": self.skipped,
+                "failed": self.failed, "xruns": self.xruns, "dropped_windows": self.dropped}
 
     def summary(self) -> str:
         """``N classified, N skipped, N failed`` (and the per-classifier counts when there are
@@ -202,13 +200,6 @@ class _ClassifierWorker:
 Outcome = tuple[Status, tuple[Detection, ...]]
 
 
-def _wall_minus_boottime() -> float:
-    """Wall-clock time minus the time since boot, s: constant unless the wall clock is stepped
-    (``CLOCK_BOOTTIME`` keeps counting through a suspend, unlike ``CLOCK_MONOTONIC``, so a
-    suspend is not mistaken for a step)."""
-    return time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
-
-
 class Pipeline:
     """Capture → windows → acoustics (levels, bands, indices, health) → classification → outbox,
     with sync alongside.
@@ -289,7 +280,7 @@ class Pipeline:
         sync_stop = asyncio.Event()
         sync_task = asyncio.create_task(self.syncer.run(sync_stop)) if self.syncer else None
         classify_tasks = [asyncio.create_task(w.run()) for w in self._workers]
-        supervise_task = asyncio.create_task(self._supervise())
+        supervise_task = asyncio.create_task(supervise(self, self.ops, self._ready))
         try:
             await self._capture_loop()
         finally:
@@ -397,10 +388,11 @@ class Pipeline:
         start = lost_at if lost_at is not None and lost_at <= end else end
         log.warning("%s: %.1f s without audio (%s to %s) recorded as a gap", what, (end - start).total_seconds(),
                     start.isoformat(timespec="seconds"), end.isoformat(timespec="seconds"))
-        await self._put_event(Gap(event_id=str(uuid.uuid4()), device_id=self.device_id, start_time=start,
+        await self.put_event(Gap(event_id=str(uuid.uuid4()), device_id=self.device_id, start_time=start,
                                   end_time=end, reason="capture_lost", detail=reason + detail_suffix))
 
-    async def _put_event(self, event: Gap | ClockStep) -> None:
+    async def put_event(self, event: Gap | ClockStep) -> None:
+        """Queue a gap or clock step and count it; a store failure is logged, not raised."""
         try:
             await self.outbox.put_event(event)
         except StoreError as err:
@@ -451,70 +443,6 @@ class Pipeline:
         detections = tuple(d for r in results for d in r[1])
         await self._store(window, acoustics, status, detections, models, status_of)
 
-    async def _supervise(self) -> None:
-        """Watchdog pings, status line and heartbeats, until cancelled (see the module docstring)."""
-        wd = self.notifier.watchdog_interval_s
-        beat_every = self.ops.heartbeat_interval_s if self.ops is not None else 0.0
-        tick = min(wd / 3.0, 5.0) if wd else 5.0  # pings at least every half interval
-        if beat_every:
-            tick = min(tick, beat_every)
-        await self._ready.wait()
-        last_frames, last_windows = -1, -1
-        stalled = False
-        next_beat = time.monotonic()  # the first heartbeat as soon as audio flows
-        next_housekeeping = time.monotonic()
-        clock_offset = _wall_minus_boottime()
-        while True:
-            now = time.monotonic()
-            clock_offset = await self._check_clock(clock_offset)
-            if now >= next_housekeeping:
-                next_housekeeping = now + HOUSEKEEPING_INTERVAL_S
-                try:
-                    await self.outbox.housekeeping()
-                except StoreError as err:
-                    log.warning("eviction policy not applied: %s", err.message)
-            # progress: frames captured or windows cut since the last tick (a live backlog
-            # draining); a replay that is not live waits for the classifier by design, so only
-            # its commit deadline counts. While the microphone is lost the loop reconnecting to
-            # it is the progress: a restart by the watchdog would not bring the device back.
-            lost = self._capture_lost is not None
-            moved = (lost or not self.source.live or self.stats.frames != last_frames
-                     or self.stats.windows != last_windows)
-            last_frames, last_windows = self.stats.frames, self.stats.windows
-            newest = self._last_commit or self._started
-            if moved and (lost or now - newest <= self.commit_deadline_s):
-                self.notifier.watchdog()
-                if stalled:
-                    log.info("progress again: feeding the watchdog")
-                stalled = False
-            elif not stalled:
-                stalled = True
-                log.warning("no progress (%s)%s", "capture stalled" if not moved else
-                            f"no window stored for {now - newest:.0f} s",
-                            ": not feeding the watchdog, systemd will restart the agent" if wd else "")
-            if beat_every and now >= next_beat:
-                next_beat = now + beat_every
-                try:
-                    await self._heartbeat()
-                except Exception as err:  # never let health reporting stop the recorder
-                    log.warning("heartbeat not queued: %s", err)
-            self.notifier.status(self.status_line())
-            await asyncio.sleep(tick)
-
-    async def _check_clock(self, previous_offset: float) -> float:
-        """Record a :class:`ClockStep` when wall minus boot time moved by more than
-        :data:`CLOCK_STEP_THRESHOLD_S` since the last tick; returns the current offset, s."""
-        offset = _wall_minus_boottime()
-        step = offset - previous_offset
-        if abs(step) > CLOCK_STEP_THRESHOLD_S:
-            synced = await asyncio.to_thread(ntp_synchronised)
-            log.warning("the wall clock stepped by %+.3f s; window times keep following the sample count "
-                        "(the step is recorded)", step)
-            await self._put_event(ClockStep(event_id=str(uuid.uuid4()), device_id=self.device_id,
-                                            detected_at=datetime.now(timezone.utc), step_s=round(step, 6),
-                                            clock_synchronised=synced))
-        return offset
-
     def degraded(self, pressure: StorePressure | None = None) -> tuple[str, ...]:
         """Why the agent is degraded right now (see :attr:`Heartbeat.degraded`); empty when healthy.
 
@@ -542,43 +470,27 @@ class Pipeline:
         return (f"{s.windows} windows ({s.summary()}), "
                 f"{s.xruns} xruns, up {time.monotonic() - self._started:.0f} s{lost}{dropped}")
 
-    async def _heartbeat(self) -> Heartbeat:
-        """Take and queue one :class:`Heartbeat` (and rewrite the textfile when configured)."""
-        from agent import __version__
+    # -- what agent.supervise reads (agent.supervise.Supervised) --
 
-        queue = await self.outbox.stats()
-        pressure = await self.outbox.pressure()
-        degraded = self.degraded(pressure)
-        if degraded:
-            log.warning("degraded: %s", ", ".join(degraded))
-        host = await asyncio.to_thread(host_snapshot, self.outbox.path)
+    @property
+    def live(self) -> bool:
+        return self.source.live
+
+    @property
+    def capture_lost(self) -> bool:
+        return self._capture_lost is not None
+
+    @property
+    def started(self) -> float:
+        return self._started
+
+    @property
+    def last_commit(self) -> float:
+        return self._last_commit
+
+    def model_info(self) -> tuple[str | None, str | None]:
         info = self.classifiers[0].classifier.info if self.classifiers else None
-        s = self.stats
-        beat = Heartbeat(
-            heartbeat_id=str(uuid.uuid4()), device_id=self.device_id, time=datetime.now(timezone.utc),
-            uptime_s=round(time.monotonic() - self._started, 3), windows=s.windows, classified=s.classified,
-            skipped=s.skipped, failed=s.failed, xruns=s.xruns, queue_depth=queue.unsynced,
-            oldest_unsynced_start=queue.oldest_unsynced_start, last_sync_at=await self.outbox.last_synced_at(),
-            model_id=info.model_id if info else None, model_hash=info.model_hash if info else None,
-            agent_version=__version__, degraded=degraded, evicted_unsynced=pressure.evicted_unsynced,
-            evicted_synced=pressure.evicted_synced, dropped_windows=s.dropped, **host,
-        )
-        await self.outbox.put_heartbeat(beat)
-        s.heartbeats += 1
-        if self.ops is not None and self.ops.textfile_path:
-            metrics = {
-                "uptime_seconds": beat.uptime_s, "windows_total": beat.windows, "skipped_total": beat.skipped,
-                "failed_total": beat.failed, "xruns_total": beat.xruns, "queue_depth": beat.queue_depth,
-                "last_sync_timestamp_seconds": beat.last_sync_at.timestamp() if beat.last_sync_at else None,
-                "cpu_temperature_celsius": beat.cpu_temp_c, "throttled": beat.throttled,
-                "disk_free_bytes": beat.disk_free_bytes, "clock_synchronised": beat.clock_synchronised,
-                "resident_memory_bytes": beat.rss_bytes,
-            }
-            try:
-                await asyncio.to_thread(write_textfile, self.ops.textfile_path, metrics, {"device": self.device_id})
-            except OSError as err:
-                log.warning("node-exporter textfile %s not written: %s", self.ops.textfile_path, err)
-        return beat
+        return (info.model_id, info.model_hash) if info else (None, None)
 
     async def _store(self, window: Window, acoustics: Acoustics, status: Status, detections: tuple[Detection, ...],
                      models: tuple, classifier_status: tuple[tuple[str, Status], ...]) -> None:
@@ -605,8 +517,60 @@ class Pipeline:
         if self._dropped_since is not None:
             first, n = self._dropped_since
             self._dropped_since = None
-            await self._put_event(Gap(event_id=str(uuid.uuid4()), device_id=self.device_id, start_time=first,
+            await self.put_event(Gap(event_id=str(uuid.uuid4()), device_id=self.device_id, start_time=first,
                                       end_time=max(first, window.start_time), reason="store_failed", windows=n,
                                       detail=f"{n} windows analysed but not storable (queue full or broken)"))
         if self.on_result is not None:
             self.on_result(result)
+
+
+@contextlib.asynccontextmanager
+async def build_pipeline(cfg: Config, *, classifier: Classifier | None = None,
+                         on_result: Callable[[WindowResult], None] | None = None,
+                         max_windows: int | None = None) -> AsyncIterator[Pipeline]:
+    """Open every stage of ``cfg`` and wire them into a :class:`Pipeline` (not yet running);
+    the outbox closes when the block ends.
+
+    Order: the outbox (and the calibration it holds), the capture device (a missing microphone
+    is reported before a slow model load), then the classifiers while the acoustics warm up.
+
+    Args:
+        cfg: the whole configuration; each stage receives only its own section.
+        classifier: an already loaded AST classifier (``demo`` loads its own); else loaded
+            here when ``[classifier] enabled``. BirdNET is loaded when ``[birdnet] enabled``.
+        on_result: called in the event loop with each stored result.
+        max_windows: stop after this many windows (``None``: until stopped or the source ends).
+
+    Raises:
+        AgentError: a stage could not start (device, model, queue).
+    """
+    from agent.analysis.acoustics import choose_calibration
+    from agent.capture import make_source
+
+    async with Outbox(cfg.store) as outbox:
+        calibration, warning = choose_calibration(cfg.levels, await outbox.latest_calibration())
+        if warning:
+            log.warning("%s", warning)
+        hop = cfg.windows.hop_s if cfg.windows.hop_s not in (None, cfg.windows.length_s) else None
+        analyser = AcousticAnalyser(cfg.levels, cfg.indices, cfg.health, calibration, hop_s=hop)
+        source = make_source(cfg.capture)
+        await asyncio.to_thread(source.open)
+        # The acoustics' one-off imports and filter designs run while an ONNX model loads. Not
+        # beside torch's import: scipy's array-API probe can see a half-imported torch module.
+        rate = getattr(cfg.capture, "sample_rate", None)
+        load = functools.partial(load_classifier_slots, cfg.classifier, cfg.birdnet, classifier)
+        if classifier is None and cfg.classifier.enabled and cfg.classifier.type == "torch":
+            await asyncio.to_thread(analyser.warm_up, rate)
+            slots = await asyncio.to_thread(load)
+        else:
+            warm = asyncio.ensure_future(asyncio.to_thread(analyser.warm_up, rate))
+            try:
+                slots = await asyncio.to_thread(load)
+            finally:
+                await warm
+        yield Pipeline(
+            device_id=cfg.agent.device_id, source=source, windows=cfg.windows, acoustics=analyser,
+            classifiers=slots, outbox=outbox, syncer=Syncer(cfg.sync, outbox) if cfg.sync.dsn else None,
+            on_result=on_result, max_windows=max_windows, final_sync_timeout_s=cfg.sync.final_timeout_s,
+            ops=cfg.ops,
+        )

@@ -19,20 +19,21 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import importlib.resources
+import json
 import logging
 import math
 import re
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
+from typing import Any
 
 import psycopg
 from psycopg import errors as pgerrors
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from agent.config import SyncConfig
+from agent.config import SyncConfig, read_password
 from agent.errors import AgentError, StoreError, SyncError
 from agent.ops import backoff_delay
 from agent.records import ClockStep, Gap, Heartbeat, Status, WindowResult
@@ -65,111 +66,66 @@ COMMENT ON COLUMN schema_migrations.compatible_from IS
 #: still sync once it is applied (it only adds nullable or defaulted columns, tables, views).
 _COMPATIBLE_FROM = re.compile(r"^-- compatible-from: (\d+)\s*$", re.M)
 
-# Target-less ON CONFLICT DO NOTHING: it swallows a duplicate window_key (a replayed batch)
-# and needs only the INSERT privilege. "ON CONFLICT (window_key) DO NOTHING" would also need
-# SELECT on the conflict columns, which an INSERT-only device role does not have.
-# No RETURNING either (it needs SELECT): new rows are counted with the cursor's rowcount.
-_INSERT_WINDOW = """
-INSERT INTO windows (
-    window_key, device, window_index, start_time, duration_s, sample_rate, clock_synchronised,
-    xruns, leq_db, leq_series_db, peak_dbfs, status, model_id, model_hash, model_backend,
-    model_is_scaffold, sync_id,
-    laeq_db, lceq_db, lafmax_db, lafmin_db, lasmax_db, la10_db, la50_db, la90_db, laeq_series_db,
-    band_centres_hz, band_leq_db,
-    aci, adi, aei, bi, ndsi, hf, ht,
-    clipping_ratio, dc_offset_fs, rms_dbfs, hum_share, health_flags,
-    cal_offset_db, cal_sensitivity_dbv, cal_gain_db, cal_vadc, cal_reference_db, cal_time,
-    classifier_status
-) VALUES (
-    %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::double precision[], %s, %s, %s, %s, %s, %s, %s::uuid,
-    %s, %s, %s, %s, %s, %s, %s, %s, %s::double precision[],
-    %s::real[], %s::real[],
-    %s, %s, %s, %s, %s, %s, %s,
-    %s, %s, %s, %s, %s::text[],
-    %s, %s, %s, %s, %s, %s,
-    %s::jsonb
-) ON CONFLICT DO NOTHING
-"""
+# One column list per table, in insert order: (column, SQL type the parameter is cast to, or "").
+# Each INSERT is built from its list with named placeholders, and the row builders below return
+# a dict with exactly these keys (tests/test_sync.py checks that they match).
+WINDOW_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("window_key", ""), ("device", ""), ("window_index", ""), ("start_time", ""), ("duration_s", ""),
+    ("sample_rate", ""), ("clock_synchronised", ""), ("xruns", ""),
+    ("lzeq_db", ""), ("lzeq_series_db", "double precision[]"), ("peak_dbfs", ""), ("status", ""),
+    ("model_id", ""), ("model_hash", ""), ("model_backend", ""), ("model_is_scaffold", ""), ("sync_id", "uuid"),
+    ("laeq_db", ""), ("lceq_db", ""), ("lafmax_db", ""), ("lafmin_db", ""), ("lasmax_db", ""),
+    ("la10_db", ""), ("la50_db", ""), ("la90_db", ""), ("laeq_series_db", "double precision[]"),
+    ("band_centres_hz", "real[]"), ("band_leq_db", "real[]"),
+    ("aci", ""), ("adi", ""), ("aei", ""), ("bi", ""), ("ndsi", ""), ("hf", ""), ("ht", ""),
+    ("clipping_ratio", ""), ("dc_offset_fs", ""), ("rms_dbfs", ""), ("hum_share", ""), ("health_flags", "text[]"),
+    ("cal_offset_db", ""), ("cal_sensitivity_dbv", ""), ("cal_gain_db", ""), ("cal_vadc", ""),
+    ("cal_reference_db", ""), ("cal_time", ""),
+    ("classifier_status", "jsonb"),
+)
+DETECTION_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("window_key", ""), ("taxonomy", ""), ("rank", ""), ("label", ""), ("label_index", ""), ("score", ""),
+    ("offset_s", ""), ("model_id", ""), ("model_hash", ""), ("model_is_scaffold", ""),
+)
+HEARTBEAT_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("heartbeat_id", "uuid"), ("device", ""), ("time", ""), ("uptime_s", ""), ("windows", ""), ("classified", ""),
+    ("skipped", ""), ("failed", ""), ("xruns", ""), ("queue_depth", ""), ("oldest_unsynced_start", ""),
+    ("last_sync_at", ""), ("cpu_temp_c", ""), ("throttled", ""), ("throttle_flags", "text[]"),
+    ("disk_free_bytes", ""), ("disk_total_bytes", ""), ("clock_synchronised", ""), ("rss_bytes", ""),
+    ("peak_rss_bytes", ""), ("model_id", ""), ("model_hash", ""), ("agent_version", ""), ("degraded", "text[]"),
+    ("evicted_unsynced", ""), ("evicted_synced", ""), ("dropped_windows", ""),
+)
+GAP_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("event_id", "uuid"), ("device", ""), ("start_time", ""), ("end_time", ""), ("reason", ""), ("detail", ""),
+    ("windows", ""),
+)
+CLOCK_STEP_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("event_id", "uuid"), ("device", ""), ("detected_at", ""), ("step_s", ""), ("clock_synchronised", ""),
+)
 
-_INSERT_HEARTBEAT = """
-INSERT INTO heartbeats (
-    heartbeat_id, device, time, uptime_s, windows, classified, skipped, failed, xruns, queue_depth,
-    oldest_unsynced_start, last_sync_at, cpu_temp_c, throttled, throttle_flags, disk_free_bytes,
-    disk_total_bytes, clock_synchronised, rss_bytes, peak_rss_bytes, model_id, model_hash, agent_version,
-    degraded, evicted_unsynced, evicted_synced, dropped_windows
-) VALUES (%s::uuid, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::text[], %s, %s, %s, %s, %s, %s, %s, %s,
-          %s::text[], %s, %s, %s)
-ON CONFLICT DO NOTHING
-"""
 
-_INSERT_GAP = """
-INSERT INTO gaps (event_id, device, start_time, end_time, reason, detail, windows)
-VALUES (%s::uuid, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING
-"""
+def insert_statement(table: str, columns: Sequence[tuple[str, str]]) -> str:
+    """``INSERT INTO table (...) VALUES (%(col)s::cast, ...) ON CONFLICT DO NOTHING``.
 
-_INSERT_CLOCK_STEP = """
-INSERT INTO clock_steps (event_id, device, detected_at, step_s, clock_synchronised)
-VALUES (%s::uuid, %s, %s, %s, %s) ON CONFLICT DO NOTHING
-"""
+    Target-less ``ON CONFLICT DO NOTHING`` swallows a row whose key is already on the server (a
+    replayed batch) and needs only the INSERT privilege: ``ON CONFLICT (window_key) DO NOTHING``
+    would also need SELECT on the conflict columns, which an INSERT-only device role does not
+    have. No RETURNING either (it needs SELECT): new rows are counted with the cursor's rowcount.
+    """
+    names = ", ".join(name for name, _ in columns)
+    values = ", ".join(f"%({name})s" + (f"::{cast}" if cast else "") for name, cast in columns)
+    return f"INSERT INTO {table} ({names}) VALUES ({values}) ON CONFLICT DO NOTHING"
 
-_INSERT_DETECTION = """
-INSERT INTO detections (window_key, taxonomy, rank, label, label_index, score, offset_s, model_id, model_hash,
-                        model_is_scaffold)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING
-"""
+
+_INSERT_WINDOW = insert_statement("windows", WINDOW_COLUMNS)
+_INSERT_DETECTION = insert_statement("detections", DETECTION_COLUMNS)
+_INSERT_HEARTBEAT = insert_statement("heartbeats", HEARTBEAT_COLUMNS)
+_INSERT_GAP = insert_statement("gaps", GAP_COLUMNS)
+_INSERT_CLOCK_STEP = insert_statement("clock_steps", CLOCK_STEP_COLUMNS)
 
 
 # ---------------------------------------------------------------------------------------------
 # DSN helpers
-
-
-def read_password(path_template: str, environ: dict[str, str] | None = None) -> str:
-    """The PostgreSQL password from ``[sync] password_file``.
-
-    ``${CREDENTIALS_DIRECTORY}`` (systemd's credentials directory, ``LoadCredential=``) and
-    other ``$VAR`` references are expanded from ``environ``. The first line is the password
-    (a trailing newline is not part of it).
-
-    Args:
-        path_template: the configured path.
-        environ: variables for the expansion (default ``os.environ``).
-
-    Returns:
-        The password (never logged).
-
-    Raises:
-        ConfigError: a variable is unset, the file is missing, unreadable or empty, or it is
-            readable by group or others (mode must be 0600 or stricter; systemd credentials
-            are 0400).
-    """
-    import os
-    import stat
-    import string
-
-    from agent.errors import ConfigError
-
-    env = os.environ if environ is None else environ
-    try:
-        path = string.Template(path_template).substitute(env)
-    except (KeyError, ValueError) as e:
-        raise ConfigError(f"[sync] password_file {path_template!r}: variable {e} is not set",
-                          "under systemd, LoadCredential= sets CREDENTIALS_DIRECTORY; otherwise give a plain path") from None
-    try:
-        st = os.stat(path)
-        with open(path, encoding="utf-8") as fh:
-            first = fh.readline().rstrip("\r\n")
-    except FileNotFoundError:
-        raise ConfigError(f"[sync] password_file {path} does not exist",
-                          "create it (mode 0600) holding the PostgreSQL password, or fix the path") from None
-    except OSError as e:
-        raise ConfigError(f"[sync] password_file {path} cannot be read: {e.strerror}",
-                          "make it readable by the agent's user (mode 0600)") from None
-    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ConfigError(f"[sync] password_file {path} is accessible to group or others "
-                          f"(mode {stat.S_IMODE(st.st_mode):04o})", f"chmod 600 {path}")
-    if not first:
-        raise ConfigError(f"[sync] password_file {path} is empty", "put the password on its first line")
-    return first
 
 
 def redact_dsn(dsn: str) -> str:
@@ -408,50 +364,56 @@ def migrate(dsn: str, connect_timeout_s: float = 10) -> int:
 # one batch
 
 
-def _window_params(r: WindowResult, sync_id: uuid.UUID) -> tuple:
+def _window_params(r: WindowResult, sync_id: uuid.UUID) -> dict[str, Any]:
+    """The :data:`WINDOW_COLUMNS` values of one window (NaN becomes NULL)."""
     m, lv, ix, h = r.model, r.levels, r.indices, r.health
     cal = lv.calibration
-    return (
-        r.key,
-        r.device_id,
-        int(r.index),
-        r.start_time,
-        float(r.duration_s),
-        int(r.sample_rate),
-        bool(r.clock_synchronised),
-        int(r.xruns),
-        float(lv.lzeq_db),
-        [float(v) for v in lv.lzeq_series_db],
-        float(lv.peak_dbfs),
-        Status(r.status).value,
-        m.model_id if m else None,
-        m.model_hash if m else None,
-        m.backend if m else None,
-        bool(m.is_scaffold) if m else None,
-        sync_id,
-        *(nan_to_none(v) for v in (lv.laeq_db, lv.lceq_db, lv.lafmax_db, lv.lafmin_db, lv.lasmax_db,
-                                   lv.la10_db, lv.la50_db, lv.la90_db)),
-        [float(v) for v in lv.laeq_series_db],
-        [float(v) for v in lv.band_centres_hz] if lv.band_centres_hz else None,
-        [float(v) for v in lv.band_leq_db] if lv.band_centres_hz else None,
-        *((nan_to_none(v) for v in (ix.aci, ix.adi, ix.aei, ix.bi, ix.ndsi, ix.hf, ix.ht)) if ix else (None,) * 7),
-        *((*(nan_to_none(v) for v in (h.clipping_ratio, h.dc_offset_fs, h.rms_dbfs, h.hum_share)), list(h.flags))
-          if h else (None,) * 5),
-        float(cal.offset_db), float(cal.sensitivity_dbv), float(cal.gain_db), float(cal.vadc),
-        None if cal.reference_db is None else float(cal.reference_db),
-        cal.calibrated_at,
-        json.dumps({t: st.value for t, st in r.classifier_status}) if r.classifier_status else None,
-    )
+    row: dict[str, Any] = {
+        "window_key": r.key, "device": r.device_id, "window_index": int(r.index), "start_time": r.start_time,
+        "duration_s": float(r.duration_s), "sample_rate": int(r.sample_rate),
+        "clock_synchronised": bool(r.clock_synchronised), "xruns": int(r.xruns),
+        "lzeq_db": float(lv.lzeq_db), "lzeq_series_db": [float(v) for v in lv.lzeq_series_db],
+        "peak_dbfs": float(lv.peak_dbfs), "status": Status(r.status).value,
+        "model_id": m.model_id if m else None, "model_hash": m.model_hash if m else None,
+        "model_backend": m.backend if m else None, "model_is_scaffold": bool(m.is_scaffold) if m else None,
+        "sync_id": sync_id,
+        "laeq_series_db": [float(v) for v in lv.laeq_series_db],
+        "band_centres_hz": [float(v) for v in lv.band_centres_hz] if lv.band_centres_hz else None,
+        "band_leq_db": [float(v) for v in lv.band_leq_db] if lv.band_centres_hz else None,
+        "health_flags": list(h.flags) if h else None,
+        "cal_offset_db": float(cal.offset_db), "cal_sensitivity_dbv": float(cal.sensitivity_dbv),
+        "cal_gain_db": float(cal.gain_db), "cal_vadc": float(cal.vadc),
+        "cal_reference_db": None if cal.reference_db is None else float(cal.reference_db),
+        "cal_time": cal.calibrated_at,
+        "classifier_status": json.dumps({t: st.value for t, st in r.classifier_status}) if r.classifier_status else None,
+    }
+    for name in ("laeq_db", "lceq_db", "lafmax_db", "lafmin_db", "lasmax_db", "la10_db", "la50_db", "la90_db"):
+        row[name] = nan_to_none(getattr(lv, name))
+    for name in ("aci", "adi", "aei", "bi", "ndsi", "hf", "ht"):
+        row[name] = nan_to_none(getattr(ix, name)) if ix else None
+    for name in ("clipping_ratio", "dc_offset_fs", "rms_dbfs", "hum_share"):
+        row[name] = nan_to_none(getattr(h, name)) if h else None
+    return row
 
 
-def _detection_params(r: WindowResult) -> list[tuple]:
-    """Rows of ``_INSERT_DETECTION`` for one window: each detection with its classifier's model."""
+def _detection_params(r: WindowResult) -> list[dict[str, Any]]:
+    """The :data:`DETECTION_COLUMNS` rows of one window: each detection with its classifier's model."""
     rows = []
     for d in r.detections:
         m = r.model_for(d.taxonomy)
-        rows.append((r.key, d.taxonomy, int(d.rank), d.label, int(d.label_index), float(d.score), d.offset_s,
-                     m.model_id if m else None, m.model_hash if m else None, m.is_scaffold if m else None))
+        rows.append({"window_key": r.key, "taxonomy": d.taxonomy, "rank": int(d.rank), "label": d.label,
+                     "label_index": int(d.label_index), "score": float(d.score), "offset_s": d.offset_s,
+                     "model_id": m.model_id if m else None, "model_hash": m.model_hash if m else None,
+                     "model_is_scaffold": m.is_scaffold if m else None})
     return rows
+
+
+def _heartbeat_params(h: Heartbeat) -> dict[str, Any]:
+    """The :data:`HEARTBEAT_COLUMNS` values of one heartbeat."""
+    row: dict[str, Any] = {name: getattr(h, name) for name, _ in HEARTBEAT_COLUMNS
+                           if name not in ("device", "throttle_flags", "degraded")}
+    row.update(device=h.device_id, throttle_flags=list(h.throttle_flags), degraded=list(h.degraded))
+    return row
 
 
 async def send_batch(conn: psycopg.AsyncConnection, results: Sequence[WindowResult], sync_id: str) -> int:
@@ -475,8 +437,7 @@ async def send_batch(conn: psycopg.AsyncConnection, results: Sequence[WindowResu
         ValueError: ``conn`` is in autocommit mode, or ``sync_id`` is not a UUID.
         psycopg.Error: the server refused the batch (the transaction is then failed: roll back).
     """
-    if conn.autocommit:
-        raise ValueError("send_batch needs a connection with autocommit off: a batch is one transaction")
+    _require_transaction(conn, "a batch")
     sid = uuid.UUID(str(sync_id))
     if not results:
         return 0
@@ -487,7 +448,14 @@ async def send_batch(conn: psycopg.AsyncConnection, results: Sequence[WindowResu
     return inserted
 
 
-async def _insert_rows(conn: psycopg.AsyncConnection, what: str, statements: Sequence[tuple[str, list[tuple]]]) -> int:
+def _require_transaction(conn: psycopg.AsyncConnection, what: str) -> None:
+    """ValueError unless ``conn`` has autocommit off: a delivery must be one transaction."""
+    if conn.autocommit:
+        raise ValueError(f"sending {what} needs a connection with autocommit off: a delivery is one transaction")
+
+
+async def _insert_rows(conn: psycopg.AsyncConnection, what: str,
+                       statements: Sequence[tuple[str, list[dict[str, Any]]]]) -> int:
     """``executemany`` each (INSERT, rows) in the connection's current transaction; returns
     the rows newly inserted. The caller commits.
 
@@ -495,8 +463,7 @@ async def _insert_rows(conn: psycopg.AsyncConnection, what: str, statements: Seq
         ValueError: ``conn`` is in autocommit mode (a delivery must be one transaction).
         psycopg.Error: the server refused them.
     """
-    if conn.autocommit:
-        raise ValueError(f"sending {what} needs a connection with autocommit off")
+    _require_transaction(conn, what)
     inserted = 0
     async with conn.cursor() as cur:
         for sql, rows in statements:
@@ -519,12 +486,7 @@ async def send_heartbeats(conn: psycopg.AsyncConnection, heartbeats: Sequence[He
         ValueError: ``conn`` is in autocommit mode.
         psycopg.Error: the server refused them.
     """
-    rows = [(
-        h.heartbeat_id, h.device_id, h.time, h.uptime_s, h.windows, h.classified, h.skipped, h.failed, h.xruns,
-        h.queue_depth, h.oldest_unsynced_start, h.last_sync_at, h.cpu_temp_c, h.throttled, list(h.throttle_flags),
-        h.disk_free_bytes, h.disk_total_bytes, h.clock_synchronised, h.rss_bytes, h.peak_rss_bytes, h.model_id,
-        h.model_hash, h.agent_version, list(h.degraded), h.evicted_unsynced, h.evicted_synced, h.dropped_windows,
-    ) for h in heartbeats]
+    rows = [_heartbeat_params(h) for h in heartbeats]
     return await _insert_rows(conn, "heartbeats", [(_INSERT_HEARTBEAT, rows)])
 
 
@@ -541,9 +503,11 @@ async def send_events(conn: psycopg.AsyncConnection, events: Sequence[Gap | Cloc
         ValueError: ``conn`` is in autocommit mode.
         psycopg.Error: the server refused them.
     """
-    gaps = [(g.event_id, g.device_id, g.start_time, g.end_time, g.reason, g.detail, int(g.windows))
+    gaps = [{"event_id": g.event_id, "device": g.device_id, "start_time": g.start_time, "end_time": g.end_time,
+             "reason": g.reason, "detail": g.detail, "windows": int(g.windows)}
             for g in events if isinstance(g, Gap)]
-    steps = [(c.event_id, c.device_id, c.detected_at, float(c.step_s), bool(c.clock_synchronised))
+    steps = [{"event_id": c.event_id, "device": c.device_id, "detected_at": c.detected_at,
+              "step_s": float(c.step_s), "clock_synchronised": bool(c.clock_synchronised)}
              for c in events if isinstance(c, ClockStep)]
     return await _insert_rows(conn, "events", [(_INSERT_GAP, gaps), (_INSERT_CLOCK_STEP, steps)])
 

@@ -7,73 +7,21 @@ scheduling. A new segment (stream start, next replayed file, restart after an xr
 new anchor; the partial window buffered before it is discarded and logged, since samples on
 both sides of a discontinuity do not belong in one window.
 
-:func:`ntp_synchronised` asks the kernel whether the system clock is NTP-synchronised.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import logging
-import os
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 
 import numpy as np
 
 from agent.config import WindowsConfig
+from agent.ops import ntp_synchronised
 from agent.records import Chunk, Window
 
 log = logging.getLogger("agent.windows")
-
-#: ``adjtimex(2)`` return value meaning the clock is not synchronised (linux/timex.h).
-TIME_ERROR = 5
-
-
-def clock_state() -> tuple[bool, str | None]:
-    """Ask the kernel whether the system clock is NTP-synchronised (as ``timedatectl`` reports).
-
-    Calls ``adjtimex(2)`` read-only (``modes = 0``; glibc issues the ``clock_adjtime`` system
-    call); the return value ``TIME_ERROR`` (5) means unsynchronised (``STA_UNSYNC`` set or
-    maximum error exceeded), see ``man adjtimex``.
-
-    Returns:
-        ``(synchronised, error)``: ``error`` is ``None`` when the kernel answered, else why it
-        could not (e.g. ``"adjtimex: Operation not permitted"`` under a seccomp filter that
-        denies ``@clock``); ``synchronised`` is then False.
-    """
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        buf = ctypes.create_string_buffer(512)  # >= sizeof(struct timex); modes = 0 (read only)
-        state = libc.adjtimex(buf)
-    except (OSError, AttributeError) as err:
-        return False, f"adjtimex unavailable: {err}"
-    if state < 0:
-        errno = ctypes.get_errno()
-        return False, f"adjtimex: {os.strerror(errno)}"
-    return state < TIME_ERROR, None
-
-
-_clock_error_logged = False
-
-
-def ntp_synchronised() -> bool:
-    """Whether the kernel considers the system clock synchronised (:func:`clock_state`).
-
-    Returns:
-        False too when the kernel cannot be asked; that is logged once as a warning naming the
-        cause (a systemd unit must allow ``adjtimex``/``clock_adjtime`` and not set
-        ``ProtectClock=yes``, which denies them).
-    """
-    global _clock_error_logged
-    synced, error = clock_state()
-    if error is not None and not _clock_error_logged:
-        _clock_error_logged = True
-        log.warning("cannot read the clock's synchronisation state (%s): every window is stored with "
-                    "clock_synchronised = false; under systemd allow adjtimex and clock_adjtime "
-                    "(SystemCallFilter=) and do not set ProtectClock=yes", error)
-    return synced
-
 
 class Windower:
     """Cuts a chunk stream into fixed-length windows.
@@ -82,7 +30,7 @@ class Windower:
         cfg: the ``[windows]`` section (length and hop in s).
         stream_id: identifier of this capture stream, the prefix of every window key.
         clock_synchronised: called once per window when it closes; defaults to
-            :func:`ntp_synchronised`.
+            :func:`agent.ops.ntp_synchronised`.
         first_index: index of the first window (to continue numbering after a restart).
 
     Not thread-safe: feed it from one task.

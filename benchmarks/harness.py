@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import os
 import re
 import signal
@@ -31,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from agent.analysis.hashing import sha256_file
 
 REPO = Path(__file__).resolve().parent.parent
 RECORDINGS = REPO / "data" / "recordings"
@@ -95,15 +96,6 @@ def prepare_audio(out_dir: Path, seconds: float, rate: int = 48000) -> BenchAudi
         sf.write(str(wav), samples, rate, subtype="PCM_16")
     return BenchAudio(wav=wav, samples=samples, rate=rate, seconds=n / rate,
                       sources=tuple(f.name for f in files), sha256=sha256_file(wav))
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ------------------------------------------------------------------- real-time ALSA source

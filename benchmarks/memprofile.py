@@ -46,16 +46,16 @@ def main(argv: list[str] | None = None) -> int:
         pin_malloc_thresholds()
 
     import numpy as np
+    import onnxruntime  # noqa: F401
+    import scipy.special  # noqa: F401
     import soundfile as sf
+    import soxr  # noqa: F401
 
     import agent.capture  # noqa: F401
     import agent.cli  # noqa: F401
     import agent.pipeline  # noqa: F401
     import agent.store  # noqa: F401
     import agent.sync  # noqa: F401
-    import onnxruntime  # noqa: F401
-    import scipy.special  # noqa: F401
-    import soxr  # noqa: F401
     stages.append({"stage": "run-time imports (agent, numpy, scipy.special, soxr, onnxruntime)", **rss_mb()})
     try:  # the acoustics of every window (agents with acoustic indices and weighted levels)
         import agent.analysis.acoustics  # noqa: F401

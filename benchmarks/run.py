@@ -65,8 +65,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import estimate  # noqa: E402
 import report  # noqa: E402
 from harness import (  # noqa: E402
-    REPO, BenchAudio, RealtimeAlsaFifo, RunResult, evict_from_page_cache, prepare_audio, run_measured,
-    system_cpu_s, terminate,
+    REPO,
+    BenchAudio,
+    RealtimeAlsaFifo,
+    RunResult,
+    evict_from_page_cache,
+    prepare_audio,
+    run_measured,
+    system_cpu_s,
+    terminate,
 )
 
 BENCH = Path(__file__).resolve().parent

@@ -9,7 +9,6 @@ import pytest
 # =============================================================================================
 # PostgreSQL: a real throwaway server (tests/pg.py), one per test session.
 # =============================================================================================
-
 from tests.faultkit import running_server  # noqa: E402
 
 

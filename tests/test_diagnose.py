@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.windows import ntp_synchronised
+from agent.ops import ntp_synchronised
 from tests.audio import PCM_NAME, real_audio_s16, write_alsa_file_pcm
 from tests.pg import free_port
 from tests.test_run import agent, write_config

@@ -19,13 +19,22 @@ import pytest
 
 from agent.analysis import export as export_mod
 from agent.analysis.export import (
-    FP32_FILE, INT8_FILE, MANIFEST_FORMAT, MANIFEST_NAME, TOLERANCES, ExportVerificationError, Tolerance,
-    compare_scores, export_model, topk_overlap, verification_windows,
+    FP32_FILE,
+    INT8_FILE,
+    MANIFEST_FORMAT,
+    MANIFEST_NAME,
+    TOLERANCES,
+    ExportVerificationError,
+    Tolerance,
+    compare_scores,
+    export_model,
+    topk_overlap,
+    verification_windows,
 )
 from agent.analysis.models import SCAFFOLD_ID_PREFIX, SCAFFOLD_MARKER, model_hash
 from agent.errors import InputError, ModelError
-from tests.model_fixtures import read_recording, shared_labels
 from tests.isolation import modules_imported_by
+from tests.model_fixtures import read_recording, shared_labels
 from tests.test_run import agent
 
 INT8_FILES = {SCAFFOLD_MARKER, "config.json", "preprocessor_config.json", FP32_FILE, INT8_FILE, "ort_config.json"}

@@ -11,7 +11,7 @@ but extreme, with normal processing.
   ``load_config`` in-process raise nothing but ``ConfigError``; generated bad configs, raw
   bytes and hostile files through the real CLI exit 78.
 * Audio (``capture.type = "file"``): what the agent replays is decided in
-  :class:`agent.capture.FileSource` (WAV/FLAC containers by content; any encoding libsndfile
+  :class:`agent.filesource.FileSource` (WAV/FLAC containers by content; any encoding libsndfile
   decodes in them, converted to float32; first channel; >= 8 kHz). Unreadable files are
   refused before anything runs (exit 66); damaged files (cut off, NaN/inf samples, decoding
   errors) are replayed up to the problem, the replay goes on with the next file, and the run
@@ -49,8 +49,14 @@ from hypothesis import strategies as st
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from agent.config import (
-    AlsaCaptureConfig, ArecordCaptureConfig, Config, FileCaptureConfig, OnnxClassifierConfig,
-    TorchClassifierConfig, load_config, parse_config,
+    AlsaCaptureConfig,
+    ArecordCaptureConfig,
+    Config,
+    FileCaptureConfig,
+    OnnxClassifierConfig,
+    TorchClassifierConfig,
+    load_config,
+    parse_config,
 )
 from agent.errors import ConfigError
 from agent.sync import known_schema_version

@@ -14,12 +14,12 @@ import warnings
 import numpy as np
 import pytest
 import soxr
-from tests.model_fixtures import AUDIO, read_recording
-from tests.isolation import modules_imported_by
 
 from agent.analysis.classifier import segment_audio
 from agent.analysis.features import MEL_FLOOR, ASTFeatures, kaldi_mel_filter_bank
 from agent.analysis.models import packaged_config_dir
+from tests.isolation import modules_imported_by
+from tests.model_fixtures import AUDIO, read_recording
 
 RECORDINGS = sorted(AUDIO.glob("*.wav"))
 TOL = 1e-4  # max abs difference allowed (normalised units; features span about -1.5..+2)

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.model_fixtures import SHARED_CONFIG, copy_model, shared_labels
 
 from agent.analysis.models import (
     SCAFFOLD_CONFIG_KEY,
@@ -23,7 +22,7 @@ from agent.analysis.models import (
 )
 from agent.config import DEFAULT_MODEL_ID
 from agent.errors import EX_NOINPUT, ModelError
-
+from tests.model_fixtures import SHARED_CONFIG, copy_model, shared_labels
 
 # sha256 of the original files of MIT/ast-finetuned-audioset-10-10-0.4593 (see the README)
 ORIGINAL_SHA256 = {

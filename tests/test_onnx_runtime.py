@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.model_fixtures import AUDIO, RECORDING, read_recording
 
 from agent.analysis.classifier import load_classifier
 from agent.config import TorchClassifierConfig
+from tests.model_fixtures import AUDIO, RECORDING, read_recording
 
 ROOT = Path(__file__).resolve().parent.parent
 HEAVY = ("torch", "transformers", "optimum")

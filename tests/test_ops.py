@@ -76,8 +76,8 @@ def test_password_file_is_read_with_credentials_directory_and_must_be_private(tm
     """[sync] password_file: ${CREDENTIALS_DIRECTORY} expands (systemd LoadCredential=); the first
     line is the password; a file readable by group/others, a missing file or an unset variable
     is a ConfigError naming the fix."""
+    from agent.config import read_password
     from agent.errors import ConfigError
-    from agent.sync import read_password
 
     cred = tmp_path / "pg-password"
     cred.write_text("s3cret pass\nignored\n")
@@ -151,3 +151,14 @@ def test_textfile_is_readable_by_node_exporter_under_the_units_umask(tmp_path):
         "# TYPE soundscape_agent_clock_synchronised gauge", 'soundscape_agent_clock_synchronised{device="a\\"b"} 1',
     ]
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left
+
+
+@pytest.mark.parametrize("synced", [True, False])
+def test_ntp_synchronised_says_what_the_kernel_says(synced):
+    """clock_synchronised follows the kernel's NTP state (adjtimex), both ways."""
+    from agent.ops import clock_state, ntp_synchronised
+    from tests.kernelclock import kernel_synchronised
+
+    with kernel_synchronised(synced):
+        assert ntp_synchronised() is synced
+        assert clock_state() == (synced, None)

@@ -9,12 +9,20 @@ import time
 
 import pytest
 
-from agent.analysis.classifier import load_classifier
-from agent.capture import make_source
 from agent.analysis.acoustics import AcousticAnalyser
+from agent.analysis.classifier import load_classifier
 from agent.analysis.levels import nominal_calibration
-from agent.config import (AlsaCaptureConfig, FileCaptureConfig, HealthConfig, IndicesConfig, LevelsConfig,
-                          StoreConfig, TorchClassifierConfig, WindowsConfig)
+from agent.capture import make_source
+from agent.config import (
+    AlsaCaptureConfig,
+    FileCaptureConfig,
+    HealthConfig,
+    IndicesConfig,
+    LevelsConfig,
+    StoreConfig,
+    TorchClassifierConfig,
+    WindowsConfig,
+)
 from agent.pipeline import ClassifierSlot, Pipeline
 from agent.store import Outbox
 from tests.audio import PCM_NAME, RECORDINGS, real_audio_s16, write_alsa_file_pcm

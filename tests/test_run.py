@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import psycopg
-import pytest
 
 from agent.analysis.levels import LevelMeter, nominal_calibration
 from agent.config import LevelsConfig

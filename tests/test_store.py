@@ -449,7 +449,7 @@ def test_using_a_closed_outbox_raises_store_error(tmp_path):
 def test_a_schema_1_queue_is_migrated_and_its_windows_kept(tmp_path):
     """A queue written by the first release (no indicators column) opens with this agent: the
     unsynced window is still there, with the levels it had and NaN / empty for the rest."""
-    from agent.store import _MIGRATIONS
+    from agent.store.schema import _MIGRATIONS
 
     path = tmp_path / "old.db"
     con = sqlite3.connect(path, isolation_level=None)
@@ -513,7 +513,7 @@ def test_two_classifiers_per_window_round_trip_with_their_own_ranks_models_and_s
 def test_a_schema_4_queue_keeps_its_detections_as_audioset_ones(tmp_path):
     """Schema 5 rebuilds the detections table (its key gains the taxonomy): an unsynced window
     queued before the upgrade keeps its labels and its model."""
-    from agent.store import _MIGRATIONS
+    from agent.store.schema import _MIGRATIONS
 
     path = tmp_path / "old.db"
     con = sqlite3.connect(path, isolation_level=None)

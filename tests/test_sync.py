@@ -188,7 +188,7 @@ def test_sync_once_delivers_every_window_once_and_marks_them(migrated_dsn, tmp_p
     with psycopg.connect(migrated_dsn) as con:
         server = con.execute(
             "SELECT window_key, device, window_index, start_time, duration_s, sample_rate, clock_synchronised,"
-            " xruns, leq_db, leq_series_db, peak_dbfs, status, model_id, model_hash, model_backend,"
+            " xruns, lzeq_db, lzeq_series_db, peak_dbfs, status, model_id, model_hash, model_backend,"
             " model_is_scaffold, sync_id, sync_time FROM windows ORDER BY window_index"
         ).fetchall()
     assert len({row[16] for row in server}) == 3  # three batches: 3 + 3 + 1
@@ -549,3 +549,40 @@ def test_a_schema_5_database_keeps_its_detections_when_migrated(pg_dsn, tmp_path
     with psycopg.connect(pg_dsn) as con:
         row = con.execute("SELECT taxonomy, model_id, model_hash, offset_s FROM detections_flat").fetchone()
     assert row == ("audioset", "MIT/ast", "ab", None)
+
+
+def test_every_insert_names_exactly_its_tables_columns():
+    """The named placeholders come from one column list per table; the row builders fill
+    exactly those keys (a missing or extra key would be a silent NULL or a KeyError)."""
+    from agent.records import Heartbeat
+    from agent.sync import DETECTION_COLUMNS, HEARTBEAT_COLUMNS, WINDOW_COLUMNS, _detection_params, _window_params
+
+    r = make_results(1, k=3)[0]
+    assert set(_window_params(r, uuid.uuid4())) == {c for c, _ in WINDOW_COLUMNS}
+    rows = _detection_params(r)
+    assert len(rows) == 3 and all(set(row) == {c for c, _ in DETECTION_COLUMNS} for row in rows)
+    # every heartbeat column is a Heartbeat field (device: device_id) and no field is left out
+    fields = {f.name for f in dataclasses.fields(Heartbeat)}
+    assert {c for c, _ in HEARTBEAT_COLUMNS} == (fields - {"device_id"}) | {"device"}
+
+
+def test_lzeq_columns_and_the_deprecated_names_stay_equal(migrated_dsn, tmp_path):
+    """Schema 7 renames leq_db/leq_series_db to lzeq_db/lzeq_series_db and keeps the old names
+    readable for one version: this agent writes the new names, an agent of schema 6 the old
+    ones; either way both names hold the same values, and the views read the new ones."""
+    results = make_results(2, k=1)
+    queue_and_sync_once(tmp_path, results[:1], migrated_dsn)
+    with psycopg.connect(migrated_dsn, autocommit=True) as con:
+        con.execute("INSERT INTO windows (window_key, device, window_index, start_time, duration_s, sample_rate,"
+                    " clock_synchronised, xruns, leq_db, leq_series_db, peak_dbfs, status, sync_id)"
+                    " VALUES ('old-agent-0', 'moth-old', 0, now(), 10, 48000, true, 0, 51.5, '{50.5,52.5}', -20,"
+                    " 'classified', gen_random_uuid())")
+        rows = con.execute("SELECT window_key, lzeq_db, leq_db, lzeq_series_db, leq_series_db FROM windows"
+                           " ORDER BY window_key").fetchall()
+        view = dict(con.execute("SELECT window_key, lzeq_db FROM noise_levels").fetchall())
+    new, old = rows[1], rows[0]
+    assert old == ("old-agent-0", 51.5, 51.5, [50.5, 52.5], [50.5, 52.5])
+    lv = results[0].levels
+    assert new[0] == results[0].key and new[1] == new[2] == lv.lzeq_db
+    assert tuple(new[3]) == tuple(new[4]) == lv.lzeq_series_db
+    assert view == {"old-agent-0": 51.5, results[0].key: lv.lzeq_db}

@@ -24,7 +24,6 @@ registries (apt and PyPI inside the container).
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import re
@@ -41,9 +40,26 @@ import pytest
 
 from tests.audio import real_audio_s16
 from tests.deploykit import (  # noqa: F401  (fixtures)
-    BIN, DEPLOY, DEVICE, EXAMPLE, changed_tasks, db_overrides, extract_tree, model_export, pip_environment,
-    playbook, recap, remove_tree, require_root_and_debootstrap, run, tail, vault, vault_file, write_yaml,
+    BIN,
+    DEPLOY,
+    DEVICE,
+    EXAMPLE,
+    changed_tasks,
+    db_overrides,
+    extract_tree,
+    model_export,
+    pip_environment,
+    playbook,
+    recap,
+    remove_tree,
+    require_root_and_debootstrap,
+    run,
+    tail,
+    vault,
+    vault_file,
+    write_yaml,
 )
+from tests.kernelclock import kernel_clock_synchronised, kernel_synchronised
 
 pytestmark = pytest.mark.service
 
@@ -61,53 +77,13 @@ QUEUE = "var/lib/soundscape-agent/queue.db"  # in the tree
 WATCHDOG_DROPIN = "etc/systemd/system/soundscape-agent.service.d/50-test-watchdog.conf"
 
 
-# ------------------------------------------------------------------------------ the kernel clock
-
-
-class _Timex(ctypes.Structure):
-    """``struct timex`` (linux/timex.h, LP64)."""
-
-    _fields_ = [("modes", ctypes.c_uint), ("offset", ctypes.c_long), ("freq", ctypes.c_long),
-                ("maxerror", ctypes.c_long), ("esterror", ctypes.c_long), ("status", ctypes.c_int),
-                ("constant", ctypes.c_long), ("precision", ctypes.c_long), ("tolerance", ctypes.c_long),
-                ("time_sec", ctypes.c_long), ("time_usec", ctypes.c_long), ("tick", ctypes.c_long),
-                ("ppsfreq", ctypes.c_long), ("jitter", ctypes.c_long), ("shift", ctypes.c_int),
-                ("stabil", ctypes.c_long), ("jitcnt", ctypes.c_long), ("calcnt", ctypes.c_long),
-                ("errcnt", ctypes.c_long), ("stbcnt", ctypes.c_long), ("tai", ctypes.c_int),
-                ("_reserved", ctypes.c_int * 11)]
-
-
-_ADJ_MAXERROR, _ADJ_ESTERROR, _ADJ_STATUS, _STA_UNSYNC, _TIME_ERROR = 0x4, 0x8, 0x10, 0x40, 5
-_libc = ctypes.CDLL("libc.so.6", use_errno=True)
-
-
-def _adjtimex(tx: _Timex) -> int:
-    state = _libc.adjtimex(ctypes.byref(tx))
-    if state < 0:
-        raise OSError(ctypes.get_errno(), "adjtimex")
-    return state
-
-
-def kernel_clock_synchronised() -> bool:
-    """What the kernel says, asked outside any unit (adjtimex, read only)."""
-    return _adjtimex(_Timex()) != _TIME_ERROR
-
-
 @pytest.fixture(scope="module", autouse=True)
 def synchronised_kernel_clock() -> Iterator[None]:
-    """The kernel's clock marked NTP-synchronised for the module (STA_UNSYNC cleared, maximum
-    error 0: the kernel's own state as timesyncd leaves it), then put back as it was. With the
-    clock unsynchronised, a unit that cannot read the state would store the same false."""
-    before = _Timex()
-    _adjtimex(before)
-    _adjtimex(_Timex(modes=_ADJ_STATUS | _ADJ_MAXERROR | _ADJ_ESTERROR,
-                     status=before.status & ~_STA_UNSYNC, maxerror=0, esterror=0))
-    assert kernel_clock_synchronised()
-    try:
+    """The kernel's clock marked NTP-synchronised for the module, then put back. With the clock
+    unsynchronised, a unit that cannot read the state would store the same false."""
+    with kernel_synchronised(True):
+        assert kernel_clock_synchronised()
         yield
-    finally:
-        _adjtimex(_Timex(modes=_ADJ_STATUS | _ADJ_MAXERROR | _ADJ_ESTERROR,
-                         status=before.status, maxerror=before.maxerror, esterror=before.esterror))
 
 
 # ------------------------------------------------------------------------------ the container

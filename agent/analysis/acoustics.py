@@ -81,8 +81,9 @@ class AcousticAnalyser:
         return self._meter
 
     def warm_up(self, sample_rate: int | None = None) -> None:
-        """Do the one-off work of the first window ahead of it: import scipy.signal (~0.6 CPU-s
-        on x86) and, for a known capture rate, design the filters.
+        """Do the one-off work of the first window ahead of it: import scipy.signal (the
+        slowest import of the acoustics: docs/performance.md#acoustics-cost-per-window) and, for
+        a known capture rate, design the filters.
 
         Call it while the model loads, on another thread, and wait for it before the first
         :meth:`analyse` (not thread-safe with it). Optional: ``analyse`` does the same work

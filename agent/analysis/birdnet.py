@@ -51,17 +51,16 @@ nothing at run time.
 from __future__ import annotations
 
 import calendar
-import hashlib
 import importlib.util
 import logging
 import math
-import os
 from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
+from agent.analysis.hashing import hash_files
 from agent.config import BirdnetConfig
 from agent.errors import AgentError, ModelError
 from agent.records import Detection, ModelInfo
@@ -209,35 +208,17 @@ def _model_dir(cfg: BirdnetConfig) -> tuple[Path, bool]:
 
 
 def _hash_files(paths: list[Path]) -> tuple[dict[str, str], str]:
-    """sha256 of each file and of all together, in one read.
-
-    The combined digest is fed, per file in the given order, ``len(name)`` (8 bytes
-    big-endian), the name (UTF-8), ``len(content)`` (8 bytes big-endian) and the content: the
-    encoding of :func:`agent.analysis.models.model_hash`.
-
-    Returns:
-        ({file name: hex sha256}, combined hex sha256).
+    """sha256 of each file and of all together (:func:`agent.analysis.hashing.hash_files`, the
+    encoding of every model hash).
 
     Raises:
         ModelError: a file cannot be read (naming it).
     """
-    combined = hashlib.sha256()
-    each: dict[str, str] = {}
-    for path in paths:
-        digest = hashlib.sha256()
-        name = path.name.encode("utf-8")
-        try:
-            with open(path, "rb") as fh:
-                size = os.fstat(fh.fileno()).st_size
-                combined.update(len(name).to_bytes(8, "big") + name + size.to_bytes(8, "big"))
-                while block := fh.read(_BLOCK):
-                    digest.update(block)
-                    combined.update(block)
-        except OSError as e:
-            raise ModelError(f"cannot read BirdNET model file {path}: {e.strerror or e}",
-                             f"check its permissions or reinstall it ({REINSTALL_HINT})") from e
-        each[path.name] = digest.hexdigest()
-    return each, combined.hexdigest()
+    try:
+        return hash_files((path.name, path) for path in paths)
+    except OSError as e:
+        raise ModelError(f"cannot read BirdNET model file {e.filename}: {e.strerror or e}",
+                         f"check its permissions or reinstall it ({REINSTALL_HINT})") from e
 
 
 def _read_labels(path: Path) -> tuple[str, ...]:

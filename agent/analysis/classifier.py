@@ -30,6 +30,9 @@ Both share one pre/post-processing path (:class:`ASTClassifierBase`):
 Labels come from the model directory's ``config.json`` (``id2label``), read with ``json``.
 torch, transformers and onnxruntime are imported inside the backends' loaders, so importing
 this module is cheap.
+
+Details: docs/classification.md; the ONNX session settings and their measurements:
+docs/performance.md#onnx-runtime-settings.
 """
 
 from __future__ import annotations
@@ -43,12 +46,11 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
+from agent.analysis.features import ASTFeatures
+from agent.analysis.models import ResolvedModel, read_json, resolve_model
 from agent.config import ClassifierConfig, OnnxClassifierConfig, TorchClassifierConfig
 from agent.errors import AgentError, ModelError
 from agent.records import Detection, ModelInfo
-
-from agent.analysis.features import ASTFeatures
-from agent.analysis.models import ResolvedModel, read_json, resolve_model
 
 log = logging.getLogger("agent.analysis")
 
@@ -474,7 +476,7 @@ class OnnxBackend(ASTClassifierBase):
             import onnxruntime as ort
         except ImportError as e:
             raise ModelError(f"the onnx backend needs onnxruntime: {e}",
-                             "pip install 'onnxruntime>=1.17' (a core dependency of soundscape-agent)") from e
+                             "pip install 'onnxruntime>=1.31' (a core dependency of soundscape-agent)") from e
         try:
             session = ort.InferenceSession(str(onnx_path), sess_options=onnx_session_options(cfg),
                                            providers=["CPUExecutionProvider"])

@@ -16,10 +16,9 @@ calls :func:`export_model`, which
 3. unless ``fuse_attention=False`` (CLI ``--no-fuse-attention``), replaces each layer's
    self-attention (MatMul, Softmax, MatMul and their reshapes) by onnxruntime's
    ``com.microsoft.MultiHeadAttention``, which runs FlashAttention on the CPU instead of
-   materialising the 71 MB per-layer score tensors (:mod:`agent.analysis.fusion`; int8
-   inference peak RSS 353 → 272 MB on the full-size scaffold, slightly faster); the count of
-   fused blocks is in the manifest (``graph_rewrites``) and the fused graph is verified below
-   like any other;
+   materialising the per-layer attention score tensors (:mod:`agent.analysis.fusion`; memory
+   figures: docs/performance.md#attention-fusion-at-export); the count of fused blocks is in
+   the manifest (``graph_rewrites``) and the fused graph is verified below like any other;
 4. unless ``quantize="none"``, quantises it with onnxruntime **dynamic** int8 quantisation
    through optimum (``ORTQuantizer`` + ``AutoQuantizationConfig.<target>(is_static=False,
    per_channel=True)``) to ``model_quantized.onnx`` (+ optimum's ``ort_config.json``). The
@@ -52,19 +51,14 @@ notes u8/s8 is faster than u8/u8 on lower-end ARM64. An arm64-quantised model ru
 onnxruntime's u8s8 kernels can saturate (onnxruntime docs, "Quantize ONNX models", FAQ on
 ``reduce_range``), so verification on such a host can show errors the Pi would not have: the
 manifest records the host and whether it has VNNI. Per-channel weight scales are on by
-default: on the full-size scaffold they gave a smaller error than per-tensor (max |Δ| 0.016 vs
-0.021).
+default (they gave the smaller error on the full-size scaffold).
 
-Tolerances (:data:`TOLERANCES`) and what they rest on: fp32 ONNX vs PyTorch must agree to
-1e-4 in every score with identical top-5 sets (measured: 3.8e-7 on the full-size scaffold,
-7e-8 on the tiny one). Int8 is held to max |Δ| <= 0.05 and a top-5 overlap >= 0.6 in every
-window (at most 2 of the 5 labels replaced). Measured on the full-size scaffold (random
-weights, 10 windows of the real recordings, arm64 per-channel): max |Δ| 0.0158, mean |Δ|
-0.0032, min top-5 overlap 0.8 (one window; its 5th and 6th reference scores were 0.0016
-apart). The limits leave ~3x headroom on |Δ| and one label on the overlap; the scaffold's
-scores are crowded (random weights), so its top-5 sets are *more* fragile than a trained
-model's. Damage such as a wrong bias, a wrong feature path or kernel saturation moves scores
-by tenths, far beyond these limits.
+Tolerances (:data:`TOLERANCES`): fp32 ONNX vs PyTorch must agree to 1e-4 in every score with
+identical top-5 sets; int8 is held to max |Δ| <= 0.05 and a top-5 overlap >= 0.6 in every
+window (at most 2 of the 5 labels replaced).
+
+What the presets, per-channel scales and tolerances rest on (the errors measured on the
+full-size and tiny scaffolds, the headroom the limits leave): docs/classification.md#exporting-and-quantising.
 
 torch, transformers, optimum, onnx and onnxruntime are imported inside the functions that need
 them; importing this module is cheap.
@@ -73,7 +67,6 @@ them; importing this module is cheap.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -90,7 +83,10 @@ from typing import Any
 
 import numpy as np
 
+from agent.analysis.hashing import sha256_file
+from agent.analysis.models import MEL_WARNING
 from agent.errors import InputError, ModelError
+from agent.filesource import BUNDLED_RECORDINGS
 
 log = logging.getLogger("agent.analysis")
 
@@ -110,8 +106,6 @@ MIN_TAIL_S = 1.0
 #: k of the top-k overlap.
 TOP_K = 5
 #: The bundled real field recordings (scikit-maad's data, BSD-3-Clause).
-BUNDLED_RECORDINGS = Path(__file__).resolve().parent.parent.parent / "data" / "recordings"
-_MEL_WARNING = "At least one mel filter has all zero values"
 _HEX40 = re.compile(r"^[0-9a-f]{40}$")
 
 
@@ -138,8 +132,8 @@ class Tolerance:
 
 @dataclass(frozen=True, slots=True)
 class Tolerances:
-    """The limits :func:`export_model` verifies against (see the module docstring for how they
-    were chosen and what was measured).
+    """The limits :func:`export_model` verifies against (how they were chosen and what was
+    measured: docs/classification.md#exporting-and-quantising).
 
     Attributes:
         fp32: ``model.onnx`` vs PyTorch.
@@ -182,7 +176,7 @@ def topk_overlap(reference: np.ndarray, candidate: np.ndarray, k: int = TOP_K) -
 
 
 @dataclass(frozen=True, slots=True)
-class CheckResult:
+class VerificationCheck:
     """One verification comparison over all windows.
 
     Attributes:
@@ -212,7 +206,7 @@ class CheckResult:
 
 
 def compare_scores(name: str, reference_name: str, reference: np.ndarray, candidate_name: str,
-                   candidate: np.ndarray, tolerance: Tolerance) -> CheckResult:
+                   candidate: np.ndarray, tolerance: Tolerance) -> VerificationCheck:
     """Compare two models' sigmoid scores on the same windows against ``tolerance``.
 
     Args:
@@ -222,7 +216,7 @@ def compare_scores(name: str, reference_name: str, reference: np.ndarray, candid
         tolerance: the limits.
 
     Returns:
-        :class:`CheckResult`; ``passed`` is False (and ``failures`` says why) when the max
+        :class:`VerificationCheck`; ``passed`` is False (and ``failures`` says why) when the max
         |Δ| exceeds ``tolerance.max_abs_diff``, the min top-k overlap is below
         ``tolerance.min_topk_overlap``, or a score is not finite.
 
@@ -245,7 +239,7 @@ def compare_scores(name: str, reference_name: str, reference: np.ndarray, candid
     if min_overlap < tolerance.min_topk_overlap:
         failures.append(f"{name}: min top-{tolerance.top_k} overlap {min_overlap:.2f} < tolerance "
                         f"{tolerance.min_topk_overlap:g}")
-    return CheckResult(
+    return VerificationCheck(
         name=name, reference=reference_name, candidate=candidate_name, max_abs_diff=max_abs,
         mean_abs_diff=float(diff.mean()) if finite else float("inf"), min_topk_overlap=min_overlap,
         mean_topk_overlap=float(overlap.mean()), worst_window=int(per_window.argmax()),
@@ -301,7 +295,7 @@ def verification_windows(recordings: Path = BUNDLED_RECORDINGS, window_s: float 
     """
     import soundfile as sf
 
-    from agent.capture import expand_paths
+    from agent.filesource import expand_paths
 
     recordings = Path(recordings)
     if not recordings.exists():
@@ -375,7 +369,7 @@ def _quiet_exporters() -> Iterator[None]:
         for lg in loggers:
             lg.setLevel(logging.ERROR)
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=_MEL_WARNING, category=UserWarning)
+            warnings.filterwarnings("ignore", message=MEL_WARNING, category=UserWarning)
             # optimum uses torch's legacy TorchScript exporter, which announces its deprecation
             warnings.filterwarnings("ignore", category=DeprecationWarning)
             warnings.filterwarnings("ignore", category=FutureWarning)
@@ -446,22 +440,6 @@ def _op_counts(path: Path) -> tuple[dict[str, int], int]:
         counts[node.op_type] = counts.get(node.op_type, 0) + 1
     opset = next((int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")), -1)
     return dict(sorted(counts.items())), opset
-
-
-def sha256_file(path: Path) -> str:
-    """sha256 of a file's bytes, read in 1 MiB blocks.
-
-    Returns:
-        64 lowercase hex digits.
-
-    Raises:
-        OSError: the file cannot be read.
-    """
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        while block := fh.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _versions() -> dict[str, str | None]:
@@ -572,7 +550,7 @@ def _verify(source_dir: Path, staging: Path, candidates: Sequence[tuple[str, str
     latency = {"torch": ref_latency}
     scores: dict[str, np.ndarray] = {}
     loaded: dict[str, Any] = {}
-    checks: list[CheckResult] = []
+    checks: list[VerificationCheck] = []
     for kind, file_name, tolerance in candidates:
         clf = load_classifier(OnnxClassifierConfig(model=str(staging), file_name=file_name, threads=threads))
         if len(clf.labels) != n_labels:
@@ -612,7 +590,7 @@ class ExportResult:
     out_dir: Path
     manifest_path: Path
     manifest: dict[str, Any]
-    checks: tuple[CheckResult, ...]
+    checks: tuple[VerificationCheck, ...]
     passed: bool
     model_id: str
     is_scaffold: bool
@@ -733,7 +711,7 @@ def export_model(
                 resolved.is_scaffold and not exported_id.startswith(SCAFFOLD_ID_PREFIX)):
             raise ModelError(f"the export of {resolved.model_id} loads as {exported_id!r} "
                              f"(scaffold: {exported_scaffold}); a scaffold must stay marked", "report this as a bug")
-        checks: list[CheckResult] = verification["checks"]
+        checks: list[VerificationCheck] = verification["checks"]
         passed = all(c.passed for c in checks)
 
         manifest = _manifest(
@@ -785,7 +763,7 @@ def _architecture(config: dict[str, Any]) -> dict[str, Any]:
 
 def _manifest(*, resolved: Any, model: str, staging: Path, quantize: str, per_channel: bool, qconfig: Any,
               windows: Sequence[AudioWindow], window_s: float, tolerances: Tolerances, threads: int,
-              checks: Sequence[CheckResult], passed: bool, verification: dict[str, Any], exported_id: str,
+              checks: Sequence[VerificationCheck], passed: bool, verification: dict[str, Any], exported_id: str,
               rewrites: dict[str, Any], timings: dict[str, float | None]) -> dict[str, Any]:
     fp32_ops, opset = _op_counts(staging / FP32_FILE)
     quant: dict[str, Any] = {"target": quantize}
@@ -857,14 +835,14 @@ def _manifest(*, resolved: Any, model: str, staging: Path, quantize: str, per_ch
     }
 
 
-def _check_dict(check: CheckResult) -> dict[str, Any]:
+def _check_dict(check: VerificationCheck) -> dict[str, Any]:
     d = asdict(check)
     d["failures"] = list(check.failures)
     return d
 
 
 __all__ = [
-    "AudioWindow", "BUNDLED_RECORDINGS", "CheckResult", "DEFAULT_QUANTIZE", "DEFAULT_WINDOW_S",
+    "AudioWindow", "BUNDLED_RECORDINGS", "VerificationCheck", "DEFAULT_QUANTIZE", "DEFAULT_WINDOW_S",
     "ExportResult", "ExportVerificationError", "FP32_FILE", "INT8_FILE", "MANIFEST_FORMAT",
     "MANIFEST_NAME", "QUANTIZE_CHOICES", "TOLERANCES", "TOP_K", "Tolerance", "Tolerances",
     "compare_scores", "export_model", "quantization_config", "sha256_file", "topk_overlap",

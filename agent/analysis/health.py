@@ -4,13 +4,8 @@ Pure numpy (no scipy, no I/O; importing this module costs nothing beyond numpy).
 measurements, each compared with a ``[health]`` threshold to raise a flag:
 
 - **clipping**: the share of samples with ``|x| >= clip_level_fs``.
-- **DC offset**: the mean of the samples, fraction of full scale. An AudioMoth removes DC in
-  its firmware (a first-order high-pass at 48 Hz, 8 Hz when "disable 48 Hz DC blocking
-  filter" is set), so on an AudioMoth any offset means a fault in the chain. Recorders
-  without such a filter do carry one: the bundled Song Meter SM4 recordings all sit at
-  +0.0285 to +0.0291 of full scale (about 940 LSB), steady over a day, so they raise
-  ``dc_offset`` at the default 0.01 (set ``max_dc_offset_fs`` to e.g. 0.05 for such a
-  recorder).
+- **DC offset**: the mean of the samples, fraction of full scale (flag above
+  ``max_dc_offset_fs``, default 0.05; an AudioMoth removes DC in firmware, so ~0.01 suits it).
 - **RMS level**: ``20·log10(RMS)`` of the samples with their mean removed, dBFS, full scale
   ±1.0 (a full-scale sine reads −3.01 dBFS: no AES17 +3 dB correction), floored at
   :data:`RMS_FLOOR_DBFS` (−240 dBFS) so that digital silence stores as a finite number.
@@ -18,31 +13,18 @@ measurements, each compared with a ``[health]`` threshold to raise a flag:
   the mains frequency and its harmonics, computed for 50 Hz and for 60 Hz (harmonics 1 to
   ``hum_harmonics``), the larger family kept.
 
-Hum share estimate. A Welch power spectrum: Hann-windowed segments of
-:data:`HUM_SEGMENT_S` (2 s, so 0.5 Hz bins; the whole window if shorter) overlapping by half,
-their periodograms summed; a trailing part shorter than half a segment is not analysed.
-50 % overlapped Hann segments weight the window's samples almost evenly (all but the first
-and last second), so a loud event counts wherever it falls. The share is the one-sided power
-in the hum bands over the one-sided power in all bins, both from that same spectrum, so it
-lies in 0..1 whatever the scaling. The band around harmonic ``k`` of mains frequency ``fm`` is
+Hum share: a Welch power spectrum (Hann segments of :data:`HUM_SEGMENT_S`, 0.5 Hz bins, 50 %
+overlap, periodograms summed); the one-sided power in the hum bands over the one-sided power
+in all bins, so 0..1. The band around harmonic ``k`` of mains frequency ``fm`` is
 
     |f − k·fm| <= k · MAINS_DRIFT_HZ + HANN_MAIN_LOBE_BINS · df
 
-- ``k · 0.2 Hz``: the mains frequency wanders (EN 50160 allows ±1 % on interconnected
-  grids; in practice it stays within ±0.2 Hz) and harmonic ``k`` wanders ``k`` times as far;
-- ``2 · df``: the half-width of a Hann window's main lobe (``df`` = 1 / segment length =
-  0.5 Hz), so a tone anywhere within the drift range keeps its main lobe (> 99.9 % of its
-  power) inside the band.
+(mains drift: EN 50160 allows ±1 % on interconnected grids, in practice within ±0.2 Hz, ``k``
+times that at harmonic ``k``; plus the Hann main lobe's half-width, 2 bins).
 
-With the defaults (5 harmonics, 2 s segments) the 50 Hz family spans 5 bands of 2.4 to 4 Hz,
-16 Hz in all: white noise puts ~0.07 % of its power there at 48 kHz, and the bundled field
-recordings 0.0-5 % (wind and traffic rumble), against a hum that holds ~99 % when it
-dominates. A 50 Hz tone drifted to 49.8 or 50.2 Hz is captured as fully as one at 50.0 Hz.
-
-Measured cost on x86-64 (AMD EPYC, one core): about 7 ms per 10 s window at 48 kHz; working
-memory one float64 copy of the window (3.8 MB for 10 s at 48 kHz) plus about 4 MB of
-segment-sized temporaries (peak 7.8 MB for 10 s, 29 MB for 60 s at 48 kHz). The caller's
-array is never modified.
+Details (the derivation, what the bundled recordings and white noise read, why these
+defaults): docs/metrology.md#microphone-health; cost and memory:
+docs/performance.md#acoustics-cost-per-window.
 """
 
 from __future__ import annotations
@@ -107,7 +89,8 @@ def assess_health(samples: np.ndarray, sample_rate: int, cfg: HealthConfig) -> M
 
     Args:
         samples: mono audio, shape (n,), any real float/int dtype holding full-scale-±1.0
-            values (float32 from capture: S16_LE / 32768); converted to float64 internally.
+            values (float32 from capture: S16_LE / 32768); converted to a float64 copy
+            internally (the caller's array is never modified).
         sample_rate: Hz.
         cfg: the ``[health]`` section: ``clip_level_fs``, ``max_clipping_ratio``,
             ``max_dc_offset_fs``, ``silence_dbfs`` (dBFS), ``max_hum_share``,

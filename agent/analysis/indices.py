@@ -5,11 +5,10 @@ the same code path for the parameters used here, the same floating-point arithme
 same order, so that the results equal maad's own functions applied to one short-time Fourier
 transform of the window (``maad.sound.spectrogram`` with the ``[indices]`` parameters
 ``nperseg``, ``noverlap``, ``window``; maad's default per-segment mean removal,
-``detrend="constant"``, so a DC offset of the microphone chain does not leak into the lowest
-bin). tests/test_indices.py checks this against scikit-maad called directly, on every bundled
-recording, at other sample rates and with non-default parameters (maad is a test dependency
-only). The spectrogram modes follow scikit-maad's own ``all_spectral_alpha_indices`` (its
-"extract alpha indices" example):
+``detrend="constant"``). tests/test_indices.py checks this against scikit-maad called
+directly (maad is a test dependency only; this module imports numpy only, besides the agent's
+config and records). The spectrogram modes follow scikit-maad's own
+``all_spectral_alpha_indices``:
 
 =====  ==========================================================  =================
 index  scikit-maad function reproduced                             spectrogram
@@ -29,56 +28,19 @@ Ht     ``temporal_entropy(x, compatibility="seewave",              waveform ``x`
 
 ``A`` is ``maad.sound.spectrogram(x, fs, window, nperseg, noverlap, mode="amplitude")``: scipy's
 ``scipy.signal.spectrogram(..., nfft=nperseg, mode="complex", scaling="density",
-detrend="constant")`` (segment mean removed, scipy's periodic window, ``scipy.fft.rfft``, for
-which ``np.fft.rfft`` is bit-identical: both are pocketfft; times ``sqrt(1 / (fs *
-sum(w**2)))``), times maad's ``sqrt(2 * fs / nperseg)``, its magnitude, without
-the Nyquist bin, and with maad's frame count ``len(x) // (nperseg - noverlap) - 1`` (one frame
-fewer than scipy's with ``noverlap = 0``; scipy's count when that is smaller). ``P = A**2``,
-which is what maad's ``mode="psd"`` returns. The helpers below name the maad and scipy
-functions they reproduce (``maad.util.index_bw``, ``into_bins``, ``entropy``,
-``amplitude2dB``, ``maad.sound.envelope``, ``scipy.signal.get_window``...).
+detrend="constant")`` times maad's ``sqrt(2 * fs / nperseg)``, its magnitude, without the
+Nyquist bin, with maad's frame count ``len(x) // (nperseg - noverlap) - 1`` (scipy's count
+when that is smaller); ``P = A**2`` (maad's ``mode="psd"``). The helpers below name the maad
+and scipy functions they reproduce.
 
-Why not call scikit-maad: importing ``maad.sound`` and ``maad.features`` pulls in pandas,
-matplotlib, scikit-image, PyWavelets, PIL and scipy.signal (which itself imports scipy.stats
-and scipy.ndimage). Resident set (``/proc/self/status`` VmRSS before/after, fresh interpreter
-on x86-64 with numpy and the agent's config already loaded), ``import agent.analysis.indices``
-plus one call on a 10 s 48 kHz window: +143 MB through maad (peak VmHWM 198 MB; +148 MB for
-the two maad packages on top of numpy alone, scipy.signal ~75 MB of it, and still +41 MB in a
-process that already holds scipy.signal and ``maad.spl``), +3 MB now (peak 60 MB). This module
-imports numpy only, besides the agent's config and records.
+Deliberate behaviour: band limits above ``fs/2`` are clipped to it (maad snaps them to the top
+bin) and a band wholly at or above ``fs/2`` gives NaN, except the NDSI anthrophony band, used
+unclipped; band edges are maad's (``maad.util.index_bw``; NDSI pools bins as wide as the
+anthrophony band and selects them by their start frequency); a window whose samples are all
+equal gets NaN for every index, and an index that comes out non-finite is NaN.
 
-Band limits above the Nyquist frequency ``fs/2`` are clipped to it. maad does not: its band
-selector (``maad.util.index_bw``) snaps a limit beyond the highest frequency bin to that bin,
-so with ``fmax = 20000`` on a 22 kHz recording every 1 kHz ADI/AEI band above 11 kHz would
-re-count the spectrogram's top bin (mostly empty: AEI 0.15 → 0.53 on the bundled 22 kHz
-night recording). A band lying wholly at or above ``fs/2`` gives NaN for its index. The
-NDSI anthrophony band is the exception: it is used unclipped, since its width is also the
-width NDSI pools the spectrum into (clipping it would change the pooling; selecting beyond the
-top bin is harmless there).
-
-Band edges are maad's: ``index_bw`` keeps every bin from the one nearest the lower limit to the
-one nearest the upper limit, both included (a tie goes to the lower bin). For NDSI
-(soundecology variant) the spectrum is first pooled into bins as wide as the anthrophony band
-starting at 0 Hz and the bands then select bins by their *start* frequency, both ends
-included: with the default bands (0-1000 Hz, 1000-10000 Hz) the anthrophony sums the 0-2 kHz
-bins and the biophony the 1-11 kHz bins, i.e. the 1-2 kHz bin counts in both (a 1.5 kHz tone
-gives NDSI 0, white noise 0.67).
-
-Silence: a window whose samples are all equal (digital silence, or a constant DC value: no
-sound at all) gets NaN for every index, as do indices that come out non-finite (e.g. ACI with
-a frequency bin that is exactly zero throughout: with ``window = "boxcar"`` the 0 Hz bin of
-every mean-removed segment of integer PCM audio is exactly zero, so ACI is then always NaN, in
-maad too). A window with any variation, however small (e.g. one-LSB dither), gets finite
-values computed as usual.
-
-Cost, measured on x86-64 (a shared 2-core VM), default parameters, 48 kHz, 10 s windows of
-real audio: about 6-8 ms a window (maad: 9-13 ms, same conditions); 15-19 ms in a fresh
-process, where glibc returns the large temporaries to the kernel after every call and re-maps
-them (~3700 page faults a call; maad 24-31 ms). Not measured on a Raspberry Pi; expect several
-times that. No import cost beyond numpy. Peak working memory per call (tracemalloc) about
-13 MB for a 10 s window, 77 MB for a 60 s one: the float64 copy, the detrended and windowed
-segments, the complex STFT, the amplitude, power and dB spectrograms; it scales with the
-window length.
+Details (why, with examples, and the per-index notes): docs/metrology.md#acoustic-indices;
+cost and memory: docs/performance.md#acoustics-cost-per-window.
 """
 
 from __future__ import annotations
@@ -284,9 +246,7 @@ def compute_indices(samples: np.ndarray, sample_rate: int, cfg: IndicesConfig) -
           frequency bin, the sum over the window of the absolute amplitude difference
           between adjacent frames divided by the bin's summed amplitude, summed over all
           bins (0 Hz to just below ``sample_rate/2``). Dimensionless, >= 0. The whole window is one
-          temporal step (Pieretti's ``j``); soundecology's default j = 5 s would give about
-          twice the value for a 10 s window. Scales with the number of bins
-          (``nperseg / 2``): stationary noise gives about 0.59 per bin, ~300 with 1024.
+          temporal step (Pieretti's ``j``). Scales with the number of bins (``nperseg / 2``).
         - ``adi``: Acoustic Diversity Index, Villanueva-Rivera et al. 2011, Landscape Ecology
           26:1233-1246. Shannon entropy (natural log, nats) of the share of spectrogram cells
           above ``db_threshold`` dB re the spectrogram's maximum in each ``bin_step_hz`` band
@@ -308,15 +268,13 @@ def compute_indices(samples: np.ndarray, sample_rate: int, cfg: IndicesConfig) -
           of the window's mean spectrum taken as a probability mass function, normalised by
           ln(number of bins), 0 (pure tone) .. 1 (flat spectrum). ``compatibility="seewave"``
           = the amplitude spectrum (sqrt of the time-mean power), as Sueur et al. and seewave
-          define it; maad's default ``"QUT"`` (entropy of the mean *power* spectrum) gives
-          markedly lower values (0.19-0.65 instead of 0.65-0.92 on the bundled recordings).
+          define it, not maad's default ``"QUT"`` (entropy of the mean *power* spectrum).
         - ``ht``: temporal entropy Ht, Sueur et al. 2008: Shannon entropy of the amplitude
           envelope as a probability mass function, normalised, 0 (one click) .. 1 (steady).
           ``compatibility="seewave"`` (entropy of the envelope itself, as Sueur et al.; QUT
           uses its square). The envelope is maad's ``mode="fast"``: the max of |x| per
-          frame of :data:`ENVELOPE_FRAME` samples (Towsey), not Sueur's Hilbert envelope,
-          whose FFT needs ~7 times the window's memory (+200 MB for a 60 s window at
-          48 kHz); on the bundled recordings' 10 s windows the two differ by <= 0.05.
+          frame of :data:`ENVELOPE_FRAME` samples (Towsey), not Sueur's Hilbert envelope
+          (docs/metrology.md#acoustic-indices says why and how much they differ).
 
         NaN for every index when all samples are equal; NaN for one index when its band lies
         at or above ``sample_rate / 2`` or its value is not finite.

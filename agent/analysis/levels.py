@@ -1,156 +1,39 @@
 """Calibrated noise indicators of one window: frequency weightings A, C, Z, time weightings
 F and S, percentile levels and one-third-octave band levels, in dB re 20 µPa.
 
-Pure computation: no I/O, no logging; scipy.signal (~0.6 s) is imported lazily inside the
-functions that need it, so importing this module costs only numpy and the record/config
-modules. scikit-maad is not imported at all (it pulls in pandas and matplotlib, ~80 MB of
-resident memory on a Pi): its calibration chain is two lines, reproduced below with maad's
-arithmetic and checked against ``maad.spl.wav2pressure`` bit for bit in the tests.
+Pure computation: no I/O, no logging. scipy.signal is imported lazily inside the functions
+that need it, so importing this module costs only numpy and the record/config modules;
+scikit-maad is not imported at all: its calibration chain is reproduced in
+:func:`wav_to_pressure` and checked against ``maad.spl.wav2pressure`` bit for bit in the tests.
 
-Calibration chain
------------------
-scikit-maad's ``maad.spl.wav2pressure`` (version >= 1.5.1, which fixed the missing ``Vadc/2``),
-:func:`wav_to_pressure` here::
+Formulas and their sources (p0 = :data:`P_REF_PA` = 20 µPa, ``x`` full scale ±1.0):
 
-    volt = x · Vadc / 2                          (maad.spl.wav2volt)
-    p    = volt / 10^(S/20) / 10^(G/20)          (maad.spl.volt2pressure)
+- calibration (scikit-maad >= 1.5.1, ``maad.spl.wav2volt`` then ``volt2pressure``):
+  ``p = x · Vadc/2 / 10^(S/20) / 10^(G/20)`` Pa, then the :class:`~agent.records.Calibration`'s
+  ``offset_db`` added to every level (never to ``peak_dbfs``);
+- frequency weightings A and C: the analogue curves of IEC 61672-1:2013, 5.5 and Annex E
+  (f1..f4, A1000, C1000 below), realised as the bilinear transform of their high-pass part
+  times a linear-phase FIR fitted to the rest; Z flat, with a 2nd-order Butterworth DC-blocking
+  high-pass at :data:`Z_HIGHPASS_HZ`;
+- time weightings F and S (IEC 61672-1:2013, 3.7-3.8, formula (1)):
+  ``y[n] = α·y[n-1] + (1-α)·p_A²[n]``, ``α = exp(-1/(τ·fs))``, τ = :data:`TAU_F_S`,
+  :data:`TAU_S_S`;
+- LZeq, LAeq, LCeq (IEC 61672-1:2013, 3.9): ``10 lg(mean(p_w²)/p0²)``; LAFmax/LAFmin/LASmax
+  the max/min of the per-sample time-weighted level; LA10/LA50/LA90 (ISO 1996-1) the
+  90th/50th/10th percentile of the per-sample LAF level; the series one Leq per
+  ``floor(series_interval_s · fs)`` samples (``maad.spl.pressure2leq``'s convention);
+  ``peak_dbfs = 20 lg(max|x|)``;
+- one-third-octave bands (IEC 61260-1:2014, clause 5, base 10): ``fm = 1000·10^(x/10)`` Hz,
+  edges ``fm·10^(∓1/20)``, nominal (ISO 266 R10) labels; Butterworth band-passes of order
+  ``band_filter_order`` in a multirate bank;
+- floors: mean squares at :data:`P_RMS_FLOOR_PA`², peaks at :data:`PEAK_FLOOR_FS`.
 
-``x`` the sample (full scale ±1.0), ``Vadc`` the ADC range (V peak-to-peak), ``S`` the
-microphone sensitivity (dB re 1 V/Pa), ``G`` the analogue gain (dB); ``p`` in Pa. The values
-come from the :class:`~agent.records.Calibration` record the levels are computed with, whose
-``offset_db`` is then added to every level in dB re p0 = 20 µPa (never to ``peak_dbfs``).
+:class:`LevelMeter` carries every filter state from one window to the next of a stream and
+resets, initialised from the first samples' steady state, at any discontinuity.
 
-Frequency weightings (IEC 61672-1:2013, 5.5 and Annex E)
---------------------------------------------------------
-The analogue weightings of Annex E, with the standard's constants f1 = 20.598997 Hz,
-f2 = 107.65265 Hz, f3 = 737.86223 Hz, f4 = 12194.217 Hz and the normalisation constants
-C1000 = -0.062 dB, A1000 = -2.000 dB::
-
-    C(f) = 20 lg[ f4² f² / ((f² + f1²)(f² + f4²)) ] - C1000
-    A(f) = 20 lg[ f4² f⁴ / ((f² + f1²)(f² + f2²)^½ (f² + f3²)^½ (f² + f4²)) ] - A1000
-    Z(f) = 0
-
-(with the rounded constants A(1 kHz) = +0.0003 dB and C(1 kHz) = +0.0001 dB.)
-
-Z is realised as flat with a DC-blocking 2nd-order Butterworth high-pass at
-:data:`Z_HIGHPASS_HZ` (5 Hz): -0.26 dB at 10 Hz, -0.04 dB at 16 Hz, inside Table 3's Class 1
-limits for Z (+3.0/-inf dB at 10 Hz, +2.0/-4.0 dB at 16 Hz), so that a chain's DC offset,
-which is no sound pressure, does not enter LZeq (the Song Meter recordings bundled here carry
-+0.029 FS of DC: ~20 dB of spurious LZeq without it).
-
-Digital realisation at the capture rate fs (any rate; verified at 16, 22.05, 32, 44.1 and
-48 kHz), in two parts:
-
-1. the high-pass part (A: four zeros at 0 Hz, poles at f1 (double), f2, f3; C: two zeros at
-   0 Hz, a double pole at f1) by the bilinear transform (``scipy.signal.bilinear_zpk``), as
-   second-order sections. These poles are far below Nyquist, so frequency warping changes
-   the response by at most 0.06 dB (A at 16 kHz, from the 738 Hz pole; 0.007 dB at 48 kHz),
-   which the FIR below corrects;
-2. the low-pass part - the double pole at f4 = 12.2 kHz, which at a 16 or 22.05 kHz capture
-   lies above Nyquist and which a plain bilinear transform maps badly (at 16 kHz the plain
-   bilinear A filter, normalised at 1 kHz, is -1.5 dB off at 5 kHz and -5.7 dB off at
-   6.3 kHz, where Class 1 allows -2.0 dB; it is -inf at Nyquist) - by a short linear-phase
-   (type I) FIR, fitted by weighted least squares (relative error, :func:`numpy.linalg.lstsq`
-   on a cosine basis) to the ratio ``|analogue A or C| / |bilinear high-pass part|`` on a
-   dense grid over (0, fs/2], weight 1 up to 0.45·fs and 0.05 above (where it simply follows
-   the analogue roll-off). The FIR also absorbs the (tiny) warping error of part 1. Its
-   length is the smallest of 11, 15, 21, ... taps whose total response is within 0.01 dB of
-   Annex E from 10 Hz to 0.45·fs: 15 taps at 16 kHz, 21 at 22.05-96 kHz, i.e. a delay of
-   7 or 10 samples (0.4 ms, 0.2 ms at 48 kHz).
-
-The result is within IEC 61672-1:2013 Table 3 Class 1 tolerances at every nominal one-third-
-octave frequency from 10 Hz to 0.45·fs (largest deviation from Annex E < 0.01 dB between
-10 Hz and 0.45·fs at every rate listed, so the margin is essentially the tolerance itself:
-smallest ±0.7 dB at 1 kHz). :func:`weighting_response_db`
-gives the response of the digital filters actually used.
-
-What a capture rate cannot measure: nothing above fs/2 exists in the samples, and no claim is
-made above 0.45·fs. A 16 kHz capture therefore covers Table 3 only up to the 6.3 kHz row
-(0.45 × 16 kHz = 7.2 kHz): the 8, 10, 12.5, 16 and 20 kHz rows cannot be measured, and the
-LAeq/LCeq/LZeq of sources with energy there (insects, some birds, hiss, metallic noise) are
-underestimated by the energy they have above 7.2 kHz. A 22.05 kHz capture stops at the 8 kHz
-row (9.9 kHz), 32 kHz at 12.5 kHz (14.4 kHz), 44.1 kHz at 16 kHz (19.8 kHz); 48 kHz covers the
-whole table to 20 kHz (21.6 kHz).
-
-Time weightings (IEC 61672-1:2013, 3.7-3.8 and formula (1))
------------------------------------------------------------
-``L_AF(t) = 10 lg[ (1/τ) ∫ p_A²(ξ) e^{-(t-ξ)/τ} dξ / p0² ]`` with τ = 0.125 s (F) and 1 s (S),
-discretised as the one-pole recursion ``y[n] = α·y[n-1] + (1-α)·p_A²[n]``,
-``α = exp(-1/(τ·fs))`` (``scipy.signal.lfilter`` with carried state); ``(1-α)`` rather than
-``1/(τ·fs)`` so a steady signal reads exactly its mean square. The decay after a signal stops
-is exactly ``10·lg(e)/τ`` = 34.7 dB/s (F), 4.34 dB/s (S). ``P_RMS_FLOOR_PA²`` is added to
-``p_A²`` before the recursion: the time-weighted level never drops below the floor (digital
-silence reads the floor) and the state never decays into subnormal numbers.
-
-Indicators per window (n samples)
----------------------------------
-- LZeq, LAeq, LCeq (IEC 61672-1:2013, 3.9): ``10 lg(mean(p_w²)/p0²)`` over the window;
-- LAFmax, LAFmin, LASmax: max / min over the window's n per-sample LAF (LAS) values;
-- LA10, LA50, LA90: the level exceeded 10 / 50 / 90 % of the time = the 90th / 50th / 10th
-  percentile (``numpy.percentile``, linear interpolation) of the LAF level in dB, **sampled at
-  every sample** of the window (n values at the capture rate);
-- laeq_series_db / lzeq_series_db: LAeq / LZeq of each consecutive interval of
-  ``m = floor(series_interval_s · fs)`` samples from the window's start, ``floor(n/m)`` values
-  (a trailing partial interval is dropped; it still counts in the window's Leq) - the
-  convention of ``maad.spl.pressure2leq``;
-- peak_dbfs: ``20 lg(max|x|)``;
-- band levels: the Z-weighted Leq of each one-third-octave band, ``10 lg(mean(y_band²)/p0²)``.
-
-One-third-octave bands (IEC 61260-1:2014, base 10)
----------------------------------------------------
-Clause 5 of the standard: octave ratio G = 10^(3/10), reference frequency fr = 1000 Hz,
-exact mid-band frequencies ``fm = fr · G^(x/b)`` = ``1000 · 10^(x/10)`` Hz for b = 3 (odd),
-band edges ``fm · G^(∓1/(2b))`` = ``fm · 10^(∓1/20)`` (their geometric mean is fm, so
-adjacent bands share an edge); bands are labelled by their nominal mid-band frequencies, the
-preferred (ISO 266 R10) values 25, 31.5, 40, ... 20000 Hz tabulated in the standard.
-A band is kept when its upper edge lies below the Nyquist frequency (the band-pass design
-pre-warps its edges, so its -3 dB points stay exact up there): at 48 kHz bands run
-25 Hz-20 kHz (30 bands; the 20 kHz band's upper edge is 22.4 kHz < 24 kHz); 44.1 kHz: to
-16 kHz; 22.05 kHz: to 8 kHz; 16 kHz: to 6.3 kHz.
-
-Each band is a Butterworth band-pass, ``scipy.signal.butter(N, [f_lo, f_hi], "bandpass",
-output="sos", fs=rate)`` with N = ``band_filter_order`` (a 2N-pole band-pass of N float64
-second-order sections, -3 dB at the exact band edges). To keep the cost low (30 bands of 6
-sections at 48 kHz would be 180 section-updates per sample) the bank is multirate: a band whose
-upper edge is at most ``_AA_GAMMA`` (0.33) × a rate fs/2^k is filtered at that rate, the
-signal being halved k times through an elliptic anti-alias low-pass (order 6, 0.001 dB ripple
-up to 0.33 × the new rate, >= 80 dB attenuation from 0.67 × it, so nothing aliases below
-0.33 × the new rate) and kept one sample in two; each stage carries its filter state and its
-decimation phase across windows. A band at stage k is thus measured from its ~n/2^k decimated
-output samples of the window, an unbiased estimate of its mean square (a window shorter than
-2^k samples, i.e. < 11 ms at 48 kHz, may hold none: that band then reads the floor). Cost at
-48 kHz: about 48 section-updates per input sample instead of 174 (measured: ~37 ms instead of
-~130 ms per 10 s window on the development machine). Band outputs are delayed by the
-filters' group delay (at mid-band ~0.2 s for the 25 Hz band, 20 ms at 250 Hz, 2 ms at
-2.5 kHz, plus a few samples of each anti-alias stage), as in any real-time analyser.
-
-State, windows and resets
--------------------------
-:class:`LevelMeter` carries every filter's state (weightings, FIR, time weightings, band
-bank and decimation phases) from one window to the next when the next window continues the
-stream: with a hop ``h < n`` each window is processed as ``[0, h)`` and ``[h, n)``, the state
-snapshot at ``h`` (where the next window starts) is kept and the rest discarded; with
-contiguous windows (``h >= n``) the state at the window's end is kept. The next window must
-then start at ``start_frame + min(h, n)``; any other ``start_frame`` (a new segment restarting
-at 0, a gap, a hop longer than the window) resets the meter. After a reset the state is
-initialised from the first window rather than from silence:
-
-- every IIR filter (weighting high-passes, anti-alias, band-passes) with
-  ``scipy.signal.sosfilt_zi`` scaled by the mean of the first 0.1 s in Pa (its steady state
-  as if the input had always been that value: no step transient from a DC offset, and none
-  from one noisy first sample) and the FIR likewise
-  (``scipy.signal.lfilter_zi`` times its steady input, 0 after a high-pass);
-- each time weighting with the mean square of the first τ (0.125 s for F, 1 s for S; the whole
-  window if shorter) of the weighted signal (plus the floor), so LAFmin/LAS do not start from
-  silence and rise for the first seconds.
-
-Floors
-------
-Digital silence has ``p_rms = 0`` and a level of -inf, which neither SQL ``REAL`` nor JSON
-accepts portably: every mean square is floored at ``P_RMS_FLOOR_PA²`` (1e-12 Pa, -146.02 dB
-re 20 µPa before the calibration offset) and the peak at :data:`PEAK_FLOOR_FS` (-240 dBFS).
-Both are far below anything a real microphone chain produces (one LSB of 16-bit audio at the
-AudioMoth defaults is about -1.3 dB SPL), so a floored value reads as "digital silence".
+Details (derivations, IEC 61672-1 Class 1 evidence and tables, the multirate bank, state and
+resets, floors): docs/metrology.md, sections "Calibration chain" to "Floors"; costs:
+docs/performance.md#acoustics-cost-per-window.
 """
 
 from __future__ import annotations
@@ -253,7 +136,7 @@ def _fir_amplitude(coef: np.ndarray, omega: np.ndarray) -> np.ndarray:
 
 @functools.lru_cache(maxsize=32)
 def _weighting_design(curve: str, sample_rate: int) -> _Weighting:
-    """Design the digital A, C or Z weighting for ``sample_rate`` (see the module docstring)."""
+    """Design the digital A, C or Z weighting for ``sample_rate`` (docs/metrology.md#frequency-weightings)."""
     import scipy.signal as sps  # lazy: scipy.signal costs ~0.6 s to import
     if curve == "Z":  # flat, but no DC or infrasound: a 2nd-order Butterworth high-pass
         sos = sps.butter(2, Z_HIGHPASS_HZ, btype="highpass", output="sos", fs=float(sample_rate))
@@ -301,8 +184,8 @@ def weighting_response_db(curve: str, sample_rate: int, freqs_hz: np.ndarray) ->
 
     Returns:
         float64 array of ``freqs_hz``'s shape: ``20·lg|H(e^{j2πf/fs})|``, dB, of the cascade
-        actually run (bilinear high-pass sections times the FIR correction, see the module
-        docstring); -inf at 0 Hz (zeros at DC, Z included).
+        actually run (bilinear high-pass sections times the FIR correction,
+        docs/metrology.md#frequency-weightings); -inf at 0 Hz (zeros at DC, Z included).
 
     Raises:
         ValueError: unknown curve, non-positive rate, or a frequency outside [0, fs/2] or
@@ -570,8 +453,9 @@ class LevelMeter:
 
     Not thread-safe (it holds the stream's state): feed one stream's windows in order from
     one thread. Filter designs are cached per rate and shared between meters (read-only).
-    Working memory: the window's per-sample LAF (8 bytes per sample, 3.8 MB for 10 s at
-    48 kHz) plus ~5 MB for the block being filtered (:data:`_BLOCK_S` of audio at a time).
+    Working memory: the window's per-sample LAF (8 bytes per sample) plus the block being
+    filtered (:data:`_BLOCK_S` of audio at a time); figures in
+    docs/performance.md#acoustics-cost-per-window.
     """
 
     def __init__(
@@ -615,7 +499,8 @@ class LevelMeter:
         return self._band_centres
 
     def reset(self) -> None:
-        """Forget the carried state: the next window initialises it (module docstring)."""
+        """Forget the carried state: the next window initialises it
+        (docs/metrology.md#state-windows-and-resets)."""
         self._state = None
         self._next_start = None
 
@@ -802,7 +687,8 @@ def compute_levels(
     samples: np.ndarray, sample_rate: int, cfg: LevelsConfig, calibration: Calibration | None = None
 ) -> Levels:
     """One-shot levels of a single window: a fresh :class:`LevelMeter` (state initialised from
-    this window, module docstring) processing ``samples`` as a segment starting at frame 0.
+    this window, docs/metrology.md#state-windows-and-resets) processing ``samples`` as a
+    segment starting at frame 0.
 
     Args:
         samples: shape (n,), real (float32 from capture), full scale ±1.0.

@@ -19,7 +19,6 @@ install; :func:`scaffold` and :func:`load_feature_extractor` need the ``torch`` 
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import json
 import logging
 import os
@@ -31,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent.analysis.hashing import hash_files, sha256_file
 from agent.errors import ModelError
 from agent.records import ModelInfo
 
@@ -89,7 +89,8 @@ _DOWNLOAD_HINT = (
 # ASTFeatureExtractor's numpy path builds a Kaldi mel bank whose lowest filters are empty at
 # 16 kHz / 512-point FFT / 128 bins; transformers warns about it on every construction. The
 # original AST (torchaudio Kaldi fbank) has the same empty filters, so the warning is noise.
-_MEL_WARNING = "At least one mel filter has all zero values"
+#: transformers' warning for the AST feature extractor's empty top mel filters (harmless).
+MEL_WARNING = "At least one mel filter has all zero values"
 
 
 def packaged_config_dir() -> Path:
@@ -120,7 +121,7 @@ def load_feature_extractor(model_dir: Path) -> Any:
     from transformers import ASTFeatureExtractor
 
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=_MEL_WARNING, category=UserWarning)
+        warnings.filterwarnings("ignore", message=MEL_WARNING, category=UserWarning)
         return ASTFeatureExtractor.from_pretrained(str(model_dir), local_files_only=True)
 
 
@@ -180,20 +181,10 @@ def model_hash(model_dir: Path, weights: Sequence[str] | None = None) -> str:
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise ModelError(f"model directory {model_dir} does not exist", "pass an existing model directory")
-    digest = hashlib.sha256()
-    for rel, path in _model_files(model_dir, weights):
-        name = rel.encode("utf-8")
-        try:
-            with path.open("rb") as fh:
-                size = os.fstat(fh.fileno()).st_size
-                digest.update(len(name).to_bytes(8, "big"))
-                digest.update(name)
-                digest.update(size.to_bytes(8, "big"))
-                while block := fh.read(_BLOCK):
-                    digest.update(block)
-        except OSError as e:
-            raise ModelError(f"cannot read model file {path}: {e.strerror}", "check its permissions") from None
-    return digest.hexdigest()
+    try:
+        return hash_files(_model_files(model_dir, weights))[1]
+    except OSError as e:
+        raise ModelError(f"cannot read model file {e.filename}: {e.strerror}", "check its permissions") from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -562,7 +553,7 @@ def variant_config(variant: str = DEFAULT_VARIANT) -> dict[str, Any]:
     config[DERIVED_CONFIG_KEY] = {
         "variant": variant,
         "from": f"{SOURCE_MODEL_ID} config.json, packaged in agent/data/ast-audioset "
-                f"(sha256 {hashlib.sha256(path.read_bytes()).hexdigest()})",
+                f"(sha256 {sha256_file(path)})",
         "changed": changed,
         "why": f"{spec['model_id']} has the same architecture and labels but patch strides of {spec['frequency_stride']}: "
                f"{spec['patch_grid'][0]} x {spec['patch_grid'][1]} = {spec['patches']} patches of the same 1024 x 128 "
@@ -676,7 +667,7 @@ def scaffold(out_dir: Path, tiny: bool = False, *, onnx: bool = False, seed: int
             raise ModelError(f"cannot export ONNX: {e}", "pip install 'soundscape-agent[export]'") from e
         try:
             with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=_MEL_WARNING, category=UserWarning)
+                warnings.filterwarnings("ignore", message=MEL_WARNING, category=UserWarning)
                 # optimum uses torch's legacy TorchScript exporter, which announces its deprecation
                 warnings.filterwarnings("ignore", category=DeprecationWarning)
                 exported = ORTModelForAudioClassification.from_pretrained(str(out_dir), export=True)
