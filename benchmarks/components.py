@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         model_dir, _, file_name = where.rpartition(":")
         clf = load_classifier(OnnxClassifierConfig(model=model_dir, file_name=file_name, threads=1))
         out["parts"][key] = {**_time(lambda w, c=clf: c.scores(w.samples, w.sample_rate), windows, args.repeats),
-                             "what": f"load_classifier(onnx, {file_name}, threads=1).scores", "model_id": clf.info.model_id}
+                             "what": f"load_classifier(onnx, {file_name}, threads=1).scores",
+                             "model_id": clf.info.model_id}
         del clf
     if args.birdnet:
         from agent.analysis.birdnet import load_birdnet

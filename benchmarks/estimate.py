@@ -427,7 +427,8 @@ def pi4_by_variant(ast_gmac: dict[str, float], birdnet_gmac_per_chunk: float, ac
                                                                                        round(ac * hi_r, 3)],
         "threads": 1, "method": how + "; the acoustics are single-threaded numpy/scipy filters and FFTs, not "
         "MAC-counted, so they take the same time with 3 inference threads", "cross_check": cross,
-        "references": [f"{_SRC}; ncnn benchncnn section \"AMD Ryzen Threadripper 3970X (Zen2 3.7 GHz ~ 4.5 GHz x 32)\""]}
+        "references": [f"{_SRC}; ncnn benchncnn section "
+                       "\"AMD Ryzen Threadripper 3970X (Zen2 3.7 GHz ~ 4.5 GHz x 32)\""]}
     variant, every_n = rec["ast_variant"], int(rec["every_n_windows"])
     ast_three = _model_row(ast_gmac[variant], "int8", rec["ast_threads"], window_s)
     bn_row = _model_row(bn_gmac, "fp32", rec["birdnet_threads"], window_s)

@@ -107,7 +107,7 @@ def onnx_macs(path: Path, frames: int = 1024, mel_bins: int = 128) -> dict:
         if inp.name in initializers:
             continue
         dims = inp.type.tensor_type.shape.dim
-        for d, value in zip(dims, (1, frames, mel_bins)):
+        for d, value in zip(dims, (1, frames, mel_bins), strict=False):
             d.ClearField("dim_param")
             d.dim_value = value
     model = _infer_shapes(model)

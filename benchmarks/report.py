@@ -114,7 +114,8 @@ def render(results: dict) -> str:
             "",
             "## int8 vs fp32, every benchmark window",
             "",
-            f"Tolerance from the export's `manifest.json` (`tolerances.int8`, written by `soundscape-agent model export`): "
+            f"Tolerance from the export's `manifest.json` (`tolerances.int8`, "
+            f"written by `soundscape-agent model export`): "
             f"max |Δ score| ≤ {tol['tolerance']['max_abs_diff']:g}, top-{k} overlap ≥ "
             f"{tol['tolerance']['min_topk_overlap']:g}. Quantisation: `{tol['quantization'].get('config')}`. "
             f"Method: {tol['method']}. (\"Same top-1\" is information only: the scaffold's random weights give "
@@ -144,7 +145,8 @@ def render(results: dict) -> str:
             "|---|---|---|---|",
         ]
         for st in mem["stages"]:
-            out.append(f"| {st['stage']} | {st['VmRSS']:.0f} | {st['VmHWM']:.0f} | {_f(st.get('seconds'), '.2f', '')} |")
+            out.append(f"| {st['stage']} | {st['VmRSS']:.0f} | {st['VmHWM']:.0f} | "
+                       f"{_f(st.get('seconds'), '.2f', '')} |")
         fusion = results["models"]["export"].get("graph_rewrites", {}).get("attention_fusion", {})
         if fusion.get("enabled") and fusion.get("fused"):
             note = (f"The export fused {fusion['fused']} attention blocks into onnxruntime's "
@@ -210,7 +212,8 @@ def render(results: dict) -> str:
                    f"{r['rtf_range'][0]}–{r['rtf_range'][1]} | {r['max_coverage_range'][0]:.0%}–"
                    f"{r['max_coverage_range'][1]:.0%} | {r['arithmetic']} |")
     fp32_4 = next(r for r in pi["rows"] if r["precision"] == "fp32" and r["threads"] == 4)
-    i1, i3, i4 = (next(r for r in pi["rows"] if r["precision"] == "int8" and r["threads"] == t)["seconds_per_window_range"]
+    i1, i3, i4 = (next(r for r in pi["rows"]
+                       if r["precision"] == "int8" and r["threads"] == t)["seconds_per_window_range"]
                   for t in (1, 3, 4))
     lo, hi = fp32_4["seconds_per_window_range"]
     out += [
@@ -326,7 +329,8 @@ def render_by_variant(results: dict) -> str:
     fft = (f"; its front end's RFFTs add ≈ {bn['fft_estimate'] / 1e9:.3f} GMAC (2·n·log2 n per frame: "
            + ", ".join(bn.get("fft_by_node", {})) + f"), {bn['total_with_fft'] / 1e9:.3f} GMAC in all, the figure used "
            "below") if bn.get("fft_estimate") else ""
-    out += ["", f"MACs counted in multiply-accumulates of one forward pass (one 10 s window), from the graphs the agent "
+    out += ["", f"MACs counted in multiply-accumulates of one forward pass (one 10 s window), "
+            f"from the graphs the agent "
             f"runs (`benchmarks/macs.py`). BirdNET: {bn['total'] / 1e9:.3f} GMAC per 3 s chunk in its layers "
             f"({', '.join(f'{k} {v / 1e9:.3f}' for k, v in bn['by_op'].items())}){fft}; "
             f"{pi['birdnet']['chunks_per_window']} chunks per 10 s window. Acoustics measured here: "
@@ -347,7 +351,8 @@ def render_by_variant(results: dict) -> str:
             rows = [("3 (interpolated)", e["seconds_per_window_range"], e["rtf_3_threads_range"], e["arithmetic"])]
         for threads, (s_lo, s_hi), (lo, hi), basis in rows:
             basis += f"; {e['cross_check']}" if e.get("cross_check") and threads.startswith("1") else ""
-            basis += f"; {e['x86_scaled_cross_check']}" if e.get("x86_scaled_cross_check") and threads.startswith("1") else ""
+            basis += (f"; {e['x86_scaled_cross_check']}"
+                      if e.get("x86_scaled_cross_check") and threads.startswith("1") else "")
             out.append(f"| {key} | {gmac} | {threads} | {s_lo}–{s_hi} | {lo}–{hi} | {_cell(basis)} |")
     slow = (pi.get("acoustics") or {}).get("slowdown") or {}
     if slow:

@@ -151,7 +151,8 @@ def build_export(cache: Path, scaffold_dir: Path, quantize: str, rebuild: bool) 
     out = cache / "models" / f"{scaffold_dir.name}-onnx-{quantize}"
     stamp_file = cache / "models" / f"{scaffold_dir.name}-onnx-{quantize}.stamp.json"
     stamp = {"source_hash": model_hash(scaffold_dir), "quantize": quantize,
-             "export_code": _tree_hash([REPO / "agent" / "analysis" / "export.py", REPO / "agent" / "analysis" / "fusion.py"])}
+             "export_code": _tree_hash([REPO / "agent" / "analysis" / "export.py",
+                                        REPO / "agent" / "analysis" / "fusion.py"])}
     reuse = (not rebuild and (out / "manifest.json").is_file() and stamp_file.is_file()
              and json.loads(stamp_file.read_text()) == stamp)
     started = time.monotonic()
@@ -213,8 +214,10 @@ def machine_info() -> dict:
     cpuinfo = Path("/proc/cpuinfo").read_text()
     model = next((ln.split(":", 1)[1].strip() for ln in cpuinfo.splitlines() if ln.startswith("model name")),
                  platform.processor() or platform.machine())
-    flags = next((ln.split(":", 1)[1].split() for ln in cpuinfo.splitlines() if ln.startswith(("flags", "Features"))), [])
-    mem_kb = next(int(ln.split()[1]) for ln in Path("/proc/meminfo").read_text().splitlines() if ln.startswith("MemTotal"))
+    flags = next((ln.split(":", 1)[1].split() for ln in cpuinfo.splitlines()
+                  if ln.startswith(("flags", "Features"))), [])
+    mem_kb = next(int(ln.split()[1]) for ln in Path("/proc/meminfo").read_text().splitlines()
+                  if ln.startswith("MemTotal"))
     return {
         "cpu_model": model, "logical_cpus": os.cpu_count(), "arch": platform.machine(),
         "simd": [f for f in ("neon", "asimd", "asimddp", "avx2", "avx512f", "avx512_vnni", "avx_vnni") if f in flags],
@@ -226,7 +229,8 @@ def machine_info() -> dict:
 
 def _config_has(python: Path, key: str) -> bool:
     """Whether the agent installed for ``python`` has the ``[classifier]`` key ``key`` (onnx backend)."""
-    code = f"from agent.config import OnnxClassifierConfig as C; raise SystemExit(0 if {key!r} in C.model_fields else 1)"
+    code = ("from agent.config import OnnxClassifierConfig as C; "
+            f"raise SystemExit(0 if {key!r} in C.model_fields else 1)")
     return subprocess.run([str(python), "-c", code], capture_output=True).returncode == 0
 
 
@@ -299,10 +303,12 @@ def run_prototype(model_dir: Path, audio: BenchAudio, work: Path) -> dict:
     rec_wall = [w["rec_end"] - w["rec_start"] for w in valid]
     stats = fifo.stats
     return {
-        "variant": "prototype", "label": "(a) prototype: arecord -d 1 + librosa + PyTorch AST (1 s padded to 1024 frames)",
+        "variant": "prototype",
+        "label": "(a) prototype: arecord -d 1 + librosa + PyTorch AST (1 s padded to 1024 frames)",
         "process": "python benchmarks/prototype.py (main virtualenv, torch)", "backend": "torch (transformers)",
         "window_s": PROTOTYPE_WINDOW_S, "threads": loaded.get("torch_threads"),
-        "model_file": "model.safetensors", "model_file_mb": round((model_dir / "model.safetensors").stat().st_size / 1e6, 1),
+        "model_file": "model.safetensors",
+        "model_file_mb": round((model_dir / "model.safetensors").stat().st_size / 1e6, 1),
         "audio_s": audio.seconds,
         "load_s": round(loaded["t"] - run.t_start, 2),
         "first_result_s": round(valid[0]["end"] - run.t_start, 2) if valid else None,
@@ -385,9 +391,9 @@ def start_runs(variant: str, agent: Path, classifier: dict, model_dir: Path, aud
     """Start-up runs of ``soundscape-agent run`` on the file, not paced (audio available at once).
 
     "Cold": every file of ``model_dir`` evicted from the page cache first, so whatever the load
-    reads (weights, JSON, files it hashes) comes from disk. The first cold run cuts ``first_windows`` windows (for the wall
-    RTF), the others one (load, first result); then, if ``warm``, one run with the page cache as
-    the previous run left it.
+    reads (weights, JSON, files it hashes) comes from disk. The first cold run cuts ``first_windows``
+    windows (for the wall RTF), the others one (load, first result); then, if ``warm``, one run
+    with the page cache as the previous run left it.
 
     Returns:
         (cold runs, the warm run or None, the evicted files); each run a dict with ``load_s``,
@@ -503,7 +509,8 @@ def run_agent(variant: str, agent: Path, classifier: dict, model_file: Path, aud
 def run_tolerance(python: Path, export_dir: Path, audio: BenchAudio, work: Path) -> dict:
     """int8 vs fp32 on every benchmark window (``tolerance.py`` in the torch-free virtualenv)."""
     say("int8 vs fp32 scores on every benchmark window (agent classifiers, torch-free virtualenv)")
-    proc = subprocess.run([str(python), str(BENCH / "tolerance.py"), "--model", str(export_dir), "--wav", str(audio.wav),
+    proc = subprocess.run([str(python), str(BENCH / "tolerance.py"), "--model", str(export_dir),
+                           "--wav", str(audio.wav),
                            "--window-s", str(WINDOW_S)], capture_output=True, text=True, cwd=REPO,
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
     (work / "tolerance.stderr.log").write_text(proc.stderr)
@@ -515,7 +522,8 @@ def run_tolerance(python: Path, export_dir: Path, audio: BenchAudio, work: Path)
 def memory_profile(python: Path, export_dir: Path, audio: BenchAudio, work: Path) -> dict | None:
     """RSS after each stage of an int8 classification (``memprofile.py``, torch-free virtualenv)."""
     say("memory profile of the int8 classifier (torch-free virtualenv)")
-    proc = subprocess.run([str(python), str(BENCH / "memprofile.py"), "--model", str(export_dir), "--wav", str(audio.wav)],
+    proc = subprocess.run([str(python), str(BENCH / "memprofile.py"), "--model", str(export_dir),
+                           "--wav", str(audio.wav)],
                           capture_output=True, text=True, cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     (work / "memprofile.stderr.log").write_text(proc.stderr)
     return json.loads(proc.stdout) if proc.returncode == 0 and proc.stdout.strip() else None
@@ -580,7 +588,8 @@ def measure_components(python: Path, exports: dict[str, Path], audio: BenchAudio
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     (work / "components.stderr.log").write_text(proc.stderr)
     if proc.returncode != 0 or not proc.stdout.strip():
-        sys.exit(f"benchmark: timing the components failed (exit {proc.returncode}); see {work / 'components.stderr.log'}")
+        sys.exit(f"benchmark: timing the components failed (exit {proc.returncode}); "
+                 f"see {work / 'components.stderr.log'}")
     return json.loads(proc.stdout)
 
 
@@ -626,7 +635,8 @@ def evaluate_targets(variants: dict, tolerance: dict | None, onnx_torch_free: bo
                          f"model loaded after {int8['load_s']:.2f} s; all {int8['cold_start']['evicted_mb']:.0f} MB "
                          "of the model directory evicted from the page cache first). "
                          f"Warm page cache: {int8['warm_start']['first_result_s']:.2f} s"),
-            "value": int8["first_result_s"], "met": int8["first_result_s"] is not None and int8["first_result_s"] <= 3.0,
+            "value": int8["first_result_s"],
+            "met": int8["first_result_s"] is not None and int8["first_result_s"] <= 3.0,
         })
     if tolerance:
         k = tolerance["tolerance"].get("top_k", 5)
@@ -634,7 +644,8 @@ def evaluate_targets(variants: dict, tolerance: dict | None, onnx_torch_free: bo
             "target": "int8 vs fp32 on the full-size scaffold: stated score tolerance met on every benchmark window",
             "measured": (f"{sum(w['passed'] for w in tolerance['windows'])}/{tolerance['n_windows']} windows within "
                          f"max |diff| <= {tolerance['tolerance']['max_abs_diff']:g} and top-{k} overlap >= "
-                         f"{tolerance['tolerance']['min_topk_overlap']:g}; worst |diff| {tolerance['max_abs_diff']:.4f}, "
+                         f"{tolerance['tolerance']['min_topk_overlap']:g}; "
+                         f"worst |diff| {tolerance['max_abs_diff']:.4f}, "
                          f"min overlap {tolerance[f'min_top{k}_overlap']:.2f}"),
             "value": tolerance["max_abs_diff"], "met": bool(tolerance["all_passed"]),
         })
@@ -644,7 +655,8 @@ def evaluate_targets(variants: dict, tolerance: dict | None, onnx_torch_free: bo
         targets.append({
             "target": "Peak RSS of soundscape-agent run, recommended Pi configuration (AST 16-16 int8 + BirdNET), no "
                       "torch installed <= 512 MB",
-            "measured": f"{rss:.0f} MB (live {rec['peak_rss_mb']:.0f} MB, cold start {rec['cold_start']['peak_rss_mb']:.0f} "
+            "measured": f"{rss:.0f} MB (live {rec['peak_rss_mb']:.0f} MB, "
+                        f"cold start {rec['cold_start']['peak_rss_mb']:.0f} "
                         f"MB); torch installed: {not onnx_torch_free}",
             "value": rss, "met": rss <= 512 and onnx_torch_free,
         })
@@ -652,7 +664,8 @@ def evaluate_targets(variants: dict, tolerance: dict | None, onnx_torch_free: bo
         r = by_variant["pi4-recommended"]
         lo, hi = r["rtf_3_threads_range"]
         targets.append({
-            "target": f"Recommended Pi 4 configuration: ESTIMATED real-time factor <= {r['target_max_rtf']} at the upper "
+            "target": f"Recommended Pi 4 configuration: ESTIMATED real-time factor <= {r['target_max_rtf']} "
+                      "at the upper "
                       "bound (every promised window classified, with headroom)",
             "measured": f"ESTIMATE {lo:.3f}–{hi:.3f} ("
                         + "; ".join(f"{k} {v[0]:.3f}–{v[1]:.3f}" for k, v in r["parts_rtf_range"].items()) + ")",
@@ -720,7 +733,8 @@ def main(argv: list[str] | None = None) -> int:
     main_versions = versions(MAIN_PYTHON)
     torch_free = onnx_versions.get("torch") is None and onnx_versions.get("transformers") is None
     audio = prepare_audio(cache / "audio", args.seconds)
-    say(f"audio: {audio.seconds:g} s at {audio.rate} Hz from {len(audio.sources)} bundled recordings ({audio.wav.name})")
+    say(f"audio: {audio.seconds:g} s at {audio.rate} Hz from {len(audio.sources)} bundled recordings "
+        f"({audio.wav.name})")
     macs = count_macs(scaffold["dir"], runs)
     macs_by_variant = {"10-10": {**macs, "graph": graph_macs(export["dir"], runs)},
                        "16-16": {**count_macs(scaffold16["dir"], runs), "graph": graph_macs(export16["dir"], runs)}}
@@ -744,8 +758,8 @@ def main(argv: list[str] | None = None) -> int:
                       export["dir"] / "model.onnx", "(c) agent, ONNX fp32"),
         "onnx-int8": (onnx_agent, {"type": "onnx", "model": str(export["dir"]), "file_name": "model_quantized.onnx"},
                       export["dir"] / "model_quantized.onnx", "(d) agent, ONNX int8"),
-        "onnx-int8-pow2": (onnx_agent, {"type": "onnx", "model": str(export["dir"]), "file_name": "model_quantized.onnx",
-                                        **POW2_CLASSIFIER},
+        "onnx-int8-pow2": (onnx_agent, {"type": "onnx", "model": str(export["dir"]),
+                                        "file_name": "model_quantized.onnx", **POW2_CLASSIFIER},
                            export["dir"] / "model_quantized.onnx",
                            "(d') agent, ONNX int8, arena_extend_strategy = \"next_power_of_two\" (not the default)"),
         "onnx-fp32-16x16": (onnx_agent, {"type": "onnx", "model": str(export16["dir"]), "file_name": "model.onnx"},
@@ -819,7 +833,8 @@ def main(argv: list[str] | None = None) -> int:
                        "quantization": export["manifest"].get("quantization", {}).get("config"),
                        "verification_passed": export["manifest"].get("verification", {}).get("passed"),
                        "graph_rewrites": export["manifest"].get("graph_rewrites", {}),
-                       "files_mb": {k: round(v["size_bytes"] / 1e6, 1) for k, v in export["manifest"]["files"].items()}},
+                       "files_mb": {k: round(v["size_bytes"] / 1e6, 1)
+                                    for k, v in export["manifest"]["files"].items()}},
             "onnx_venv": {"dir": str(venv["dir"].relative_to(REPO)), "command": venv["command"],
                           "built_now": venv["built_now"], "seconds": venv["seconds"]},
         },

@@ -68,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         "method": ("agent.analysis.classifier.load_classifier(type=onnx) for model.onnx and "
                    "model_quantized.onnx; Classifier.scores() of each consecutive "
                    f"{args.window_s:g} s window of the benchmark WAV; max |score int8 - score fp32| "
-                   f"over the {len(models['fp32'].labels)} labels, top-{k} overlap = |top{k}(int8) & top{k}(fp32)| / {k}"),
+                   f"over the {len(models['fp32'].labels)} labels, "
+                   f"top-{k} overlap = |top{k}(int8) & top{k}(fp32)| / {k}"),
         "tolerance": tol,
         "tolerance_source": f"{args.model / 'manifest.json'}: tolerances.int8",
         "manifest_verification_passed": manifest.get("verification", {}).get("passed"),

@@ -6,6 +6,9 @@ from pathlib import Path
 
 import pytest
 
+# The deployment tests' session fixtures (vault, model export, db.yml run): tests/deploykit.py.
+pytest_plugins = ["tests.deploykit"]
+
 # =============================================================================================
 # PostgreSQL: a real throwaway server (tests/pg.py), one per test session.
 # =============================================================================================

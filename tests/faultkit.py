@@ -333,7 +333,8 @@ def check_delivery(db: Path, dsn: str, device: str | None = None, *, synced_loca
                  duplicated=(len(remote) - len(set(remote))) + int(same_start), quick_check=quick_check(db))
     assert d.quick_check == "ok", f"SQLite quick_check: {d.quick_check}"
     assert not d.lost, f"{len(d.lost)} windows committed locally never reached PostgreSQL: {sorted(d.lost)[:5]}"
-    assert not d.phantom, f"{len(d.phantom)} windows in PostgreSQL were never committed locally: {sorted(d.phantom)[:5]}"
+    assert not d.phantom, (f"{len(d.phantom)} windows in PostgreSQL were never committed locally: "
+                           f"{sorted(d.phantom)[:5]}")
     assert d.duplicated == 0, f"{d.duplicated} duplicated windows in PostgreSQL"
     if synced_locally:
         assert not d.unsynced, f"{len(d.unsynced)} windows delivered but not marked synced locally"

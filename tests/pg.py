@@ -83,9 +83,9 @@ class PgServer:
     With ``ssl_cert`` and ``ssl_key`` the server runs with ``ssl = on`` and that certificate
     (copied into the cluster directory, the key mode 0600 and owned by the server's OS user, as
     PostgreSQL requires: documentation, "Secure TCP/IP Connections with SSL"), and pg_hba.conf
-    admits TCP connections only as ``hostssl`` (scram-sha-256): plain TCP is refused. :meth:`dsn` then adds ``sslmode=require`` (encrypted,
-    certificate not verified: good enough for the tests' own admin connections; a test of
-    verification builds its own DSN with ``sslmode=verify-full``).
+    admits TCP connections only as ``hostssl`` (scram-sha-256): plain TCP is refused. :meth:`dsn`
+    then adds ``sslmode=require`` (encrypted, certificate not verified: good enough for the tests'
+    own admin connections; a test of verification builds its own DSN with ``sslmode=verify-full``).
 
     Args:
         bindir: server binaries (default :func:`find_bindir`).

@@ -271,7 +271,7 @@ def test_model_table_renders_the_results_fields():
     assert [r["variant"] for r in rows] == list(results["variants"])
     cells = _parse_model_table(report.render_model_table(results))
     assert len(cells) == len(rows)
-    for row, c in zip(rows, cells):
+    for row, c in zip(rows, cells, strict=False):
         assert len(c) == 6, c
         assert float(re.match(r"[\d.]+", c[2]).group()) == pytest.approx(row["gmac"], abs=0.006)
         assert float(c[3]) == pytest.approx(results["variants"][row["variant"]]["cpu_s_per_audio_s"], abs=5e-5)
@@ -282,7 +282,7 @@ def test_model_table_renders_the_results_fields():
         else:
             lo, hi = map(float, re.match(r"([\d.]+)–([\d.]+)", c[5]).groups())
             assert [lo, hi] == pytest.approx(row["rtf_3_threads"], abs=6e-4)
-    by_variant = {r["variant"]: c for r, c in zip(rows, cells)}
+    by_variant = {r["variant"]: c for r, c in zip(rows, cells, strict=False)}
     assert "0.4593" in by_variant["onnx-int8"][1] and "0.442" in by_variant["onnx-int8-16x16"][1]
     assert "not published as AudioSet mAP" in by_variant["birdnet"][1]
     assert f"1 window in {results['pi4_by_variant']['pi4-recommended']['config']['classifier']['every_n_windows']}" \

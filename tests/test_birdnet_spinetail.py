@@ -78,7 +78,7 @@ def test_spinetail_songs_are_found_by_birdnet_through_the_whole_agent(tmp_path, 
         n_windows = con.execute("SELECT count(*) FROM windows WHERE device = 'moth-spinetail'").fetchone()[0]
     assert n_windows == 6  # 19.5 s: six whole 3 s windows
     by_window: dict[int, list[tuple]] = defaultdict(list)
-    for key, index, rank, label, score, offset, model_id, taxonomy in rows:
+    for _key, index, rank, label, score, offset, model_id, taxonomy in rows:
         assert taxonomy == "birdnet" and "CC BY-NC-SA 4.0" in model_id
         by_window[index].append((rank, label, score, offset))
     assert sorted(by_window) == list(range(6))

@@ -18,9 +18,10 @@ from tests.test_run import agent, write_config
 RATE = 48000
 
 
-def nominal_db(rms_fs: float, cfg: LevelsConfig = LevelsConfig()) -> float:
+def nominal_db(rms_fs: float, cfg: LevelsConfig | None = None) -> float:
     """dB re 20 µPa of a signal with this RMS (fraction of full scale) through the nominal chain
     (scikit-maad: p = x · Vadc/2 / 10^(S/20) / 10^(G/20))."""
+    cfg = cfg if cfg is not None else LevelsConfig()
     p = rms_fs * cfg.vadc / 2 / 10 ** (cfg.sensitivity_dbv / 20) / 10 ** (cfg.gain_db / 20)
     return 20 * math.log10(p / 20e-6)
 

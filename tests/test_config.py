@@ -33,7 +33,7 @@ def _model_keys() -> set[str]:
     from agent.config import FileCaptureConfig, OnnxClassifierConfig
 
     keys = set()
-    for name, field in Config.model_fields.items():
+    for name, _field in Config.model_fields.items():
         default = getattr(Config(), name)
         keys |= {f"{name}.{k}" for k in type(default).model_fields}
     keys |= {f"capture.{k}" for k in FileCaptureConfig.model_fields}
@@ -42,7 +42,7 @@ def _model_keys() -> set[str]:
 
 
 def _first_difference(committed: str, generated: str) -> str:
-    for n, (old, new) in enumerate(zip(committed.splitlines(), generated.splitlines()), 1):
+    for n, (old, new) in enumerate(zip(committed.splitlines(), generated.splitlines(), strict=False), 1):
         if old != new:
             return f"line {n}:\n  committed: {old!r}\n  generated: {new!r}"
     return f"lengths differ: {len(committed.splitlines())} vs {len(generated.splitlines())} lines"
@@ -193,7 +193,8 @@ def test_read_password_lives_with_the_config(tmp_path):
     cred = tmp_path / "pg-password"
     cred.write_text("s3cret pass\nignored\n")
     cred.chmod(0o600)
-    assert read_password("${CREDENTIALS_DIRECTORY}/pg-password", {"CREDENTIALS_DIRECTORY": str(tmp_path)}) == "s3cret pass"
+    assert read_password("${CREDENTIALS_DIRECTORY}/pg-password",
+                         {"CREDENTIALS_DIRECTORY": str(tmp_path)}) == "s3cret pass"
     cred.chmod(0o644)
     with pytest.raises(ConfigError, match="accessible to group or others"):
         read_password(str(cred), {})

@@ -6,9 +6,9 @@
   second run reports ``changed=0``. Then the grants are tried for real as a device role: the
   agent's own batch insert works (and a replay inserts nothing), a batch in another device's
   name is refused by row-level security (device_roles maps each role to its device only);
-  reading, updating, deleting, creating tables and temporary tables are refused, a role that db.yml did not create cannot
-  connect, and ``soundscape-agent diagnose --check postgres`` passes with the device's
-  credentials.
+  reading, updating, deleting, creating tables and temporary tables are refused, a role that
+  db.yml did not create cannot connect, and ``soundscape-agent diagnose --check postgres``
+  passes with the device's credentials.
 - site.yml into a throwaway Debian Bookworm made by debootstrap (the Pi's OS minus the kernel:
   minbase plus python3, systemd and sudo, which Raspberry Pi OS Lite has), through Ansible's
   chroot connection, twice: the second run reports ``changed=0``. Then the chroot is inspected:
@@ -43,8 +43,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.analysis.export import sha256_file
-from tests.deploykit import (  # noqa: F401  (fixtures)
+from agent.analysis.hashing import sha256_file
+from tests.deploykit import (
     BIN,
     DEPLOY,
     DEVICE,
@@ -53,20 +53,15 @@ from tests.deploykit import (  # noqa: F401  (fixtures)
     ROLE,
     ansible_env,
     changed_tasks,
-    db_overrides,
     extract_tree,
-    model_export,
     pip_environment,
     playbook,
-    provisioned_db,
     recap,
     remove_tree,
     require_pair,
     require_root_and_debootstrap,
     run,
     tail,
-    vault,
-    vault_file,
     write_yaml,
 )
 
@@ -199,7 +194,7 @@ def test_every_example_host_gets_a_valid_config(vault_file, tmp_path):
     assert proc.returncode == 0, tail(proc)
     configs = {h: load_config(tmp_path / f"{h}.toml") for h in ("pi-eth-01", "pi-eth-02", "pi-gsm-01")}
     raw = {h: tomllib.loads((tmp_path / f"{h}.toml").read_text()) for h in configs}
-    for host, cfg in configs.items():
+    for _host, cfg in configs.items():
         assert cfg.classifier.type == "onnx" and cfg.classifier.file_name == "model_quantized.onnx"
         assert str(cfg.classifier.model) == "/opt/soundscape-agent/models/ast-int8"
         assert cfg.capture.type == "alsa" and cfg.capture.device == "AudioMoth"

@@ -387,7 +387,8 @@ def test_fp32_and_int8_of_one_export_carry_different_hashes_and_manifest_does_no
     again = load_classifier(OnnxClassifierConfig(model=str(copy), file_name=INT8_FILE)).info
     assert again.model_hash == int8.model_hash
     (copy / FP32_FILE).write_bytes(b"changed")  # not the file in use: no effect on int8's hash
-    assert load_classifier(OnnxClassifierConfig(model=str(copy), file_name=INT8_FILE)).info.model_hash == int8.model_hash
+    assert (load_classifier(OnnxClassifierConfig(model=str(copy), file_name=INT8_FILE)).info.model_hash
+            == int8.model_hash)
 
 
 def test_ast_16_16_scaffold_exports_verifies_and_runs_in_both_backends(tmp_path):

@@ -174,9 +174,9 @@ def test_clock_steps_are_recorded_and_window_times_follow_the_sample_count(tmp_p
             windows_before.append(n0)
             clock.step(delta)
             after_step.append(datetime.now(timezone.utc))
-            agent.wait_for(lambda: _STEP_LOG.search(agent.stderr()[mark:]) is not None, 20,
+            agent.wait_for(lambda mark=mark: _STEP_LOG.search(agent.stderr()[mark:]) is not None, 20,
                            f"step {k} ({delta:+g} s) logged")
-            agent.wait_for(lambda: len(local_windows(db)) >= n0 + 4, 30, f"4 windows stored after step {k}",
+            agent.wait_for(lambda n0=n0: len(local_windows(db)) >= n0 + 4, 30, f"4 windows stored after step {k}",
                            poll=0.2)
         true_stop = clock.true_now()
         rc = agent.stop(timeout=60)
@@ -195,7 +195,7 @@ def test_clock_steps_are_recorded_and_window_times_follow_the_sample_count(tmp_p
     log = agent.stderr()
     logged = [float(s) for s in _STEP_LOG.findall(log)]
     assert len(logged) == len(STEPS_S), f"expected {len(STEPS_S)} steps logged, got {logged}"
-    for made, seen in zip(STEPS_S, logged):
+    for made, seen in zip(STEPS_S, logged, strict=False):
         assert abs(seen - made) <= STEP_TOLERANCE_S, f"logged a step of {seen:+.3f} s for one of {made:+g} s"
 
     # -- PostgreSQL: one clock_steps row per step
@@ -204,7 +204,7 @@ def test_clock_steps_are_recorded_and_window_times_follow_the_sample_count(tmp_p
                             "ORDER BY sync_time, step_s DESC", (DEVICE,)).fetchall()
     assert len(steps) == len(STEPS_S), f"expected {len(STEPS_S)} clock_steps rows, got {steps}"
     recorded = sorted((s for s, _, _ in steps), reverse=True)
-    for made, (step_s, detected_at, _) in zip(STEPS_S, sorted(steps, key=lambda r: -r[0])):
+    for made, (step_s, detected_at, _) in zip(STEPS_S, sorted(steps, key=lambda r: -r[0]), strict=False):
         assert abs(step_s - made) <= STEP_TOLERANCE_S, f"clock_steps holds {step_s:+.3f} s for a {made:+g} s step"
         k = STEPS_S.index(made)
         # detected_at: the device's (stepped) wall clock soon after the step
@@ -217,7 +217,7 @@ def test_clock_steps_are_recorded_and_window_times_follow_the_sample_count(tmp_p
     assert len({w.key.rsplit("-", 1)[0] for w in wins}) == 1, "more than one capture stream"
     assert [w.index for w in wins] == list(range(wins[0].index, wins[0].index + len(wins))), "window indices skip"
     hop = timedelta(seconds=HOP_S)
-    wrong = [(a.index, b.start - a.start) for a, b in zip(wins, wins[1:]) if b.start - a.start != hop]
+    wrong = [(a.index, b.start - a.start) for a, b in zip(wins, wins[1:], strict=False) if b.start - a.start != hop]
     assert not wrong, f"consecutive windows not exactly {HOP_S:g} s apart: {wrong[:5]}"
     for k, n0 in enumerate(windows_before):
         assert len(wins) - n0 >= 4, f"fewer than 4 windows after step {k}"

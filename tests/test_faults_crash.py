@@ -157,7 +157,7 @@ def test_kill9_during_capture_and_sync_loses_and_duplicates_nothing(tmp_path, ti
                 agent = AgentProcess(cfg, tmp_path)
                 logs.append(agent)
                 # back at work: the first window of this run committed (printed after the commit)
-                recoveries.append(agent.wait_for(lambda: agent.windows_printed() >= 1, 180,
+                recoveries.append(agent.wait_for(lambda agent=agent: agent.windows_printed() >= 1, 180,
                                                  f"cycle {cycle}: first window after a restart (seed {seed})"))
                 delay = rng.uniform(0.0, MAX_DELAY_S)
                 mode = plan[cycle]
@@ -216,7 +216,7 @@ def test_kill9_during_capture_and_sync_loses_and_duplicates_nothing(tmp_path, ti
             # the final run delivers the backlog; SIGTERM ends it with a final sync
             agent = AgentProcess(cfg, tmp_path)
             logs.append(agent)
-            recoveries.append(agent.wait_for(lambda: agent.windows_printed() >= 1, 180,
+            recoveries.append(agent.wait_for(lambda agent=agent: agent.windows_printed() >= 1, 180,
                                              "final run: first window"))
             agent.wait_for(lambda: not local_keys(db)[1], 120, "final run: the backlog delivered")
             rc = agent.stop(timeout=120)

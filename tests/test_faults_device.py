@@ -293,7 +293,8 @@ def test_microphone_lost_and_back_is_logged_flagged_retried_and_stored_as_a_gap(
             t_kill = time.monotonic()
             kills.append(datetime.now(timezone.utc))
             os.kill(recorders[0], signal.SIGKILL)
-            agent.wait_for(lambda: "capture lost" in agent.stderr()[mark:], 30, f"outage {i}: the loss logged")
+            agent.wait_for(lambda mark=mark: "capture lost" in agent.stderr()[mark:], 30,
+                           f"outage {i}: the loss logged")
             while time.monotonic() - t_kill < OUTAGE_S:
                 assert agent.alive(), f"outage {i}: the agent died without its microphone:\n{agent.stderr()[-3000:]}"
                 time.sleep(0.2)
@@ -362,7 +363,7 @@ def test_microphone_lost_and_back_is_logged_flagged_retried_and_stored_as_a_gap(
     assert other == 0
     assert len(gaps) == outages, f"expected {outages} gap row(s), got {gaps}"
     gap_s = []
-    for i, (start, end, reason, detail, n) in enumerate(gaps):
+    for i, (start, end, reason, detail, _n) in enumerate(gaps):
         # the detail names the error: arecord killed (what a USB unplug does to it)
         assert reason == "capture_lost" and re.search(r"arecord stopped unexpectedly \((exit -9|killed by SIGKILL)\)",
                                                       detail), (reason, detail)

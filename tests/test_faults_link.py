@@ -444,7 +444,7 @@ def check_faulted_run(run: FaultRun) -> dict:
         assert c.closed_at - c.fault_at <= limit, (c.n, c.closed_at - c.fault_at)
     # (up to the SIGTERM: a round cancelled by it is the process's last, and its exit closes all)
     sessions = [c for c in conns if c.kind == "session"]
-    for a, b in zip(sessions, sessions[1:]):
+    for a, b in zip(sessions, sessions[1:], strict=False):
         if b.opened_at >= run.stopped_at:
             break
         assert a.closed_at <= b.opened_at + CLOSE_EPS_S, (

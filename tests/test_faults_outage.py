@@ -138,7 +138,7 @@ def test_server_outage_capture_continues_queue_grows_then_drains(tmp_path, tiny_
             peak = max([peak, len(unsynced1), *(u for _, u in samples)])
 
             # the server is back: the queue drains (every window stored before the restart synced)
-            def drained() -> bool:
+            def drained(keys1: set[str] = keys1) -> bool:
                 return not (local_keys(db)[1] & keys1)
 
             recoveries.append(agent.wait_for(drained, DRAIN_TIMEOUT_S, f"outage {i}: the queue drained", poll=0.1))

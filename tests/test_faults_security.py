@@ -324,7 +324,8 @@ def test_a_device_role_writes_only_its_own_rows_and_reads_nothing(fault_dsn, fau
         # a replay over B's window key, in A's name: skipped, B's row untouched
         assert attempt(a, "INSERT INTO windows (window_key, device, window_index, start_time, duration_s, sample_rate,"
                           " clock_synchronised, status, sync_id) VALUES (%s, %s, 0, now(), 10, 48000, true,"
-                          " 'disabled', gen_random_uuid()) ON CONFLICT DO NOTHING", (b_key, dev_a)) == "done: INSERT 0 0"
+                          " 'disabled', gen_random_uuid()) ON CONFLICT DO NOTHING",
+                          (b_key, dev_a)) == "done: INSERT 0 0"
         # an upsert over B's window
         assert attempt(a, "INSERT INTO windows (window_key, device, window_index, start_time, duration_s, sample_rate,"
                           " clock_synchronised, status, sync_id) VALUES (%s, %s, 0, now(), 10, 48000, true,"
@@ -523,8 +524,8 @@ def test_tls_verify_full_delivers_encrypted_and_refuses_what_it_cannot_verify(tl
         assert reason in r.stderr, (case, r.stderr)
         lines = r.stderr.splitlines()
         (i,) = [n for n, ln in enumerate(lines) if ln.startswith("soundscape-agent: error: ")]
-        assert lines[i].startswith("soundscape-agent: error: cannot connect to PostgreSQL at ") and reason in lines[i], (
-            case, r.stderr)  # the reason on one line
+        assert (lines[i].startswith("soundscape-agent: error: cannot connect to PostgreSQL at ")
+                and reason in lines[i]), (case, r.stderr)  # the reason on one line
         assert lines[i + 1].startswith("  hint: ") and hint in lines[i + 1], (case, r.stderr)
         assert "Traceback" not in r.stderr and pw not in r.stderr + r.stdout, case
         assert unsynced_count(queue2) == 2, case

@@ -162,7 +162,8 @@ def test_invalid_inputs(tmp_path, ours):
         ours([])
     with pytest.raises(FileNotFoundError):
         ASTFeatures.from_pretrained(tmp_path)
-    (tmp_path / "preprocessor_config.json").write_text(json.dumps({"feature_extractor_type": "WhisperFeatureExtractor"}))
+    (tmp_path / "preprocessor_config.json").write_text(
+        json.dumps({"feature_extractor_type": "WhisperFeatureExtractor"}))
     with pytest.raises(ValueError, match="expected 'ASTFeatureExtractor'"):
         ASTFeatures.from_pretrained(tmp_path)
     with pytest.raises(ValueError, match="std must be positive"):

@@ -93,7 +93,7 @@ def annex_e_db(curve: str, f: np.ndarray) -> np.ndarray:
 
 def table3_rows(sample_rate: int):
     """(nominal, exact, A, C, upper, lower) of the Table 3 rows a rate can represent (≤ 0.45·fs)."""
-    return [(row[0], ex, *row[1:]) for row, ex in zip(IEC_61672_TABLE3, TABLE3_EXACT_HZ)
+    return [(row[0], ex, *row[1:]) for row, ex in zip(IEC_61672_TABLE3, TABLE3_EXACT_HZ, strict=False)
             if row[0] <= 0.45 * sample_rate]
 
 
@@ -156,7 +156,7 @@ def test_weighting_response_within_iec61672_class1(curve, rate):
     lower = np.array([r[5] for r in rows])
     for freqs in (nominal, exact):
         deviation = weighting_response_db(curve, rate, freqs) - goal
-        assert np.all(deviation <= upper) and np.all(deviation >= lower), list(zip(freqs, deviation))
+        assert np.all(deviation <= upper) and np.all(deviation >= lower), list(zip(freqs, deviation, strict=False))
     # the design goal itself (Annex E) to within 0.02 dB on a dense grid from 10 Hz to 0.45·fs
     grid = np.geomspace(10, 0.45 * rate, 1500)
     err = weighting_response_db(curve, rate, grid) - annex_e_db(curve, grid)
@@ -193,7 +193,7 @@ def test_plain_bilinear_a_filter_fails_table3_at_16k():
     resp = 20 * np.log10(np.abs(h))
     resp = resp[:-1] - resp[-1]
     deviation = resp - np.array([r[2] for r in rows])
-    outside = [(r[0], round(d, 2)) for r, d in zip(rows, deviation) if not r[5] <= d <= r[4]]
+    outside = [(r[0], round(d, 2)) for r, d in zip(rows, deviation, strict=False) if not r[5] <= d <= r[4]]
     assert outside and outside[-1][0] == 6300  # 6.3 kHz: about -5.6 dB, limit -2.0 dB
     assert deviation[-1] < -5.0
     # the meter's filter at the same frequency is within 0.02 dB of the goal
@@ -581,7 +581,7 @@ def test_new_segment_or_gap_resets_and_continuation_does_not():
     meter.process(a, 0)
     continued = meter.process(b, length)
     # carried state differs from a fresh start (otherwise this test could not fail)
-    assert max(abs(u - v) for u, v in zip(fields(continued), fields(fresh_b))) > 0.01
+    assert max(abs(u - v) for u, v in zip(fields(continued), fields(fresh_b), strict=False)) > 0.01
 
     for next_start in (0, 5 * length):  # a new segment restarts at 0; a gap skips frames
         meter = _meter(rate)

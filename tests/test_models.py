@@ -103,7 +103,7 @@ def test_hash_stable_content_based_and_sensitive(tiny_model_dir, tmp_path):
 
 def test_scaffold_is_deterministic_per_seed(tiny_model_dir, tmp_path):
     a = scaffold(tmp_path / "a", tiny=True, seed=0)
-    b = scaffold(tmp_path / "b", tiny=True, seed=1)
+    scaffold(tmp_path / "b", tiny=True, seed=1)
     assert a.model_id == SCAFFOLD_ID_PREFIX + "ast-audioset-527-tiny" and a.tiny and not a.onnx
     assert a.model_hash == model_hash(tmp_path / "a")
     assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tiny_model_dir / "model.safetensors").read_bytes()
@@ -319,7 +319,7 @@ def test_16_16_scaffold_records_its_variant_and_has_512_patches(tiny_16_model_di
     assert tokens.shape == (1, 512 + 2, 64)
     # ONNX: the patch Conv's output, by ONNX shape inference with the input fixed to (1, 1024, 128)
     graph = onnx.load(str(tiny_16_model_dir / "model.onnx"))
-    for d, value in zip(graph.graph.input[0].type.tensor_type.shape.dim, (1, 1024, 128)):
+    for d, value in zip(graph.graph.input[0].type.tensor_type.shape.dim, (1, 1024, 128), strict=False):
         d.ClearField("dim_param")
         d.dim_value = value
     inferred = onnx.shape_inference.infer_shapes(graph)

@@ -55,7 +55,8 @@ def test_pinned_thresholds_return_freed_buffers_to_the_os():
     free_env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     kept = _probe("none", **free_env)
     pinned = _probe("pin", **free_env)
-    assert pinned["pinned"] == {"M_MMAP_THRESHOLD": GLIBC_DEFAULT_THRESHOLD, "M_TRIM_THRESHOLD": GLIBC_DEFAULT_THRESHOLD}
+    assert pinned["pinned"] == {"M_MMAP_THRESHOLD": GLIBC_DEFAULT_THRESHOLD,
+                                "M_TRIM_THRESHOLD": GLIBC_DEFAULT_THRESHOLD}
     assert kept["held_mb"] >= 50, kept       # glibc's dynamic threshold keeps the freed 59 MB resident
     assert pinned["held_mb"] <= 5, pinned    # pinned: they went back to the OS
 

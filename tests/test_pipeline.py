@@ -31,9 +31,11 @@ from tests.audio import PCM_NAME, RECORDINGS, real_audio_s16, write_alsa_file_pc
 async def _run(source, classifier, db, *, windows: WindowsConfig, queue_size: int, max_windows=None):
     source.open()
     async with Outbox(StoreConfig(path=db)) as outbox:
-        acoustics = AcousticAnalyser(LevelsConfig(), IndicesConfig(), HealthConfig(), nominal_calibration(LevelsConfig()))
+        acoustics = AcousticAnalyser(LevelsConfig(), IndicesConfig(), HealthConfig(),
+                                     nominal_calibration(LevelsConfig()))
         p = Pipeline(device_id="t", source=source, windows=windows, acoustics=acoustics,
-                     classifiers=[ClassifierSlot(classifier, queue_size)] if classifier is not None else [], outbox=outbox, syncer=None,
+                     classifiers=[ClassifierSlot(classifier, queue_size)] if classifier is not None else [],
+                     outbox=outbox, syncer=None,
                      max_windows=max_windows)
         stats = await p.run()
     return stats
@@ -116,7 +118,8 @@ def test_event_loop_stays_responsive_while_full_size_ast_classifies(tmp_path, fu
 def _classifier_statuses(db) -> list[tuple[int, str, str]]:
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
-        return con.execute("SELECT window_index, status, classifier_status FROM windows ORDER BY window_index").fetchall()
+        return con.execute("SELECT window_index, status, classifier_status FROM windows"
+                           " ORDER BY window_index").fetchall()
     finally:
         con.close()
 

@@ -89,7 +89,7 @@ def test_run_alsa_source_to_postgres_every_window_exactly_once(tmp_path, tiny_mo
     # (a level meter fed the same windows in order: filter states carry from window to window)
     n = 10 * RATE
     meter = LevelMeter(LevelsConfig(), RATE, nominal_calibration(LevelsConfig()))
-    for key, index, leq, *_ in rows:
+    for _key, index, leq, *_ in rows:
         x = audio[index * n:(index + 1) * n].astype(np.float32) / 32768
         # an xrun (the machine too loaded to drain ALSA's 0.8 s buffer) restarts the meter's
         # filters: say so rather than report a level mismatch

@@ -58,7 +58,8 @@ def test_unit_security_exposure_is_at_most_2():
     # audio capture must survive the hardening: ALSA devices allowed, /dev not hidden
     assert "DeviceAllow=char-alsa rw" in settings and not any(s.startswith("PrivateDevices=") for s in settings)
     for key in ("Type=notify", "WatchdogSec=", "Restart=always", "StartLimitIntervalSec=0",
-                "SupplementaryGroups=audio", "StateDirectory=soundscape-agent", "LoadCredential=soundscape-agent.pg-password"):
+                "SupplementaryGroups=audio", "StateDirectory=soundscape-agent",
+                "LoadCredential=soundscape-agent.pg-password"):
         assert key in text, key
 
 
@@ -137,7 +138,7 @@ def test_ready_watchdog_while_audio_flows_and_none_once_capture_stalls(tmp_path)
         assert ready, listener.messages
         flowing = [t for t in pings if ready[0] <= t <= flow_end]
         assert len(flowing) >= 5, listener.messages
-        gaps = [b - a for a, b in zip(flowing, flowing[1:])]
+        gaps = [b - a for a, b in zip(flowing, flowing[1:], strict=False)]
         assert max(gaps) <= 1.0 + 0.05, gaps  # half of WATCHDOG_USEC (2 s), with send jitter
         # after the stall: at most one ping already on its way, then silence
         late = [t for t in pings if t > stall_start + 1.2]

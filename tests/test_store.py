@@ -294,7 +294,8 @@ def test_past_the_hard_cap_the_oldest_unsynced_windows_are_evicted_counted_and_r
     assert all(int(k.split("-")[1]) < oldest_kept for k in evicted)  # oldest first
     gaps = [e for e in events if e.reason == "evicted_unsynced"]
     assert sum(g.windows for g in gaps) == len(evicted)
-    assert min(g.start_time for g in gaps) == T0 and max(g.end_time for g in gaps) == T0 + timedelta(seconds=10 * oldest_kept)
+    assert (min(g.start_time for g in gaps) == T0
+            and max(g.end_time for g in gaps) == T0 + timedelta(seconds=10 * oldest_kept))
     assert "queue full" in gaps[0].detail
 
 
@@ -507,7 +508,8 @@ def test_two_classifiers_per_window_round_trip_with_their_own_ranks_models_and_s
     assert [(d.taxonomy, d.rank) for d in both.detections] == [("audioset", 1), ("audioset", 2), ("audioset", 3),
                                                                ("birdnet", 1), ("birdnet", 2)]
     assert both.model_for("birdnet").backend == "litert" and both.detections[-1].offset_s == 3.0
-    assert back[1].model_for("audioset") is None and dict(back[1].classifier_status)["audioset"] is Status.SKIPPED_BACKLOG
+    assert (back[1].model_for("audioset") is None
+            and dict(back[1].classifier_status)["audioset"] is Status.SKIPPED_BACKLOG)
 
 
 def test_a_schema_4_queue_keeps_its_detections_as_audioset_ones(tmp_path):

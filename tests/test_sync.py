@@ -192,7 +192,7 @@ def test_sync_once_delivers_every_window_once_and_marks_them(migrated_dsn, tmp_p
             " model_is_scaffold, sync_id, sync_time FROM windows ORDER BY window_index"
         ).fetchall()
     assert len({row[16] for row in server}) == 3  # three batches: 3 + 3 + 1
-    for r, row in zip(results, server):
+    for r, row in zip(results, server, strict=False):
         assert row[:8] == (r.key, r.device_id, r.index, r.start_time, r.duration_s, r.sample_rate,
                            r.clock_synchronised, r.xruns)
         assert row[8] == r.levels.lzeq_db and tuple(row[9]) == r.levels.lzeq_series_db
@@ -218,7 +218,8 @@ def test_indicator_views_give_every_family_without_knowing_the_layout(migrated_d
                              " cal_reference_db, cal_time FROM noise_levels ORDER BY start_time").fetchall()
         series = con.execute("SELECT window_key, interval_start, interval_s, laeq_db, lzeq_db FROM noise_levels_series"
                              " ORDER BY interval_start").fetchall()
-        bands = con.execute("SELECT window_key, band_hz, leq_db FROM band_levels ORDER BY window_key, band_hz").fetchall()
+        bands = con.execute("SELECT window_key, band_hz, leq_db FROM band_levels"
+                            " ORDER BY window_key, band_hz").fetchall()
         indices = con.execute("SELECT window_key, aci, adi, aei, bi, ndsi, hf, ht FROM acoustic_indices"
                               " ORDER BY start_time").fetchall()
         health = con.execute("SELECT window_key, healthy, flags, clipping_ratio, dc_offset_fs, rms_dbfs, hum_share"
@@ -375,7 +376,8 @@ def test_unreachable_server_raises_sync_error_fast_and_loses_nothing(tmp_path):
 def test_silent_server_cannot_hang_sync_past_the_connect_timeout(tmp_path, silent_server):
     dsn = f"postgresql://admin:{ADMIN_PASSWORD}@127.0.0.1:{silent_server}/x"
 
-    err, elapsed, stats = failed_sync_once(tmp_path, make_results(2), sync_cfg(dsn, connect_timeout_s=2, statement_timeout_s=1))
+    err, elapsed, stats = failed_sync_once(tmp_path, make_results(2),
+                                           sync_cfg(dsn, connect_timeout_s=2, statement_timeout_s=1))
     assert 0.5 < elapsed < 5.0  # bound: connect 2 s + statement 1 s
     assert ADMIN_PASSWORD not in str(err) and str(silent_server) in err.message
     assert stats.unsynced == 2
@@ -516,7 +518,7 @@ def test_detections_say_which_classifier_made_them_and_the_view_appends_their_co
     with psycopg.connect(migrated_dsn) as con:
         cur = con.execute("SELECT * FROM detections_flat ORDER BY window_key, taxonomy, rank")
         names = [c.name for c in cur.description]
-        rows = [dict(zip(names, r)) for r in cur.fetchall()]
+        rows = [dict(zip(names, r, strict=False)) for r in cur.fetchall()]
         statuses = dict(con.execute("SELECT window_key, status FROM windows").fetchall())
     assert names[:5] == ["label", "score", "device", "sync_id", "sync_time"]
     assert names[-4:] == ["taxonomy", "model_hash", "offset_s", "classifier_status"]

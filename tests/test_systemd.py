@@ -39,15 +39,11 @@ import psycopg
 import pytest
 
 from tests.audio import real_audio_s16
-from tests.deploykit import (  # noqa: F401  (fixtures)
-    BIN,
-    DEPLOY,
+from tests.deploykit import (
     DEVICE,
     EXAMPLE,
     changed_tasks,
-    db_overrides,
     extract_tree,
-    model_export,
     pip_environment,
     playbook,
     recap,
@@ -55,8 +51,6 @@ from tests.deploykit import (  # noqa: F401  (fixtures)
     require_root_and_debootstrap,
     run,
     tail,
-    vault,
-    vault_file,
     write_yaml,
 )
 from tests.kernelclock import kernel_clock_synchronised, kernel_synchronised
