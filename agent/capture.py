@@ -33,11 +33,13 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import IO, Any, cast
 
 import numpy as np
+import numpy.typing as npt
 
 from agent.config import AlsaCaptureConfig, ArecordCaptureConfig, CaptureConfig
 from agent.errors import DeviceError
@@ -110,7 +112,7 @@ class ThreadedSource:
         self._xruns += 1
         log.warning("capture overrun (xrun #%d): %s; samples were lost, re-anchoring the clock", self._xruns, what)
 
-    async def chunks(self) -> AsyncIterator[Chunk]:
+    async def chunks(self) -> AsyncGenerator[Chunk, None]:
         """Yield chunks as the reader thread delivers them; ends at end of stream or stop.
 
         Raises:
@@ -168,7 +170,7 @@ class ThreadedSource:
                     return
                 if isinstance(item, BaseException):
                     raise item
-                yield item  # type: ignore[misc]
+                yield item  # type: ignore[misc]  # the reader queues Chunks besides _END and exceptions
         finally:
             self.stop()
             # Unblock a reader waiting for queue space, then let it finish.
@@ -271,7 +273,7 @@ def resolve_pcm(cfg: AlsaCaptureConfig | ArecordCaptureConfig) -> str:
     )
 
 
-def _s16_to_float(data: bytes) -> np.ndarray:
+def _s16_to_float(data: bytes) -> npt.NDArray[np.float32]:
     return np.frombuffer(data, dtype="<i2").astype(np.float32) * np.float32(S16_SCALE)
 
 
@@ -302,7 +304,7 @@ class AlsaSource(ThreadedSource):
         super().__init__(_queue_chunks(cfg))
         self.cfg = cfg
         self.pcm_name = ""
-        self._pcm = None
+        self._pcm: Any = None  # an alsaaudio.PCM once open (pyalsaaudio has no type information)
         self._pending_xruns = 0
 
     def _open(self) -> None:
@@ -419,9 +421,10 @@ class ArecordSource(ThreadedSource):
                          daemon=True).start()
         # Wait until audio flows or arecord dies, so a bad device fails at once. Readable may
         # also mean end of file (arecord exiting): only bytes read prove that audio flows.
-        ready, _, _ = select.select([self._proc.stdout], [], [], 5.0)
+        stdout = cast(IO[bytes], self._proc.stdout)  # stdout=PIPE: never None (typeshed says Optional)
+        ready, _, _ = select.select([stdout], [], [], 5.0)
         if ready:
-            self._head = os.read(self._proc.stdout.fileno(), self.cfg.period_frames * FRAME_BYTES)
+            self._head = os.read(stdout.fileno(), self.cfg.period_frames * FRAME_BYTES)
         if not self._head:
             if self._proc.poll() is None:
                 self._proc.kill()
@@ -488,7 +491,7 @@ class ArecordSource(ThreadedSource):
                 self._proc.kill()
 
 
-async def record(cfg: CaptureConfig, seconds: float) -> tuple[np.ndarray, int]:
+async def record(cfg: CaptureConfig, seconds: float) -> tuple[npt.NDArray[np.float32], int]:
     """``seconds`` of audio from the configured source, then the source is stopped.
 
     Used by ``calibrate`` and ``diagnose`` (never while the service holds the device: ALSA
@@ -545,7 +548,7 @@ def make_source(cfg: CaptureConfig) -> ThreadedSource:
     Args:
         cfg: the ``[capture]`` section.
     """
-    return SOURCES[cfg.type]()(cfg)  # type: ignore[call-arg]
+    return SOURCES[cfg.type]()(cfg)  # type: ignore[arg-type]  # cfg.type picks the class taking this config
 
 
 __all__ = [

@@ -1,4 +1,5 @@
-"""Command-line interface: ``soundscape-agent run | demo | calibrate | db init | sync --once | model scaffold | model export``.
+"""Command-line interface: ``soundscape-agent run | demo | calibrate | db init | \
+sync --once | model scaffold | model export``.
 
 Every user error is an :class:`~agent.errors.AgentError`: it is printed as one message with
 a hint, and the process exits with the error's sysexits code (78 config, 69 device,
@@ -14,11 +15,16 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 from agent import __version__
-from agent.config import Config, load_config, parse_config
+from agent.config import CaptureConfig, Config, load_config, parse_config
 from agent.errors import EX_SOFTWARE, EX_USAGE, AgentError, InputError, ModelError, SyncError
 from agent.filesource import BUNDLED_RECORDINGS
+
+if TYPE_CHECKING:
+    from agent.analysis.classifier import Classifier
+    from agent.records import ModelInfo, WindowResult
 
 log = logging.getLogger("agent.cli")
 
@@ -35,7 +41,7 @@ def _setup_logging(verbose: int) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def _with_overrides(cfg: Config, **sections: dict) -> Config:
+def _with_overrides(cfg: Config, **sections: dict[str, Any]) -> Config:
     """A copy of ``cfg`` with some keys replaced, validated like the file itself."""
     data = cfg.model_dump(mode="python")
     for section, values in sections.items():
@@ -46,7 +52,7 @@ def _with_overrides(cfg: Config, **sections: dict) -> Config:
 # ------------------------------------------------------------------------------ output
 
 
-def format_result(result) -> str:
+def format_result(result: WindowResult) -> str:
     """One line per window for the console: time, level, status and top labels.
 
     Args:
@@ -67,7 +73,8 @@ def format_result(result) -> str:
             continue
         model = result.model_for(taxonomy)
         found = [d for d in result.detections if d.taxonomy == taxonomy]
-        labels = ", ".join(f"{_short_label(d.label, taxonomy)} {d.score:.2f}" for d in found) or "nothing above threshold"
+        labels = (", ".join(f"{_short_label(d.label, taxonomy)} {d.score:.2f}" for d in found)
+                  or "nothing above threshold")
         tag = "  [SCAFFOLD model: labels meaningless]" if model and model.is_scaffold else ""
         parts.append(f"{taxonomy}: {labels}{tag}")
     return f"{head}  " + "  |  ".join(parts)
@@ -81,7 +88,7 @@ def _short_label(label: str, taxonomy: str) -> str:
     return label
 
 
-def _announce_model(info) -> None:
+def _announce_model(info: ModelInfo) -> None:
     print(f"model: {info.model_id}  [{info.taxonomy}]  backend {info.backend}  sha256 {info.model_hash[:16]}…",
           flush=True)
     if info.is_scaffold:
@@ -96,7 +103,7 @@ def _announce_model(info) -> None:
 
 
 async def run_pipeline(cfg: Config, *, max_windows: int | None = None, quiet: bool = False,
-                       classifier=None) -> int:
+                       classifier: Classifier | None = None) -> int:
     """Run :func:`agent.pipeline.build_pipeline` until stopped (SIGTERM/SIGINT, the source's end
     or ``max_windows``), printing the calibration, the models, each window (unless ``quiet``)
     and the final counts.
@@ -194,7 +201,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if cfg.sync.dsn:
         from agent.sync import migrate
 
-        migrate(cfg.sync.dsn, cfg.sync.connect_timeout_s)
+        migrate(cfg.sync.dsn, cast(float, cfg.sync.connect_timeout_s))  # set by SyncConfig's validator
     return asyncio.run(run_pipeline(cfg, classifier=classifier))
 
 
@@ -216,7 +223,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from agent.capture import record
     from agent.store import Outbox
 
-    def describe_source(c) -> str:
+    def describe_source(c: CaptureConfig) -> str:
         what = getattr(c, "pcm", "") or getattr(c, "device", "") or getattr(c, "path", "")
         return f"{c.type} capture {what}".strip()
 
@@ -232,7 +239,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             await outbox.add_calibration(calibration, args.frequency, describe_source(cfg.capture))
         measured = args.reference_db - calibration.offset_db
         print(f"calibrate: nominal level {measured:.2f} dB (gain {cfg.levels.gain_db:g} dB, sensitivity "
-              f"{cfg.levels.sensitivity_dbv:g} dBV/Pa, Vadc {cfg.levels.vadc:g} V); offset {calibration.offset_db:+.2f} dB "
+              f"{cfg.levels.sensitivity_dbv:g} dBV/Pa, Vadc {cfg.levels.vadc:g} V); "
+              f"offset {calibration.offset_db:+.2f} dB "
               f"stored in {cfg.store.path}")
         print("calibrate: `run` applies it to every level from now on and stores it with each window. "
               f"For a fleet-managed config instead: [levels] calibration_offset_db = {calibration.offset_db:.2f}")
@@ -249,7 +257,7 @@ def cmd_db_init(args: argparse.Namespace) -> int:
     dsn = args.dsn or cfg.sync.dsn
     if not dsn:
         raise SyncError("no PostgreSQL DSN given", "pass --dsn or set sync.dsn in the config")
-    version = migrate(dsn, cfg.sync.connect_timeout_s)
+    version = migrate(dsn, cast(float, cfg.sync.connect_timeout_s))  # set by SyncConfig's validator
     print(f"schema at version {version} on {redact_dsn(dsn)}")
     return 0
 
@@ -347,7 +355,8 @@ def cmd_model_export(args: argparse.Namespace) -> int:
         print(f"  {name:28s} {entry['size_bytes'] / 1e6:9.2f} MB  sha256 {entry['sha256'][:16]}…")
     fusion = m["graph_rewrites"]["attention_fusion"]
     if fusion["enabled"]:
-        print(f"  attention: {fusion['fused']} blocks fused into {fusion['op']}, {fusion['unfused_softmax']} left unfused")
+        print(f"  attention: {fusion['fused']} blocks fused into {fusion['op']}, "
+              f"{fusion['unfused_softmax']} left unfused")
     latency = m["verification"]["median_latency_s_per_window"]
     for c in result.checks:
         print(f"  verified {c.name}: max |diff| {c.max_abs_diff:.2g} (<= {c.tolerance.max_abs_diff:g}), "
@@ -376,7 +385,7 @@ def _positive_int(text: str) -> int:
 class _Parser(argparse.ArgumentParser):
     """argparse with the sysexits usage status (64) instead of 2."""
 
-    def error(self, message: str):  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
         self.exit(EX_USAGE, f"{self.prog}: error: {message}\n")
 
@@ -427,7 +436,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "exit 0 ok, 1 warning, 2 failure; safe while the service runs"))
     diag.add_argument("--json", action="store_true", help="one JSON document instead of the table")
     diag.add_argument("--check", action="append", default=None, metavar="NAME",
-                      help="run only this check (repeatable): config, capture, model, sqlite, postgres, clock, disk, cpu")
+                      help="run only this check (repeatable): config, capture, model, sqlite, postgres, clock, "
+                           "disk, cpu")
     diag.add_argument("--spectrogram", type=Path, default=None, metavar="PNG",
                       help="also write a spectrogram of the test capture to this PNG file")
     diag.set_defaults(func=cmd_diagnose)
@@ -461,7 +471,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--model", required=True, help="hub id or local model directory (with PyTorch weights)")
     ex.add_argument("--out", required=True, help="output directory (new, empty, or an earlier export)")
     ex.add_argument("--quantize", choices=QUANTIZE_CHOICES, default=DEFAULT_QUANTIZE,
-                    help=f"int8 preset for the target CPU (default {DEFAULT_QUANTIZE}: Raspberry Pi 4); none: fp32 only")
+                    help=f"int8 preset for the target CPU (default {DEFAULT_QUANTIZE}: Raspberry Pi 4); "
+                         "none: fp32 only")
     ex.add_argument("--per-channel", action=argparse.BooleanOptionalAction, default=True,
                     help="per-channel int8 weight scales (default on)")
     ex.add_argument("--fuse-attention", action=argparse.BooleanOptionalAction, default=True,
@@ -480,7 +491,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
     try:
-        return args.func(args)
+        status: int = args.func(args)  # the cmd_* function: exit status
+        return status
     except AgentError as err:
         print(f"soundscape-agent: error: {err}", file=sys.stderr)
         return err.exit_code

@@ -24,7 +24,7 @@ import textwrap
 import tomllib
 import typing
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
@@ -147,7 +147,7 @@ class FileCaptureConfig(_Section):
         description="Audio per chunk delivered to the pipeline, s, above 0 and at most 10. Default 0.1.")
 
 
-def _default_type(default: str):
+def _default_type(default: str) -> BeforeValidator:
     """A before-validator giving a section without a ``type`` key the default type."""
 
     def fill(value: object) -> object:
@@ -689,14 +689,16 @@ def _shown(value: object, limit: int = 80) -> str:
 def _format_errors(err: ValidationError, source: str) -> str:
     lines = [f"{source}: {err.error_count()} invalid setting(s):"]
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"] if not (isinstance(p, str) and p in {"alsa", "arecord", "file", "torch", "onnx"}))
+        loc = ".".join(str(p) for p in e["loc"]
+                       if not (isinstance(p, str) and p in {"alsa", "arecord", "file", "torch", "onnx"}))
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling against config.example.toml)"
         elif len(msg) > 300:  # pydantic quotes a bad discriminator ("Input tag '...'") in full
             msg = msg[:299] + "…"
         value = e.get("input")
-        shown = "" if e["type"] in ("missing", "extra_forbidden") or isinstance(value, dict) else f" (got {_shown(value)})"
+        shown = ("" if e["type"] in ("missing", "extra_forbidden") or isinstance(value, dict)
+                 else f" (got {_shown(value)})")
         where = loc or "<top>"
         where = where if len(where) <= 120 else where[:119] + "…"  # an unknown key may be 100 kB long
         lines.append(f"  {where}: {msg}{shown}")
@@ -717,7 +719,7 @@ def _huge_ints(value: object, where: str = "") -> list[str]:
     return []
 
 
-def parse_config(data: dict, source: str = "<config>") -> Config:
+def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
     """Validate a parsed TOML document into a :class:`Config`.
 
     Args:
@@ -853,7 +855,8 @@ def _variants(field: FieldInfo) -> list[type[_Section]]:
 
 
 def _type_of(model: type[_Section]) -> str:
-    return model.model_fields["type"].get_default()
+    default: str = model.model_fields["type"].get_default()
+    return default
 
 
 def _example(where: str, field: FieldInfo) -> object:
@@ -970,7 +973,8 @@ def read_password(path_template: str, environ: dict[str, str] | None = None) -> 
         path = string.Template(path_template).substitute(env)
     except (KeyError, ValueError) as e:
         raise ConfigError(f"[sync] password_file {path_template!r}: variable {e} is not set",
-                          "under systemd, LoadCredential= sets CREDENTIALS_DIRECTORY; otherwise give a plain path") from None
+                          "under systemd, LoadCredential= sets CREDENTIALS_DIRECTORY; otherwise give a plain "
+                          "path") from None
     try:
         st = os.stat(path)
         with open(path, encoding="utf-8") as fh:
@@ -991,7 +995,8 @@ def read_password(path_template: str, environ: dict[str, str] | None = None) -> 
 
 __all__ = [
     "AlsaCaptureConfig", "ArecordCaptureConfig", "CaptureConfig", "ClassifierConfig", "Config",
-    "FileCaptureConfig", "HealthConfig", "IndicesConfig", "OpsConfig", "LevelsConfig", "OnnxClassifierConfig", "StoreConfig", "SyncConfig",
+    "FileCaptureConfig", "HealthConfig", "IndicesConfig", "OpsConfig", "LevelsConfig", "OnnxClassifierConfig",
+    "StoreConfig", "SyncConfig",
     "TorchClassifierConfig", "WindowsConfig", "AgentSection", "LINK_PROFILES",
     "load_config", "parse_config", "DEFAULT_MODEL_ID", "example_toml", "read_password",
 ]

@@ -46,9 +46,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 import numpy as np
+import numpy.typing as npt
 
 from agent.errors import AgentError
 
@@ -91,7 +92,7 @@ class Context:
     config_path: Path | None
     config: Any = None
     config_error: AgentError | None = None
-    capture: tuple[np.ndarray, int] | None = None
+    capture: tuple[npt.NDArray[np.float32], int] | None = None
     capture_from_service: bool = False
     extras: dict[str, Any] = field(default_factory=dict)
 
@@ -168,7 +169,8 @@ def check_capture(ctx: Context) -> CheckResult:
         if "busy" in err.message.lower():
             latest = _latest_window_health(cfg.store.path)
             if latest is None:
-                return CheckResult("capture", "warn", hint="wait for the service's first window, then run diagnose again",
+                return CheckResult("capture", "warn",
+                                   hint="wait for the service's first window, then run diagnose again",
                                    detail="the device is in use (by the service?) and the queue has no window yet")
             ctx.capture_from_service = True
             flags = latest.get("flags") or []
@@ -178,7 +180,8 @@ def check_capture(ctx: Context) -> CheckResult:
                                detail=f"device held by the running service; its latest window "
                                       f"({latest['start_time']}): RMS {latest.get('rms_dbfs', float('nan')):.1f} dBFS, "
                                       f"flags {flags or 'none'}")
-        return CheckResult("capture", "fail", value=getattr(cfg.capture, "pcm", None) or getattr(cfg.capture, "device", None)
+        return CheckResult("capture", "fail",
+                           value=getattr(cfg.capture, "pcm", None) or getattr(cfg.capture, "device", None)
                            or getattr(cfg.capture, "path", None), hint=err.hint, detail=err.message)
     ctx.capture = (samples, rate)
     health = assess_health(samples, rate, cfg.health)
@@ -214,7 +217,7 @@ def _health_hint(flags: list[str]) -> str:
 MAX_REAL_TIME_FACTOR = 0.8
 
 
-def _keep_up_hint(timed: list[dict], hop: float) -> str:
+def _keep_up_hint(timed: list[dict[str, Any]], hop: float) -> str:
     """What to change so that the classifiers keep up, from their measured seconds per window."""
     budget = MAX_REAL_TIME_FACTOR * hop
     tips = []
@@ -459,7 +462,7 @@ def check_cpu(ctx: Context) -> CheckResult:
 # ------------------------------------------------------------------------------ spectrogram
 
 
-def spectrogram_png(samples: np.ndarray, sample_rate: int, path: Path, nfft: int = 512,
+def spectrogram_png(samples: npt.NDArray[np.floating[Any]], sample_rate: int, path: Path, nfft: int = 512,
                     range_db: float = 80.0) -> tuple[int, int]:
     """Write a grayscale PNG spectrogram of a capture (time left to right, frequency bottom to
     top, 0 Hz to Nyquist; white = the loudest cell, black = ``range_db`` below it or quieter).
@@ -510,12 +513,19 @@ def spectrogram_png(samples: np.ndarray, sample_rate: int, path: Path, nfft: int
 # ------------------------------------------------------------------------------ running
 
 
+class _Box(TypedDict, total=False):
+    """What a check's thread hands back: its result, or the exception it raised."""
+
+    result: CheckResult
+    error: BaseException
+
+
 def _run_bounded(chk: Check, ctx: Context) -> CheckResult:
     """Run one check in a daemon thread; a check past its timeout fails (the thread is left)."""
     if chk.needs_config and ctx.config is None:
         return CheckResult(chk.name, "fail", hint="fix the configuration first (see the config check)",
                            detail="not checked: the configuration is invalid")
-    box: dict[str, CheckResult | BaseException] = {}
+    box: _Box = {}
 
     def target() -> None:
         try:

@@ -7,9 +7,10 @@ import glob
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -141,7 +142,7 @@ class FileSource(ThreadedSource):
         self._files: list[Path] = []
         self._named = 0  # files capture.path names, damaged ones included
         self._problems: list[str] = []  # damaged files, one line each, in replay order
-        self._iter = None
+        self._iter: Iterator[Chunk] | None = None  # set by _open
 
     @classmethod
     def _sniff(cls, path: Path) -> tuple[str, str]:
@@ -268,7 +269,7 @@ class FileSource(ThreadedSource):
         log.info("replaying %d file(s) from %s%s", len(self._files), self.cfg.path,
                  " in real time" if self.cfg.realtime else "")
 
-    def _replay(self, f: Path):
+    def _replay(self, f: Path) -> Generator[Chunk, None, str | None]:
         """Yield the chunks of one file; return ``None``, or the problem (one line) that
         ended it early: a decoding error or a NaN/infinite sample (the finite samples before
         it are delivered)."""
@@ -307,10 +308,10 @@ class FileSource(ThreadedSource):
             detail = (getattr(e, "error_string", "") or str(e) or type(e).__name__).strip()
             if not f.exists():  # libsndfile says only "System error."
                 detail = "the file was removed or renamed during the replay"
-            at = f" at {done / rate:.2f} s" if rate else ""
-            return f"reading {f} failed{at} ({detail}); the rest of it was skipped"
+            when = f" at {done / rate:.2f} s" if rate else ""
+            return f"reading {f} failed{when} ({detail}); the rest of it was skipped"
 
-    def _generate(self):
+    def _generate(self) -> Generator[Chunk, None, None]:
         """All chunks of all files (again and again with ``loop``); raises InputError at the
         end of a pass that met damaged files."""
         while True:
@@ -335,7 +336,7 @@ class FileSource(ThreadedSource):
                                    "from capture.path")
 
     def _read(self) -> Chunk | None:
-        return next(self._iter, None)
+        return next(cast(Iterator[Chunk], self._iter), None)  # _open, which set it, runs first
 
 
 #: The explicit registry: ``[capture] type`` -> source class.

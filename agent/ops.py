@@ -16,9 +16,11 @@ import logging
 import os
 import random
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypedDict
 
 if TYPE_CHECKING:
+    import socket
+
     from agent.records import Heartbeat
 
 log = logging.getLogger(__name__)
@@ -114,7 +116,7 @@ class SystemdNotifier:
         self.watchdog_usec: int | None = None
         if usec.isdigit() and int(usec) > 0 and (not pid or pid == str(os.getpid())):
             self.watchdog_usec = int(usec)
-        self._sock = None
+        self._sock: socket.socket | None = None
 
     @property
     def enabled(self) -> bool:
@@ -266,7 +268,20 @@ def rss_bytes(proc_status: str = "/proc/self/status") -> tuple[int, int] | None:
     return (values["VmRSS"], values["VmHWM"]) if len(values) == 2 else None
 
 
-def host_snapshot(state_path: str | os.PathLike[str], sys_root: str = "/sys") -> dict[str, object]:
+class HostSnapshot(TypedDict):
+    """:func:`host_snapshot`'s result: the :class:`~agent.records.Heartbeat` fields of the same names."""
+
+    cpu_temp_c: float | None
+    throttled: int | None
+    throttle_flags: tuple[str, ...]
+    disk_free_bytes: int | None
+    disk_total_bytes: int | None
+    rss_bytes: int | None
+    peak_rss_bytes: int | None
+    clock_synchronised: bool
+
+
+def host_snapshot(state_path: str | os.PathLike[str], sys_root: str = "/sys") -> HostSnapshot:
     """The host's state for a heartbeat: temperature, throttling, disk, memory, clock.
 
     Args:
@@ -289,7 +304,9 @@ def host_snapshot(state_path: str | os.PathLike[str], sys_root: str = "/sys") ->
     }
 
 
-def write_textfile(path: str | os.PathLike[str], metrics: dict[str, float | int | bool | None], labels: dict[str, str]) -> None:
+def write_textfile(
+    path: str | os.PathLike[str], metrics: dict[str, float | int | bool | None], labels: dict[str, str]
+) -> None:
     """Write node-exporter textfile-collector metrics atomically (temp file + rename).
 
     Each metric becomes ``soundscape_agent_<name>{labels} value`` (Prometheus text exposition
@@ -385,7 +402,10 @@ def heartbeat_metrics(beat: Heartbeat) -> dict[str, float | int | bool | None]:
         out[metric] = value.timestamp() if hasattr(value, "timestamp") else value
     return out
 
+
 __all__ = [
-    "GLIBC_DEFAULT_THRESHOLD", "TEXTFILE_METRICS", "TIME_ERROR", "clock_state", "ntp_synchronised", "heartbeat_metrics", "host_snapshot", "write_textfile", "PI_THROTTLED_PATH", "SystemdNotifier", "THROTTLE_BITS", "cpu_temperature_c",
+    "GLIBC_DEFAULT_THRESHOLD", "TEXTFILE_METRICS", "TIME_ERROR", "clock_state", "ntp_synchronised",
+    "heartbeat_metrics", "host_snapshot", "write_textfile", "PI_THROTTLED_PATH", "SystemdNotifier", "THROTTLE_BITS",
+    "cpu_temperature_c",
     "disk_free_bytes", "pin_malloc_thresholds", "rss_bytes", "throttle_flags", "throttled_state",
 ]

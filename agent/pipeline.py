@@ -8,7 +8,7 @@
                                            ├─ its queue not full ─▶ classifier (its own worker thread) ─┐
                                            └─ queue full: skipped for that classifier, counted ─────────┤
                                                           window stored when every classifier answered ▼
-                                  PostgreSQL ◀─ sync (async psycopg, batches, backoff) ◀─ outbox (SQLite, one writer thread)
+                              PostgreSQL ◀─ sync (async psycopg, batches, backoff) ◀─ outbox (SQLite, one writer thread)
 
 Nothing here blocks the event loop: capture reads in its own thread, acoustics and inference
 run in executors of one thread each (torch and numpy release the GIL while they compute), SQLite has one writer thread,
@@ -36,6 +36,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import TypedDict
 
 from agent.analysis.acoustics import AcousticAnalyser, Acoustics
 from agent.analysis.classifier import Classifier
@@ -43,7 +44,7 @@ from agent.capture import ThreadedSource
 from agent.config import BirdnetConfig, ClassifierConfig, Config, OpsConfig, WindowsConfig
 from agent.errors import DeviceError, StoreError
 from agent.ops import SystemdNotifier, backoff_delay
-from agent.records import ClockStep, Detection, Gap, Status, Window, WindowResult, overall_status
+from agent.records import ClockStep, Detection, Gap, ModelInfo, Status, Window, WindowResult, overall_status
 from agent.store import Outbox, StorePressure
 from agent.supervise import supervise
 from agent.sync import Syncer
@@ -55,6 +56,17 @@ log = logging.getLogger("agent.pipeline")
 #: PCM costs next to nothing, so the cap is short: a replugged microphone records again within 10 s.
 CAPTURE_RETRY_INITIAL_S = 1.0
 CAPTURE_RETRY_MAX_S = 10.0
+
+
+class HeartbeatCounters(TypedDict):
+    """:meth:`PipelineStats.heartbeat_counters`: the :class:`~agent.records.Heartbeat` fields of the same names."""
+
+    windows: int
+    classified: int
+    skipped: int
+    failed: int
+    xruns: int
+    dropped_windows: int
 
 
 @dataclass(slots=True)
@@ -105,7 +117,7 @@ class PipelineStats:
         elif status is Status.FAILED:
             self.failed += 1
 
-    def heartbeat_counters(self) -> dict[str, int]:
+    def heartbeat_counters(self) -> HeartbeatCounters:
         """The counters a :class:`~agent.records.Heartbeat` carries, under its field names."""
         return {"windows": self.windows, "classified": self.classified, "skipped": self.skipped,
                 "failed": self.failed, "xruns": self.xruns, "dropped_windows": self.dropped}
@@ -278,7 +290,7 @@ class Pipeline:
             StoreError: the local queue cannot be written.
         """
         sync_stop = asyncio.Event()
-        sync_task = asyncio.create_task(self.syncer.run(sync_stop)) if self.syncer else None
+        syncing = (self.syncer, asyncio.create_task(self.syncer.run(sync_stop))) if self.syncer else None
         classify_tasks = [asyncio.create_task(w.run()) for w in self._workers]
         supervise_task = asyncio.create_task(supervise(self, self.ops, self._ready))
         try:
@@ -294,10 +306,11 @@ class Pipeline:
             for worker in self._workers:
                 worker.pool.shutdown(wait=True)
             self._acoustics_pool.shutdown(wait=True)
-            if sync_task is not None:
+            if syncing is not None:
+                syncer, sync_task = syncing
                 sync_stop.set()
                 await sync_task
-                await self.syncer.final(self.final_sync_timeout_s)
+                await syncer.final(self.final_sync_timeout_s)
         return self.stats
 
     async def _capture_loop(self) -> None:
@@ -435,11 +448,12 @@ class Pipeline:
     async def _store_classified(self, window: Window, acoustics: Acoustics,
                                 outcomes: list[asyncio.Future[Outcome]]) -> None:
         """Wait for every classifier's outcome of ``window``, then store it."""
-        results = [await o for o in outcomes]
-        status_of = tuple((w.taxonomy, r[0]) for w, r in zip(self._workers, results))
+        results = [await o for o in outcomes]  # one per worker (_analyse)
+        status_of = tuple((w.taxonomy, r[0]) for w, r in zip(self._workers, results, strict=True))
         status = overall_status([s for _, s in status_of])
         self.stats.count(status_of, status)
-        models = tuple(w.slot.classifier.info for w, r in zip(self._workers, results) if r[0] is Status.CLASSIFIED)
+        models = tuple(w.slot.classifier.info for w, r in zip(self._workers, results, strict=True)
+                       if r[0] is Status.CLASSIFIED)
         detections = tuple(d for r in results for d in r[1])
         await self._store(window, acoustics, status, detections, models, status_of)
 
@@ -493,7 +507,7 @@ class Pipeline:
         return (info.model_id, info.model_hash) if info else (None, None)
 
     async def _store(self, window: Window, acoustics: Acoustics, status: Status, detections: tuple[Detection, ...],
-                     models: tuple, classifier_status: tuple[tuple[str, Status], ...]) -> None:
+                     models: tuple[ModelInfo, ...], classifier_status: tuple[tuple[str, Status], ...]) -> None:
         result = WindowResult(
             key=window.key, device_id=self.device_id, index=window.index, start_time=window.start_time,
             duration_s=window.duration_s, sample_rate=window.sample_rate,

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import numpy as np
+import numpy.typing as npt
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -32,7 +33,7 @@ class Chunk:
             lost between the previous chunk and this one).
     """
 
-    samples: np.ndarray
+    samples: npt.NDArray[np.float32]
     sample_rate: int
     segment_start: datetime | None = None
     xruns: int = 0
@@ -61,7 +62,7 @@ class Window:
     start_frame: int
     start_time: datetime
     sample_rate: int
-    samples: np.ndarray
+    samples: npt.NDArray[np.float32]
     clock_synchronised: bool
     xruns: int = 0
 

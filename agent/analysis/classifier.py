@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
+import numpy.typing as npt
 
 from agent.analysis.features import ASTFeatures
 from agent.analysis.models import ResolvedModel, read_json, resolve_model
@@ -78,11 +79,17 @@ class Classifier(Protocol):
         labels: label names in index order (527 AudioSet display names for AST).
     """
 
-    taxonomy: str
-    info: ModelInfo
-    labels: Sequence[str]
+    # read-only members: the AST classes set ``taxonomy`` on the class and ``labels`` as a tuple
+    @property
+    def taxonomy(self) -> str: ...
 
-    def classify(self, samples: np.ndarray, sample_rate: int,
+    @property
+    def info(self) -> ModelInfo: ...
+
+    @property
+    def labels(self) -> Sequence[str]: ...
+
+    def classify(self, samples: npt.NDArray[np.float32], sample_rate: int,
                  start_time: datetime | None = None) -> tuple[Detection, ...]:
         """Top-k labels of one window (``start_time``: the window's UTC start, for
         date-dependent filters; AST ignores it); see :meth:`ASTClassifierBase.classify`."""
@@ -90,8 +97,8 @@ class Classifier(Protocol):
 
 
 def segment_audio(
-    samples: np.ndarray, sample_rate: int, target_rate: int, max_segment_s: float = MAX_SEGMENT_S
-) -> list[np.ndarray]:
+    samples: npt.NDArray[np.floating[Any]], sample_rate: int, target_rate: int, max_segment_s: float = MAX_SEGMENT_S
+) -> list[npt.NDArray[np.float32]]:
     """Resample a window to ``target_rate`` and split it into model-sized segments.
 
     Args:
@@ -132,7 +139,7 @@ def segment_audio(
 
 
 def top_k_detections(
-    scores: np.ndarray, labels: Sequence[str], top_k: int, min_score: float = 0.0
+    scores: npt.NDArray[np.floating[Any]], labels: Sequence[str], top_k: int, min_score: float = 0.0
 ) -> tuple[Detection, ...]:
     """The ``top_k`` highest scores as :class:`~agent.records.Detection` records.
 
@@ -235,11 +242,11 @@ class ASTClassifierBase:
         """Load the model (``self.labels`` is already set); raise ModelError if impossible."""
         raise NotImplementedError
 
-    def _logits(self, features: np.ndarray) -> np.ndarray:  # (n, 1024, 128) -> (n, n_labels)
+    def _logits(self, features: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:  # (n, 1024, 128) -> (n, n_labels)
         raise NotImplementedError
 
     # --- shared ---------------------------------------------------------------------------
-    def features(self, samples: np.ndarray, sample_rate: int) -> np.ndarray:
+    def features(self, samples: npt.NDArray[np.float32], sample_rate: int) -> npt.NDArray[np.float32]:
         """AST input features of a window.
 
         Args:
@@ -255,7 +262,7 @@ class ASTClassifierBase:
         """
         return self._features(segment_audio(samples, sample_rate, self.sample_rate))
 
-    def scores(self, samples: np.ndarray, sample_rate: int) -> np.ndarray:
+    def scores(self, samples: npt.NDArray[np.float32], sample_rate: int) -> npt.NDArray[np.float64]:
         """Sigmoid score of every label for one window, max-pooled over its segments.
 
         Args:
@@ -279,9 +286,10 @@ class ASTClassifierBase:
             raise ModelError(f"model {self.info.model_id} returned non-finite logits", "check the model files")
         from scipy.special import expit
 
-        return expit(logits).max(axis=0)
+        pooled: npt.NDArray[np.float64] = expit(logits).max(axis=0)
+        return pooled
 
-    def classify(self, samples: np.ndarray, sample_rate: int,
+    def classify(self, samples: npt.NDArray[np.float32], sample_rate: int,
                  start_time: datetime | None = None) -> tuple[Detection, ...]:
         """Top-k AudioSet labels of one window. Blocking; not thread-safe.
 
@@ -352,10 +360,11 @@ class TorchBackend(ASTClassifierBase):
         self._torch = torch
         self._model = model
 
-    def _logits(self, features: np.ndarray) -> np.ndarray:
+    def _logits(self, features: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         with self._torch.inference_mode():
             out = self._model(input_values=self._torch.from_numpy(features))
-        return out.logits.float().numpy()
+        logits: npt.NDArray[np.float32] = out.logits.float().numpy()
+        return logits
 
 
 #: ``[classifier] graph_optimization_level`` → ``onnxruntime.GraphOptimizationLevel`` member.
@@ -390,7 +399,9 @@ def register_cpu_arena(strategy: str) -> None:
     import onnxruntime as ort
 
     info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
-    ort.create_and_register_allocator(info, ort.OrtArenaCfg({"arena_extend_strategy": ORT_ARENA_EXTEND_STRATEGY[strategy]}))
+    ort.create_and_register_allocator(
+        info, ort.OrtArenaCfg({"arena_extend_strategy": ORT_ARENA_EXTEND_STRATEGY[strategy]})
+    )
 
 
 def onnx_session_options(cfg: OnnxClassifierConfig) -> Any:
@@ -502,7 +513,7 @@ class OnnxBackend(ASTClassifierBase):
         self._session = session
         self.threads = cfg.intra_op_threads
 
-    def _logits(self, features: np.ndarray) -> np.ndarray:
+    def _logits(self, features: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         return np.asarray(self._session.run([self._output], {self._input: features})[0])
 
 

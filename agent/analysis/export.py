@@ -82,9 +82,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from agent.analysis.hashing import sha256_file
-from agent.analysis.models import MEL_WARNING
+from agent.analysis.models import MEL_WARNING, ResolvedModel
 from agent.errors import InputError, ModelError
 from agent.filesource import BUNDLED_RECORDINGS
 
@@ -148,7 +149,9 @@ class Tolerances:
 TOLERANCES = Tolerances()
 
 
-def topk_overlap(reference: np.ndarray, candidate: np.ndarray, k: int = TOP_K) -> np.ndarray:
+def topk_overlap(
+    reference: npt.NDArray[np.floating[Any]], candidate: npt.NDArray[np.floating[Any]], k: int = TOP_K
+) -> npt.NDArray[np.float64]:
     """Per-window share of the reference's top-k labels that the candidate's top-k also holds.
 
     Args:
@@ -172,7 +175,7 @@ def topk_overlap(reference: np.ndarray, candidate: np.ndarray, k: int = TOP_K) -
         raise ValueError(f"k must be in 1..{ref.shape[1]}, got {k}")
     top_ref = np.argsort(-ref, axis=1, kind="stable")[:, :k]
     top_cand = np.argsort(-cand, axis=1, kind="stable")[:, :k]
-    return np.array([len(set(a.tolist()) & set(b.tolist())) / k for a, b in zip(top_ref, top_cand)])
+    return np.array([len(set(a.tolist()) & set(b.tolist())) / k for a, b in zip(top_ref, top_cand, strict=True)])
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,8 +208,8 @@ class VerificationCheck:
     failures: tuple[str, ...] = ()
 
 
-def compare_scores(name: str, reference_name: str, reference: np.ndarray, candidate_name: str,
-                   candidate: np.ndarray, tolerance: Tolerance) -> VerificationCheck:
+def compare_scores(name: str, reference_name: str, reference: npt.NDArray[np.floating[Any]], candidate_name: str,
+                   candidate: npt.NDArray[np.floating[Any]], tolerance: Tolerance) -> VerificationCheck:
     """Compare two models' sigmoid scores on the same windows against ``tolerance``.
 
     Args:
@@ -264,7 +267,7 @@ class AudioWindow:
 
     file: str
     start_s: float
-    samples: np.ndarray = field(repr=False)
+    samples: npt.NDArray[np.float32] = field(repr=False)
     sample_rate: int
 
     @property
@@ -375,7 +378,7 @@ def _quiet_exporters() -> Iterator[None]:
             warnings.filterwarnings("ignore", category=FutureWarning)
             yield
     finally:
-        for lg, level in zip(loggers, levels):
+        for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)
 
 
@@ -460,7 +463,8 @@ def _host() -> dict[str, Any]:
     """The export host: machine, CPU model and (x86) VNNI support, which decides whether
     onnxruntime's u8s8 kernels can saturate here (see the module docstring)."""
     machine = platform.machine()
-    cpu, flags = None, set()
+    cpu: str | None = None
+    flags: set[str] = set()
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
             key, _, value = line.partition(":")
@@ -478,7 +482,7 @@ def _host() -> dict[str, Any]:
     }
 
 
-def _source_revision(resolved: Any) -> str:
+def _source_revision(resolved: ResolvedModel) -> str:
     """Hub commit hash for a hub model (its cache snapshot directory's name), else the
     directory's :func:`~agent.analysis.models.model_hash`."""
     if resolved.source in ("hf-cache", "hf-download") and _HEX40.match(resolved.local_dir.name):
@@ -525,7 +529,7 @@ def _install(staging: Path, out_dir: Path) -> None:
 # verification
 
 
-def _score_all(classifier: Any, windows: Sequence[AudioWindow]) -> tuple[np.ndarray, float]:
+def _score_all(classifier: Any, windows: Sequence[AudioWindow]) -> tuple[npt.NDArray[np.float64], float]:
     """(scores, shape (n_windows, n_labels) float64; median wall time per window, s — the
     median, so the first call's warm-up does not count)."""
     rows, seconds = [], []
@@ -548,7 +552,7 @@ def _verify(source_dir: Path, staging: Path, candidates: Sequence[tuple[str, str
     n_labels = len(torch_clf.labels)
     del torch_clf
     latency = {"torch": ref_latency}
-    scores: dict[str, np.ndarray] = {}
+    scores: dict[str, npt.NDArray[np.float64]] = {}
     loaded: dict[str, Any] = {}
     checks: list[VerificationCheck] = []
     for kind, file_name, tolerance in candidates:
@@ -761,7 +765,7 @@ def _architecture(config: dict[str, Any]) -> dict[str, Any]:
             "layers": int(config["num_hidden_layers"]), "hidden_size": int(config["hidden_size"])}
 
 
-def _manifest(*, resolved: Any, model: str, staging: Path, quantize: str, per_channel: bool, qconfig: Any,
+def _manifest(*, resolved: ResolvedModel, model: str, staging: Path, quantize: str, per_channel: bool, qconfig: Any,
               windows: Sequence[AudioWindow], window_s: float, tolerances: Tolerances, threads: int,
               checks: Sequence[VerificationCheck], passed: bool, verification: dict[str, Any], exported_id: str,
               rewrites: dict[str, Any], timings: dict[str, float | None]) -> dict[str, Any]:

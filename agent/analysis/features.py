@@ -43,9 +43,10 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
+import numpy.typing as npt
 
 #: Kaldi's log floor: ``std::numeric_limits<float>::epsilon()`` (transformers' ``mel_floor``).
 MEL_FLOOR = 1.192092955078125e-07
@@ -56,7 +57,15 @@ PREEMPHASIS = 0.97
 LOW_FREQ_HZ = 20.0
 
 
-def kaldi_hertz_to_mel(freq: np.ndarray | float) -> np.ndarray | float:
+@overload
+def kaldi_hertz_to_mel(freq: float) -> float: ...
+
+
+@overload
+def kaldi_hertz_to_mel(freq: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float64]: ...
+
+
+def kaldi_hertz_to_mel(freq: npt.NDArray[np.floating[Any]] | float) -> npt.NDArray[np.float64] | float:
     """Kaldi's mel scale: ``1127 · ln(1 + f / 700)`` (Kaldi ``MelBanks::MelScale``).
 
     Args:
@@ -71,7 +80,7 @@ def kaldi_hertz_to_mel(freq: np.ndarray | float) -> np.ndarray | float:
 def kaldi_mel_filter_bank(
     num_frequency_bins: int, num_mel_filters: int, min_frequency: float, max_frequency: float,
     sampling_rate: int,
-) -> np.ndarray:
+) -> npt.NDArray[np.float64]:
     """Triangular mel filters, triangular in Kaldi mel space, without normalisation.
 
     Identical to transformers' ``audio_utils.mel_filter_bank(..., norm=None,
@@ -199,7 +208,7 @@ class ASTFeatures:
         keys = ("sampling_rate", "num_mel_bins", "max_length", "padding_value", "do_normalize", "mean", "std")
         return cls(**{k: data[k] for k in keys if k in data})
 
-    def fbank(self, waveform: np.ndarray) -> np.ndarray:
+    def fbank(self, waveform: npt.NDArray[np.floating[Any] | np.integer[Any]]) -> npt.NDArray[np.float32]:
         """Log-mel filter bank of one segment, neither padded nor normalised.
 
         Args:
@@ -230,7 +239,13 @@ class ASTFeatures:
         mel = np.maximum(MEL_FLOOR, power @ self.mel_filters)
         return np.log(mel).astype(np.float32)
 
-    def __call__(self, segments: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
+    def __call__(
+        self,
+        segments: (
+            Sequence[npt.NDArray[np.floating[Any] | np.integer[Any]]]
+            | npt.NDArray[np.floating[Any] | np.integer[Any]]
+        ),
+    ) -> npt.NDArray[np.float32]:
         """Model input of a batch of segments.
 
         Args:

@@ -30,8 +30,10 @@ docs/performance.md#acoustics-cost-per-window.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from agent.analysis.indices import periodic_window
 from agent.config import HealthConfig
@@ -51,7 +53,9 @@ MAINS_HZ = (50.0, 60.0)
 _RMS_FLOOR = 10.0 ** (RMS_FLOOR_DBFS / 20.0)
 
 
-def _welch_power(x: np.ndarray, sample_rate: int) -> tuple[np.ndarray, np.ndarray]:
+def _welch_power(
+    x: npt.NDArray[np.float64], sample_rate: int
+) -> tuple[npt.NDArray[np.floating[Any]], npt.NDArray[np.float64]]:
     """One-sided power per bin (arbitrary common scale) and the bin frequencies, Hz.
 
     Hann segments of ``HUM_SEGMENT_S`` (at most ``len(x)``), 50 % overlap, periodograms
@@ -68,7 +72,7 @@ def _welch_power(x: np.ndarray, sample_rate: int) -> tuple[np.ndarray, np.ndarra
     return np.fft.rfftfreq(seg, 1.0 / sample_rate), power
 
 
-def _hum_share(x: np.ndarray, sample_rate: int, harmonics: int) -> float:
+def _hum_share(x: npt.NDArray[np.float64], sample_rate: int, harmonics: int) -> float:
     freqs, power = _welch_power(x, sample_rate)
     total = float(power.sum())
     if total <= 0.0:
@@ -84,7 +88,9 @@ def _hum_share(x: np.ndarray, sample_rate: int, harmonics: int) -> float:
     return min(best, 1.0)
 
 
-def assess_health(samples: np.ndarray, sample_rate: int, cfg: HealthConfig) -> MicHealth:
+def assess_health(
+    samples: npt.NDArray[np.floating[Any] | np.integer[Any]], sample_rate: int, cfg: HealthConfig
+) -> MicHealth:
     """What one window's content says about the microphone chain.
 
     Args:

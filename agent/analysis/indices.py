@@ -47,8 +47,10 @@ from __future__ import annotations
 
 import math
 import sys
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from agent.config import IndicesConfig
 from agent.records import AcousticIndices
@@ -74,13 +76,13 @@ _COSINE_WINDOWS = {
 }
 
 
-def _finite(value) -> float:
+def _finite(value: float) -> float:
     """A result as a Python float, NaN unless finite."""
     v = float(value)
     return v if math.isfinite(v) else math.nan
 
 
-def periodic_window(name: str, n: int) -> np.ndarray:
+def periodic_window(name: str, n: int) -> npt.NDArray[np.float64]:
     """``scipy.signal.get_window(name, n)`` without scipy: periodic ("DFT-even"), float64, shape
     (n,), for ``name`` in hann, hamming, blackman, boxcar; scipy's arithmetic
     (``_general_cosine_impl`` over ``linspace(-pi, pi, n + 1)``, last point dropped), so the
@@ -106,7 +108,9 @@ def _frame_count(n: int, nperseg: int, noverlap: int) -> int:
     return min(n // step - 1, (n - noverlap) // step if n >= nperseg else 0)
 
 
-def _spectrogram(x: np.ndarray, fs: int, window: str, nperseg: int, noverlap: int):
+def _spectrogram(
+    x: npt.NDArray[np.float64], fs: int, window: str, nperseg: int, noverlap: int
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.floating[Any]]]:
     """``maad.sound.spectrogram(x, fs, window, nperseg, noverlap, mode="amplitude")``.
 
     Returns ``(amp, fn)``: amplitude, float64 (nperseg // 2, frames) with maad's memory layout
@@ -128,20 +132,21 @@ def _spectrogram(x: np.ndarray, fs: int, window: str, nperseg: int, noverlap: in
     return amp, fn
 
 
-def _band_select(fn: np.ndarray, lo: float, hi: float) -> np.ndarray:
+def _band_select(fn: npt.NDArray[np.floating[Any]], lo: float, hi: float) -> npt.NDArray[np.bool_]:
     """``maad.util.index_bw(fn, (lo, hi))``: boolean mask of the bins from the one nearest
     ``lo`` to the one nearest ``hi`` (first on ties), both included."""
-    return (fn >= fn[np.abs(fn - lo).argmin()]) & (fn <= fn[np.abs(fn - hi).argmin()])
+    mask: npt.NDArray[np.bool_] = (fn >= fn[np.abs(fn - lo).argmin()]) & (fn <= fn[np.abs(fn - hi).argmin()])
+    return mask
 
 
-def _amplitude_db(x: np.ndarray) -> np.ndarray:
+def _amplitude_db(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     """``maad.util.amplitude2dB(x)``: ``20 log10 |x|``, zeros taken as the smallest float."""
     x = np.abs(x)
     x[x == 0] = _MIN
     return 20 * np.log10(x)
 
 
-def _entropy(x: np.ndarray) -> float:
+def _entropy(x: npt.NDArray[np.float64]) -> float:
     """``maad.util.entropy`` of a 1-D array >= 0: Shannon entropy of ``x / sum(x)``
     normalised by ``ln(len(x))``; 0 for one element, 1 when all are zero."""
     if x.size == 1:
@@ -150,17 +155,19 @@ def _entropy(x: np.ndarray) -> float:
         return 1.0
     pmf = x / np.sum(x)
     pmf[pmf == 0] = _MIN
-    return -np.sum(pmf * np.log(pmf)) / np.log(x.size)
+    entropy: float = -np.sum(pmf * np.log(pmf)) / np.log(x.size)
+    return entropy
 
 
-def _aci(amp: np.ndarray) -> float:
+def _aci(amp: npt.NDArray[np.float64]) -> float:
     """``maad.features.acoustic_complexity_index(amp)[2]``, ``ACI_sum``."""
     per_bin = np.sum(np.abs(np.diff(amp, 1)) / np.sum(amp, 1)[:, np.newaxis], axis=1)
-    return np.sum(per_bin)
+    aci: float = np.sum(per_bin)
+    return aci
 
 
-def _adi_aei(norm: np.ndarray, fn: np.ndarray, fmin: float, fmax: float, bin_step: float,
-             db_threshold: float) -> tuple[float, float]:
+def _adi_aei(norm: npt.NDArray[np.float64], fn: npt.NDArray[np.floating[Any]], fmin: float, fmax: float,
+             bin_step: float, db_threshold: float) -> tuple[float, float]:
     """``acoustic_diversity_index(..., index="shannon")`` and ``acoustic_eveness_index`` of
     the max-normalised amplitude ``norm`` (maad's ``Sxx / max(Sxx)``): the share of cells at or
     above ``db_threshold`` in each band (edges truncated to int Hz, as maad), its Shannon
@@ -180,14 +187,15 @@ def _adi_aei(norm: np.ndarray, fn: np.ndarray, fmin: float, fmax: float, bin_ste
     return adi, gini / s.size
 
 
-def _bi(norm: np.ndarray, fn: np.ndarray, lo: float, hi: float) -> float:
+def _bi(norm: npt.NDArray[np.float64], fn: npt.NDArray[np.floating[Any]], lo: float, hi: float) -> float:
     """``maad.features.bioacoustics_index(A, fn, (lo, hi))``, soundecology variant, from
     ``norm = A / max(A)``: the band's time-mean dB spectrum above its minimum, per Hz."""
     mean_db = _amplitude_db(np.mean(norm, axis=1))[_band_select(fn, lo, hi)]
-    return np.sum(mean_db - np.min(mean_db)) / (fn[1] - fn[0])
+    bi: float = np.sum(mean_db - np.min(mean_db)) / (fn[1] - fn[0])
+    return bi
 
 
-def _ndsi(psd: np.ndarray, fn: np.ndarray, bio: tuple[float, float],
+def _ndsi(psd: npt.NDArray[np.float64], fn: npt.NDArray[np.floating[Any]], bio: tuple[float, float],
           anthro: tuple[float, float]) -> float:
     """``maad.features.soundscape_index(psd, fn, bio, anthro)[0]``, soundecology variant: the
     spectrum pooled by ``maad.util.into_bins`` into anthrophony-wide bins from ``fn[0]`` (each
@@ -195,7 +203,7 @@ def _ndsi(psd: np.ndarray, fn: np.ndarray, bio: tuple[float, float],
     step = anthro[1] - anthro[0]
     edges = np.arange(fn[0], fn[-1] + step, step)
     pooled, counts = [], []
-    for b0, b1 in zip(edges[:-1], edges[1:]):
+    for b0, b1 in zip(edges[:-1], edges[1:], strict=True):
         rows = (fn >= b0) & (fn < b1)
         counts.append(np.count_nonzero(rows))
         # an empty pooled bin (conceivable only through rounding) is maad's NaN, minus its warning
@@ -204,16 +212,17 @@ def _ndsi(psd: np.ndarray, fn: np.ndarray, bio: tuple[float, float],
     starts = edges[:-1]
     bio_power = np.sum(pooled[_band_select(starts, *bio), ])
     anthro_power = np.sum(pooled[_band_select(starts, *anthro), ])
-    return (bio_power - anthro_power) / (bio_power + anthro_power)
+    ndsi: float = (bio_power - anthro_power) / (bio_power + anthro_power)
+    return ndsi
 
 
-def _hf(psd: np.ndarray) -> float:
+def _hf(psd: npt.NDArray[np.float64]) -> float:
     """``maad.features.frequency_entropy(psd, compatibility="seewave")[0]``: entropy of the
     amplitude spectrum ``sqrt(time-mean power)``."""
     return _entropy(np.sqrt(np.mean(psd, axis=1)))
 
 
-def _ht(x: np.ndarray) -> float:
+def _ht(x: npt.NDArray[np.float64]) -> float:
     """``maad.features.temporal_entropy(x, compatibility="seewave", mode="fast", Nt=512)``:
     entropy of ``maad.sound.envelope(x, "fast")``, max |x| per :data:`ENVELOPE_FRAME` samples
     (a trailing partial frame dropped)."""
@@ -221,7 +230,9 @@ def _ht(x: np.ndarray) -> float:
     return _entropy(np.max(np.abs(x[: frames * ENVELOPE_FRAME].reshape(frames, ENVELOPE_FRAME)), axis=1))
 
 
-def compute_indices(samples: np.ndarray, sample_rate: int, cfg: IndicesConfig) -> AcousticIndices:
+def compute_indices(
+    samples: npt.NDArray[np.floating[Any] | np.integer[Any]], sample_rate: int, cfg: IndicesConfig
+) -> AcousticIndices:
     """Seven acoustic indices of one window, equal to scikit-maad's functions, in numpy.
 
     Args:

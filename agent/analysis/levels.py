@@ -42,8 +42,10 @@ import dataclasses
 import functools
 import math
 from dataclasses import dataclass
+from typing import Any, TypeAlias, overload
 
 import numpy as np
+import numpy.typing as npt
 
 from agent.config import LevelsConfig
 from agent.records import Calibration, Levels
@@ -96,11 +98,14 @@ _AA_RS_DB = 80.0
 # IEC 61260-1:2014, for band numbers x = 0..9 (mod 10) of fm = 1000·10^(x/10).
 _R10 = (1.0, 1.25, 1.6, 2.0, 2.5, 3.15, 4.0, 5.0, 6.3, 8.0)
 
+# The float64 arrays of the filter designs and states, pressures and levels.
+_F64: TypeAlias = npt.NDArray[np.float64]
+
 
 # --------------------------------------------------------------------------- weightings
 
 
-def _annex_e_db(curve: str, freqs_hz: np.ndarray) -> np.ndarray:
+def _annex_e_db(curve: str, freqs_hz: _F64) -> _F64:
     """Analogue A or C weighting of IEC 61672-1:2013 Annex E, dB, at ``freqs_hz`` (> 0)."""
     f2 = np.asarray(freqs_hz, dtype=np.float64) ** 2
     if curve == "A":
@@ -122,16 +127,17 @@ def _highpass_zpk(curve: str) -> tuple[list[float], list[float], float]:
 
 @dataclass(frozen=True, slots=True, eq=False)
 class _Weighting:
-    sos: np.ndarray  # (k, 6) float64: bilinear high-pass part
-    fir: np.ndarray  # (L,) float64: linear-phase correction (low-pass part)
-    sos_zi: np.ndarray  # (k, 2): sosfilt_zi(sos), steady state for a unit input
+    sos: _F64  # (k, 6) float64: bilinear high-pass part
+    fir: _F64  # (L,) float64: linear-phase correction (low-pass part)
+    sos_zi: _F64  # (k, 2): sosfilt_zi(sos), steady state for a unit input
     sos_dc: float  # DC gain of sos (0 for a high-pass)
-    fir_zi: np.ndarray  # (L-1,): lfilter_zi(fir, 1)
+    fir_zi: _F64  # (L-1,): lfilter_zi(fir, 1)
 
 
-def _fir_amplitude(coef: np.ndarray, omega: np.ndarray) -> np.ndarray:
+def _fir_amplitude(coef: _F64, omega: _F64) -> _F64:
     """Amplitude of a type I FIR given as cosine coefficients c0 + Σ ck·cos(k·ω)."""
-    return np.cos(np.outer(omega, np.arange(coef.size))) @ coef
+    amplitude: _F64 = np.cos(np.outer(omega, np.arange(coef.size))) @ coef
+    return amplitude
 
 
 @functools.lru_cache(maxsize=32)
@@ -173,7 +179,9 @@ def _weighting_design(curve: str, sample_rate: int) -> _Weighting:
     return _Weighting(sos=sos, fir=fir, sos_zi=sos_zi, sos_dc=sos_dc, fir_zi=fir_zi)
 
 
-def weighting_response_db(curve: str, sample_rate: int, freqs_hz: np.ndarray) -> np.ndarray:
+def weighting_response_db(
+    curve: str, sample_rate: int, freqs_hz: npt.NDArray[np.floating[Any]]
+) -> npt.NDArray[np.float64]:
     """Magnitude response of the digital frequency weighting :class:`LevelMeter` uses.
 
     Args:
@@ -202,7 +210,8 @@ def weighting_response_db(curve: str, sample_rate: int, freqs_hz: np.ndarray) ->
     _, h_sos = sps.sosfreqz(design.sos, worN=flat, fs=sample_rate)
     _, h_fir = sps.freqz(design.fir, worN=flat, fs=sample_rate)
     with np.errstate(divide="ignore"):
-        return (20.0 * np.log10(np.abs(h_sos * h_fir))).reshape(f.shape)
+        response_db: npt.NDArray[np.float64] = (20.0 * np.log10(np.abs(h_sos * h_fir))).reshape(f.shape)
+        return response_db
 
 
 # --------------------------------------------------------------------------- bands
@@ -210,7 +219,7 @@ def weighting_response_db(curve: str, sample_rate: int, freqs_hz: np.ndarray) ->
 
 def third_octave_bands(
     min_hz: float, max_hz: float, sample_rate: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.float64]]:
     """One-third-octave bands of IEC 61260-1:2014 (base 10) between two nominal frequencies.
 
     Exact mid-band frequency ``fm = fr·G^(x/b) = 1000·10^(x/10)`` Hz for integer band number
@@ -256,13 +265,13 @@ def third_octave_bands(
 
 @dataclass(frozen=True, slots=True, eq=False)
 class _BandBank:
-    nominal: np.ndarray  # (nb,) Hz
+    nominal: _F64  # (nb,) Hz
     stage: tuple[int, ...]  # decimation stage of each band (rate fs / 2**stage)
     by_stage: tuple[tuple[int, ...], ...]  # band indices per stage 0..n_stages-1
-    sos: tuple[np.ndarray, ...]  # per band, (order, 6)
-    sos_zi: tuple[np.ndarray, ...]  # per band, sosfilt_zi
-    aa_sos: np.ndarray  # anti-alias low-pass, normalised (same at every stage)
-    aa_zi: np.ndarray
+    sos: tuple[_F64, ...]  # per band, (order, 6)
+    sos_zi: tuple[_F64, ...]  # per band, sosfilt_zi
+    aa_sos: _F64  # anti-alias low-pass, normalised (same at every stage)
+    aa_zi: _F64
     aa_dc: float
 
     @property
@@ -271,7 +280,7 @@ class _BandBank:
 
 
 @functools.lru_cache(maxsize=1)
-def _aa_design() -> tuple[np.ndarray, np.ndarray, float]:
+def _aa_design() -> tuple[_F64, _F64, float]:
     import scipy.signal as sps  # lazy: scipy.signal costs ~0.6 s to import
     order, wn = sps.ellipord(_AA_GAMMA, 1.0 - _AA_GAMMA, _AA_RP_DB, _AA_RS_DB)
     sos = sps.ellip(order, _AA_RP_DB, _AA_RS_DB, wn, output="sos")
@@ -289,7 +298,7 @@ def _band_design(sample_rate: int, min_hz: float, max_hz: float, order: int) -> 
     ]
     n_stages = (max(stages) + 1) if stages else 0
     soss, zis = [], []
-    for lo, hi, k in zip(lower, upper, stages):
+    for lo, hi, k in zip(lower, upper, stages, strict=True):  # one stage per band
         sos = sps.butter(order, [lo, hi], btype="bandpass", output="sos", fs=sample_rate / 2**k)
         zi = sps.sosfilt_zi(sos)
         soss.append(sos)
@@ -310,40 +319,42 @@ def _band_design(sample_rate: int, min_hz: float, max_hz: float, order: int) -> 
 # --------------------------------------------------------------------------- streaming state
 
 
-def _sosfilt(sos: np.ndarray, x: np.ndarray, zi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _sosfilt(sos: _F64, x: _F64, zi: _F64) -> tuple[_F64, _F64]:
     import scipy.signal as sps  # lazy (cached in sys.modules after the first call)
 
     if x.size == 0:  # scipy refuses empty input
         return x, zi
-    return sps.sosfilt(sos, x, zi=zi)
+    y_zf: tuple[_F64, _F64] = sps.sosfilt(sos, x, zi=zi)
+    return y_zf
 
 
-def _lfilter(b: np.ndarray, a: np.ndarray, x: np.ndarray, zi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _lfilter(b: _F64, a: _F64, x: _F64, zi: _F64) -> tuple[_F64, _F64]:
     import scipy.signal as sps  # lazy (cached in sys.modules after the first call)
 
     if x.size == 0:
         return x, zi
-    return sps.lfilter(b, a, x, zi=zi)
+    y_zf: tuple[_F64, _F64] = sps.lfilter(b, a, x, zi=zi)
+    return y_zf
 
 
 @dataclass(slots=True)
 class _BandState:
-    aa_zi: list[np.ndarray]  # per decimation stage 1..K
+    aa_zi: list[_F64]  # per decimation stage 1..K
     phase: list[int]  # per stage 1..K: index in the next chunk of the first sample kept
-    band_zi: list[np.ndarray]  # per band
+    band_zi: list[_F64]  # per band
 
 
 @dataclass(slots=True)
 class _State:
-    z: tuple[np.ndarray, np.ndarray]  # (sos zi, fir zi) of Z (its DC-blocking high-pass)
-    a: tuple[np.ndarray, np.ndarray]  # (sos zi, fir zi) of A
-    c: tuple[np.ndarray, np.ndarray]
-    f_zi: np.ndarray  # (1,) lfilter state of the F time weighting
-    s_zi: np.ndarray  # (1,) of S
+    z: tuple[_F64, _F64]  # (sos zi, fir zi) of Z (its DC-blocking high-pass)
+    a: tuple[_F64, _F64]  # (sos zi, fir zi) of A
+    c: tuple[_F64, _F64]
+    f_zi: _F64  # (1,) lfilter state of the F time weighting
+    s_zi: _F64  # (1,) of S
     bands: _BandState | None
 
 
-def _run_weighting(w: _Weighting, x: np.ndarray, st: tuple[np.ndarray, np.ndarray]):
+def _run_weighting(w: _Weighting, x: _F64, st: tuple[_F64, _F64]) -> tuple[_F64, tuple[_F64, _F64]]:
     y, z_sos = _sosfilt(w.sos, x, st[0])
     y, z_fir = _lfilter(w.fir, _ONE, y, st[1])
     return y, (z_sos, z_fir)
@@ -352,7 +363,9 @@ def _run_weighting(w: _Weighting, x: np.ndarray, st: tuple[np.ndarray, np.ndarra
 _ONE = np.ones(1)
 
 
-def _run_bands(bank: _BandBank, x: np.ndarray, st: _BandState) -> tuple[np.ndarray, np.ndarray, _BandState]:
+def _run_bands(
+    bank: _BandBank, x: _F64, st: _BandState
+) -> tuple[_F64, npt.NDArray[np.int64], _BandState]:
     """Stream ``x`` (Pa) through the multirate bank: per-band Σy², sample counts, new state."""
     nb = len(bank.sos)
     sums = np.zeros(nb)
@@ -401,14 +414,16 @@ class LevelTrace:
             with the calibration offset added, float64, shape (n,).
     """
 
-    pz_pa: np.ndarray
-    pa_pa: np.ndarray
-    pc_pa: np.ndarray
-    laf_db: np.ndarray
-    las_db: np.ndarray
+    pz_pa: npt.NDArray[np.float64]
+    pa_pa: npt.NDArray[np.float64]
+    pc_pa: npt.NDArray[np.float64]
+    laf_db: npt.NDArray[np.float64]
+    las_db: npt.NDArray[np.float64]
 
 
-def wav_to_pressure(samples: np.ndarray, calibration: Calibration) -> np.ndarray:
+def wav_to_pressure(
+    samples: npt.NDArray[np.floating[Any] | np.integer[Any]], calibration: Calibration
+) -> npt.NDArray[np.float64]:
     """Instantaneous sound pressure of full-scale samples through a calibration chain.
 
     ``p = x · Vadc/2 · 10^(-S/20) / 10^(G/20)``, in scikit-maad's order of operations
@@ -504,7 +519,7 @@ class LevelMeter:
         self._state = None
         self._next_start = None
 
-    def process(self, samples: np.ndarray, start_frame: int) -> Levels:
+    def process(self, samples: npt.NDArray[np.floating[Any] | np.integer[Any]], start_frame: int) -> Levels:
         """The noise indicators of one window, continuing the stream's filter state.
 
         Args:
@@ -524,7 +539,9 @@ class LevelMeter:
         """
         return self._process(samples, start_frame, trace=False)[0]
 
-    def process_with_trace(self, samples: np.ndarray, start_frame: int) -> tuple[Levels, LevelTrace]:
+    def process_with_trace(
+        self, samples: npt.NDArray[np.floating[Any] | np.integer[Any]], start_frame: int
+    ) -> tuple[Levels, LevelTrace]:
         """As :meth:`process`, also returning the per-sample :class:`LevelTrace` (n float64
         values per signal, ~40 bytes per sample). Same errors."""
         levels, trace = self._process(samples, start_frame, trace=True)
@@ -533,7 +550,9 @@ class LevelMeter:
 
     # -- internals
 
-    def _process(self, samples: np.ndarray, start_frame: int, trace: bool) -> tuple[Levels, LevelTrace | None]:
+    def _process(
+        self, samples: npt.NDArray[np.floating[Any] | np.integer[Any]], start_frame: int, trace: bool
+    ) -> tuple[Levels, LevelTrace | None]:
         x = np.asarray(samples)
         if x.ndim != 1 or x.size == 0:
             raise ValueError(f"samples must be a non-empty 1-D array, got shape {x.shape}")
@@ -573,10 +592,10 @@ class LevelMeter:
         las_max = -math.inf
         band_sums = band_counts = None
         mid: _State | None = None
-        traces: list[tuple[np.ndarray, ...]] = []
+        traces: list[tuple[_F64, ...]] = []
         block = max(1, round(_BLOCK_S * self._rate))
         bounds = sorted({*range(0, n, block), split, n})
-        for b0, b1 in zip(bounds[:-1], bounds[1:]):
+        for b0, b1 in zip(bounds[:-1], bounds[1:], strict=True):
             p = self._pressure(x[b0:b1])
             pz, z_zi = _run_weighting(self._z, p, st.z)
             pa, a_zi = _run_weighting(self._a, p, st.a)
@@ -633,24 +652,30 @@ class LevelMeter:
         )
         tr = None
         if trace:
-            pz, pa, pc, ms_s = (np.concatenate(parts) for parts in zip(*traces))
+            pz, pa, pc, ms_s = (np.concatenate(parts) for parts in zip(*traces, strict=True))
             tr = LevelTrace(pz_pa=pz, pa_pa=pa, pc_pa=pc, laf_db=laf, las_db=self._db(ms_s))
         return levels, tr
 
-    def _pressure(self, x: np.ndarray) -> np.ndarray:
+    def _pressure(self, x: npt.NDArray[np.floating[Any] | np.integer[Any]]) -> _F64:
         """Sound pressure, Pa, float64, of full-scale samples through the calibration chain."""
         return wav_to_pressure(x, self._calibration)
 
-    def _db(self, mean_square):
+    @overload
+    def _db(self, mean_square: float) -> float: ...
+
+    @overload
+    def _db(self, mean_square: _F64) -> _F64: ...
+
+    def _db(self, mean_square: float | _F64) -> float | _F64:
         """dB re 20 µPa of a mean square (Pa²), floored, plus the calibration offset."""
         return 10.0 * np.log10(np.maximum(mean_square, _MS_FLOOR) / _P_REF2) + self._offset
 
     @staticmethod
-    def _exp(alpha: float, x: np.ndarray, zi: np.ndarray):
+    def _exp(alpha: float, x: _F64, zi: _F64) -> tuple[_F64, _F64]:
         return _lfilter(np.array([1.0 - alpha]), np.array([1.0, -alpha]), x, zi)
 
     def _initial_state(self, v: float) -> _State:
-        def weighting(w: _Weighting):
+        def weighting(w: _Weighting) -> tuple[_F64, _F64]:
             return (w.sos_zi * v, w.fir_zi * (v * w.sos_dc))
 
         return _State(
@@ -684,7 +709,10 @@ def nominal_calibration(cfg: LevelsConfig) -> Calibration:
 
 
 def compute_levels(
-    samples: np.ndarray, sample_rate: int, cfg: LevelsConfig, calibration: Calibration | None = None
+    samples: npt.NDArray[np.floating[Any] | np.integer[Any]],
+    sample_rate: int,
+    cfg: LevelsConfig,
+    calibration: Calibration | None = None,
 ) -> Levels:
     """One-shot levels of a single window: a fresh :class:`LevelMeter` (state initialised from
     this window, docs/metrology.md#state-windows-and-resets) processing ``samples`` as a

@@ -282,7 +282,8 @@ def _from_directory(model_dir: Path, source: str, hub_id: str | None,
 
 
 def _is_repo_id(ref: str) -> bool:
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
+    # huggingface_hub.utils re-exports both without __all__ or "as": implicit to mypy --strict
+    from huggingface_hub.utils import HFValidationError, validate_repo_id  # type: ignore[attr-defined]
 
     try:
         validate_repo_id(ref)
@@ -555,9 +556,9 @@ def variant_config(variant: str = DEFAULT_VARIANT) -> dict[str, Any]:
         "from": f"{SOURCE_MODEL_ID} config.json, packaged in agent/data/ast-audioset "
                 f"(sha256 {sha256_file(path)})",
         "changed": changed,
-        "why": f"{spec['model_id']} has the same architecture and labels but patch strides of {spec['frequency_stride']}: "
-               f"{spec['patch_grid'][0]} x {spec['patch_grid'][1]} = {spec['patches']} patches of the same 1024 x 128 "
-               "fbank (12 x 101 = 1212 with strides of 10)",
+        "why": f"{spec['model_id']} has the same architecture and labels but patch strides of "
+               f"{spec['frequency_stride']}: {spec['patch_grid'][0]} x {spec['patch_grid'][1]} = {spec['patches']} "
+               "patches of the same 1024 x 128 fbank (12 x 101 = 1212 with strides of 10)",
     }
     return config
 
@@ -644,17 +645,17 @@ def scaffold(out_dir: Path, tiny: bool = False, *, onnx: bool = False, seed: int
     if variant != DEFAULT_VARIANT:
         mark["derived_from"] = (f"{SOURCE_MODEL_ID} config.json with frequency_stride = time_stride = "
                                 f"{spec['stride']} and _name_or_path = {spec['model_id']}: the only architectural "
-                                f"difference of {spec['model_id']} ({spec['patch_grid'][0]} x {spec['patch_grid'][1]} = "
-                                f"{spec['patches']} patches)")
+                                f"difference of {spec['model_id']} ({spec['patch_grid'][0]} x "
+                                f"{spec['patch_grid'][1]} = {spec['patches']} patches)")
         mark["derived"] = config_dict[DERIVED_CONFIG_KEY]
     (out_dir / SCAFFOLD_MARKER).write_text(json.dumps(mark, indent=2) + "\n", encoding="utf-8")
 
-    config = ASTConfig(**config_dict)
+    config = ASTConfig(**config_dict)  # type: ignore[no-untyped-call]  # transformers: __init__ unannotated
     setattr(config, SCAFFOLD_CONFIG_KEY, mark)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = ASTForAudioClassification(config)
-    model.eval()
+    model.eval()  # type: ignore[no-untyped-call]  # transformers' override is unannotated
     model.save_pretrained(str(out_dir), safe_serialization=True)
     load_feature_extractor(src_dir).save_pretrained(str(out_dir))
     n_parameters = sum(p.numel() for p in model.parameters())

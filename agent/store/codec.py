@@ -12,7 +12,7 @@ import json
 import math
 import typing
 from datetime import datetime, timezone
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from agent.records import (
     AcousticIndices,
@@ -27,7 +27,10 @@ from agent.records import (
     WindowResult,
 )
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")  # a record class (a dataclass)
 
 #: The ``windows`` columns :func:`_window_row` fills (then ``stored_at``) and
 #: :func:`_result_from_row` reads, in this order. ``leq_db`` / ``leq_series_db`` hold LZeq
@@ -85,7 +88,7 @@ def _record_from_json(cls: type[T], payload: str) -> T:
     hints = typing.get_type_hints(cls)
     doc = json.loads(payload)
     values: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+    for f in dataclasses.fields(cls):
         if f.name not in doc:
             continue
         value, hint = doc[f.name], hints[f.name]
@@ -125,7 +128,9 @@ def _indicators_json(r: WindowResult) -> str:
     return json.dumps(doc, allow_nan=True, separators=(",", ":"))
 
 
-def _levels_from(doc: dict | None, lzeq_db: float, lzeq_series: tuple[float, ...], peak_dbfs: float) -> Levels:
+def _levels_from(
+    doc: dict[str, Any] | None, lzeq_db: float, lzeq_series: tuple[float, ...], peak_dbfs: float
+) -> Levels:
     """:class:`Levels` from the schema-1 columns and the ``indicators`` document (None for a
     window stored by schema 1: its other indicators were never computed, so NaN / empty)."""
     nan = math.nan
@@ -137,7 +142,9 @@ def _levels_from(doc: dict | None, lzeq_db: float, lzeq_series: tuple[float, ...
     cal = dict(doc["calibration"])
     if cal.get("calibrated_at") is not None:
         cal["calibrated_at"] = _from_text(cal["calibrated_at"])
-    values = {k: tuple(float(x) for x in v) if isinstance(v, list) else float(v) for k, v in doc["levels"].items()}
+    # the other Levels fields by name (floats, and tuples of floats for the series and bands)
+    values: dict[str, Any] = {k: tuple(float(x) for x in v) if isinstance(v, list) else float(v)
+                              for k, v in doc["levels"].items()}
     return Levels(lzeq_db=lzeq_db, lzeq_series_db=lzeq_series, peak_dbfs=peak_dbfs,
                   calibration=Calibration(**cal), **values)
 

@@ -124,7 +124,7 @@ def configure(conn: sqlite3.Connection, path: Path, max_queue_mb: float) -> bool
         # a new file: let it give freed pages back to the filesystem (only possible
         # before the first table exists)
         conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
-    incremental_vacuum = conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2
+    incremental_vacuum: bool = conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2
     mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
     if str(mode).lower() != "wal":
         log.warning("outbox %s: journal_mode is %s, not wal (filesystem without shared memory?)", path, mode)
