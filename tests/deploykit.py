@@ -244,3 +244,14 @@ def require_pair(run_pair):
     assert first.returncode == 0, tail(first)
     assert second is not None and second.returncode == 0, tail(second)
     return first, second
+
+
+def device_inventory(inv: Path, connection: dict[str, object]) -> Path:
+    """An inventory at ``inv`` with the example's group and host vars, DEVICE in the ethernet
+    group reached with ``connection`` (ansible_connection and its settings); its hosts.yml."""
+    shutil.copytree(EXAMPLE / "group_vars", inv / "group_vars")
+    (inv / "host_vars").mkdir()
+    shutil.copyfile(EXAMPLE / "host_vars" / f"{DEVICE}.yml", inv / "host_vars" / f"{DEVICE}.yml")
+    host = {"ansible_python_interpreter": "/usr/bin/python3", **connection}
+    return write_yaml(inv / "hosts.yml", {"soundscape_agents": {"children": {"ethernet": {"hosts": {DEVICE: host}}}}})
+

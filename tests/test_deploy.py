@@ -64,6 +64,7 @@ from tests.deploykit import (
     tail,
     write_yaml,
 )
+from tests.deploykit import device_inventory as kit_inventory
 
 pytestmark = pytest.mark.deploy
 
@@ -93,16 +94,8 @@ def in_chroot(root: Path, *cmd, user: str | None = None, timeout: float = 120, c
 @pytest.fixture(scope="module")
 def device_inventory(chroot, tmp_path_factory) -> Path:
     """The example inventory's vars, with DEVICE reached through the chroot connection."""
-    inv = tmp_path_factory.mktemp("inventory")
-    shutil.copytree(EXAMPLE / "group_vars", inv / "group_vars")
-    (inv / "host_vars").mkdir()
-    shutil.copyfile(EXAMPLE / "host_vars" / f"{DEVICE}.yml", inv / "host_vars" / f"{DEVICE}.yml")
-    write_yaml(inv / "hosts.yml", {"soundscape_agents": {"children": {"ethernet": {"hosts": {DEVICE: {
-        "ansible_host": str(chroot),
-        "ansible_connection": "community.general.chroot",
-        "ansible_python_interpreter": "/usr/bin/python3",
-    }}}}}})
-    return inv / "hosts.yml"
+    return kit_inventory(tmp_path_factory.mktemp("inventory"), {
+        "ansible_host": str(chroot), "ansible_connection": "community.general.chroot"})
 
 
 @pytest.fixture(scope="module")

@@ -43,6 +43,7 @@ from tests.deploykit import (
     DEVICE,
     EXAMPLE,
     changed_tasks,
+    device_inventory,
     extract_tree,
     pip_environment,
     playbook,
@@ -234,18 +235,10 @@ def feeder(container) -> Iterator[AudioFeeder]:
 @pytest.fixture(scope="module")
 def inventory(container, tmp_path_factory) -> Path:
     """The example inventory's vars, with DEVICE reached through nsenter into the container."""
-    inv = tmp_path_factory.mktemp("inventory")
-    shutil.copytree(EXAMPLE / "group_vars", inv / "group_vars")
-    (inv / "host_vars").mkdir()
-    shutil.copyfile(EXAMPLE / "host_vars" / f"{DEVICE}.yml", inv / "host_vars" / f"{DEVICE}.yml")
-    write_yaml(inv / "hosts.yml", {"soundscape_agents": {"children": {"ethernet": {"hosts": {DEVICE: {
-        "ansible_connection": "community.docker.nsenter",
-        "ansible_nsenter_pid": container.pid,
-        "ansible_python_interpreter": "/usr/bin/python3",
+    return device_inventory(tmp_path_factory.mktemp("inventory"), {
+        "ansible_connection": "community.docker.nsenter", "ansible_nsenter_pid": container.pid,
         # nsenter runs as root; the example's `pi` does not exist in the container
-        "ansible_user": "root",
-    }}}}}})
-    return inv / "hosts.yml"
+        "ansible_user": "root"})
 
 
 @pytest.fixture(scope="module")
