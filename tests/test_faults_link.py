@@ -35,7 +35,7 @@ import soundfile as sf
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from agent.config import LINK_PROFILES, parse_config
-from agent.sync import _INSERT_WINDOW
+from agent.sync import WINDOW_COLUMNS
 from tests.audio import PCM_NAME, real_audio_s16, write_alsa_file_pcm
 from tests.faultkit import AgentProcess, Delivery, check_delivery, drain
 from tests.netfault import ConnRecord, Fault, FaultProxy, ShapedNetns, TxnRecord
@@ -50,7 +50,7 @@ RTT_S = 2 * ONE_WAY_S             # 600 ms
 GSM = LINK_PROFILES["gsm"]
 GSM_BATCH = int(GSM["batch_size"])
 #: Parameters of the window INSERT: a Bind message with this many is one window row.
-WINDOW_NPARAMS = _INSERT_WINDOW.count("%s")
+WINDOW_NPARAMS = len(WINDOW_COLUMNS)  # parameters of one window row (one per column)
 DEVICE = "gsm-moth"
 SYNCED = re.compile(r"synced (\d+) windows to \S+ \((\d+) new, (\d+) already there\)")
 
