@@ -254,7 +254,9 @@ def cmd_db_init(args: argparse.Namespace) -> int:
     from agent.sync import migrate, redact_dsn
 
     cfg = load_config(args.config)
-    dsn = args.dsn or cfg.sync.dsn
+    if args.dsn:  # validated like the file's (the TLS rule of [sync] tls included)
+        cfg = _with_overrides(cfg, sync={"dsn": args.dsn})
+    dsn = cfg.sync.dsn
     if not dsn:
         raise SyncError("no PostgreSQL DSN given", "pass --dsn or set sync.dsn in the config")
     version = migrate(dsn, cast(float, cfg.sync.connect_timeout_s))  # set by SyncConfig's validator

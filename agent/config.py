@@ -14,6 +14,7 @@ registries that map a ``type`` to its implementation.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
@@ -23,6 +24,7 @@ import sys
 import textwrap
 import tomllib
 import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -519,15 +521,104 @@ def _profile_value(key: str, unit: str = "") -> str:
     return ", ".join(f"{name} {profile[key]:g}{unit}" for name, profile in LINK_PROFILES.items())
 
 
+#: libpq sslmodes that verify the server's certificate against ``sslrootcert`` (verify-full also
+#: checks that it names the host): the only ones ``[sync] tls = "verify"`` accepts for a non-local host.
+VERIFIED_SSLMODES = ("verify-full", "verify-ca")
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _is_local(host: str, hostaddr: str) -> bool:
+    """Whether one libpq host entry stays on this machine: a Unix socket (a path, an abstract
+    socket ``@name``, or neither host nor hostaddr: libpq's default socket directory),
+    ``localhost``, or a loopback IP address. ``hostaddr``, when given, is what libpq connects
+    to, so it is what is judged; any other name counts as remote (it may resolve to anything)."""
+    if not hostaddr:
+        if not host or host.startswith(("/", "@")):
+            return True
+        if host.rstrip(".").lower() == "localhost":
+            return True
+    try:
+        ip = ipaddress.ip_address((hostaddr or host).split("%")[0])  # without an IPv6 scope (fe80::1%eth0)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
+
+
+def tls_refusal(dsn: str, environ: Mapping[str, str] | None = None) -> str | None:
+    """Why ``[sync] tls = "verify"`` refuses ``dsn``, in one line; None when it passes.
+
+    A DSN passes when every host it names is local (:func:`_is_local`) or libpq will verify
+    the server's certificate (sslmode in :data:`VERIFIED_SSLMODES`). Hosts and sslmode are the
+    ones libpq will use: the DSN's keys, else the environment (``PGHOST``, ``PGHOSTADDR``,
+    ``PGSSLMODE``), else libpq's defaults (the Unix socket; sslmode ``prefer``, which falls back
+    to plain text when TLS is refused). With a service (the DSN's ``service`` or ``PGSERVICE``),
+    keys the DSN lacks may come from the service file, which is not read here: a missing
+    hostaddr makes the host count as remote, a missing sslmode as unverified. A DSN libpq cannot parse passes (its
+    connection fails with its own message). The message never contains the password.
+
+    Args:
+        dsn: libpq key/value string or URI.
+        environ: the environment libpq will see (default ``os.environ``).
+    """
+    from psycopg import Error as PsycopgError  # here: only a config with a DSN needs psycopg
+    from psycopg.conninfo import conninfo_to_dict
+
+    env = os.environ if environ is None else environ
+    try:
+        params = {k: str(v) for k, v in conninfo_to_dict(dsn).items()}
+    except (PsycopgError, ValueError):  # ValueError: e.g. text that is not UTF-8 encodable
+        return None
+    service = params.get("service") or env.get("PGSERVICE", "")
+
+    def effective(key: str, envvar: str) -> tuple[str | None, str]:
+        """(the value libpq will use or None if unknown/unset, where it comes from)."""
+        if params.get(key):
+            return params[key], ""
+        if service:
+            return None, f'not in the DSN; service "{_clip(service, 30)}" may set it'
+        if env.get(envvar):
+            return env[envvar], f"from {envvar}"
+        return None, ""
+
+    host, _ = effective("host", "PGHOST")
+    hostaddr, _ = effective("hostaddr", "PGHOSTADDR")
+    if hostaddr is None and service:  # the service file may set hostaddr (what libpq connects to), or host
+        remote = [f'{host or "(not in the DSN)"} (service "{_clip(service, 30)}" may set hostaddr)']
+    else:
+        hosts, addrs = (host or "").split(","), (hostaddr or "").split(",")
+        entries = [(hosts[i] if i < len(hosts) else "", addrs[i] if i < len(addrs) else "")
+                   for i in range(max(len(hosts), len(addrs)))]
+        remote = [f"{h} ({a})" if h and a else (a or h) for h, a in entries if not _is_local(h, a)]
+    if not remote:
+        return None
+    mode, source = effective("sslmode", "PGSSLMODE")
+    if mode in VERIFIED_SSLMODES:
+        return None
+    if mode is None and not service:
+        mode, source = "prefer", "libpq's default"
+    found = f"sslmode={_clip(mode, 20)}" if mode is not None else "sslmode"
+    found += f" ({source})" if source else ""
+    return (f"[sync] dsn: host {_clip(', '.join(remote), 60)} is not local and {found} does not verify the "
+            f"server: put sslmode=verify-full sslrootcert=<CA file> in the DSN, or set [sync] tls = \"off\" to "
+            f"connect without verified TLS")
+
+
 class SyncConfig(_Section):
     """Store-and-forward to the central PostgreSQL; unset numeric keys take the value of the
     ``link`` profile (see ``LINK_PROFILES``)."""
 
     dsn: str = Field(
-        "", examples=["host=db.example.org dbname=soundscape user=agent"], json_schema_extra={"secret": True},
+        "", examples=["host=db.example.org dbname=soundscape user=agent sslmode=verify-full "
+                      "sslrootcert=/etc/soundscape-agent/pg-ca.crt"], json_schema_extra={"secret": True},
         description="libpq connection string or URI of the central PostgreSQL. Empty (default): keep results "
-                    "local only. A secret (it may hold a password), so the example file never shows a value; "
-                    "keep the password in `password_file`.")
+                    "local only. A host that is not local needs `sslmode=verify-full` (see `tls`). A secret (it "
+                    "may hold a password), so the example file never shows a value; keep the password in "
+                    "`password_file`.")
     password_file: str | None = Field(
         None, examples=["${CREDENTIALS_DIRECTORY}/soundscape-agent.pg-password"],
         description="File holding the PostgreSQL password (first line). `${CREDENTIALS_DIRECTORY}` and other "
@@ -537,6 +628,16 @@ class SyncConfig(_Section):
                     "or others (mode 0600 or stricter): `agent.config.read_password` refuses it otherwise. Keeps "
                     "the password off the command line, out of the environment and out of the config file. "
                     "Unset (default): the DSN or libpq's own `PGPASSFILE` supplies it.")
+    tls: Literal["verify", "off"] = Field(
+        "verify",
+        description='Verified TLS for a server that is not local: "verify" (default) or "off". With "verify", a '
+                    "`dsn` whose host is not local (local: a Unix socket, `localhost` or a loopback address; "
+                    "with libpq's `hostaddr`, that address) must have libpq verify the server's certificate: "
+                    "`sslmode=verify-full sslrootcert=<CA file>` (or `verify-ca`, which does not check the host "
+                    "name). Any other sslmode, including libpq's default `prefer` (falls back to plain text "
+                    "when the server, or whoever answers in its place, declines TLS) and one set by "
+                    "`PGSSLMODE`, is refused when the config is loaded (exit 78). \"off\": not checked; the "
+                    "DSN's sslmode is used as written: only on a network you trust (a VPN, a private link).")
     link: Literal["ethernet", "gsm"] = Field(
         "ethernet",
         description='The link profile: "ethernet" (results reach the server within half a minute) or "gsm" (one '
@@ -576,6 +677,14 @@ class SyncConfig(_Section):
         for key, value in profile.items():
             if getattr(self, key) is None:
                 object.__setattr__(self, key, type(value)(value) if key != "batch_size" else int(value))
+        return self
+
+    @model_validator(mode="after")
+    def _verified_tls(self) -> "SyncConfig":
+        if self.tls == "verify" and self.dsn.strip():
+            refusal = tls_refusal(self.dsn)
+            if refusal:
+                raise ValueError(refusal)
         return self
 
 
@@ -999,5 +1108,6 @@ __all__ = [
     "StoreConfig", "SyncConfig",
     "TorchClassifierConfig", "WindowsConfig", "AgentSection", "LINK_PROFILES",
     "load_config", "parse_config", "DEFAULT_MODEL_ID", "example_toml", "read_password",
+    "VERIFIED_SSLMODES", "tls_refusal",
 ]
 

@@ -19,10 +19,13 @@ capture    the device is found and a ``[ops] test_capture_s`` capture gives leve
            DC and silence (fail: missing device, digital silence; warn: clipping, DC, hum)
 model      loads through the run path, one timed inference on the test capture, estimated
            real-time factor = inference time / hop (warn: RTF >= 0.8: windows will be skipped)
-sqlite     ``PRAGMA quick_check``, queue depth, oldest unsynced window (fail: damaged file;
-           warn: oldest unsynced older than ``[ops] queue_warn_age_s``, no queue yet)
-postgres   connect, schema version, INSERT privilege in a rolled-back transaction (fail: any
-           of them; ok with "not configured" when ``[sync] dsn`` is empty)
+sqlite     ``PRAGMA quick_check``, queue depth, oldest unsynced window, damaged queue files
+           the agent moved aside (fail: damaged file; warn: oldest unsynced older than
+           ``[ops] queue_warn_age_s``, damaged files kept beside the queue, no queue yet)
+postgres   connect, schema version, INSERT privilege in a rolled-back transaction, TLS in use,
+           its protocol and the server certificate's expiry (fail: any of the first three;
+           warn: the certificate expires within 30 days, or its expiry cannot be read; ok with
+           "not configured" when ``[sync] dsn`` is empty)
 clock      the kernel's NTP status, ``adjtimex`` (warn: not synchronised)
 disk       free space on the queue's filesystem (warn / fail below ``[ops] disk_warn_free_mb``
            / ``disk_fail_free_mb``)
@@ -299,13 +302,14 @@ def check_model(ctx: Context) -> CheckResult:
 
 @check("sqlite", timeout_s=60, needs_config=True)
 def check_sqlite(ctx: Context) -> CheckResult:
-    """Queue integrity (read-only quick_check), depth, oldest unsynced window."""
+    """Queue integrity (read-only quick_check), depth, oldest unsynced window, damaged queue
+    files moved aside."""
     cfg = ctx.config
     path = Path(cfg.store.path)
     if not path.exists():
         return CheckResult("sqlite", "warn", value=str(path), hint="start the agent once: it creates the queue",
                            detail=f"no queue file at {path} yet")
-    from agent.store import inspect_queue
+    from agent.store import damaged_queues, inspect_queue
 
     try:
         found = inspect_queue(path)
@@ -318,8 +322,10 @@ def check_sqlite(ctx: Context) -> CheckResult:
                      "(mount -o remount,rw) or make the directory writable; until then the agent cannot store "
                      "windows (it exits 74)")
         return CheckResult("sqlite", "fail", value=str(path), detail=f"the queue {path} cannot be read: {err}",
-                           hint=f"the queue file is damaged or not a queue: stop the agent, move {path} (and its "
-                                "-wal/-shm files) aside and start again; windows not yet synced from it are lost")
+                           hint=f"the queue file is damaged or not a queue: restart the agent (systemctl restart "
+                                f"soundscape-agent): its start moves {path} and its -wal/-shm files aside as "
+                                f"{path.name}.damaged-<UTC time> (kept) and starts a fresh queue; windows not yet "
+                                "synced from it do not reach the server")
     if found.stats is None:
         return CheckResult("sqlite", "fail", value={"quick_check": found.quick_check},
                            detail=f"quick_check found damage in {path}",
@@ -328,17 +334,25 @@ def check_sqlite(ctx: Context) -> CheckResult:
     age = (datetime.now(timezone.utc) - oldest).total_seconds() if oldest is not None else None
     beat = found.latest_heartbeat or {}
     degraded = list(beat.get("degraded") or [])
+    moved = [{"name": p.name, "bytes": _file_size(p), "moved_at": t.isoformat(timespec="seconds")}
+             for p, t in damaged_queues(path)]
     value = {"path": str(path), "quick_check": "ok", "unsynced": depth,
              "oldest_unsynced_age_s": round(age, 1) if age is not None else None,
              "evicted_unsynced": found.evicted_unsynced, "degraded": degraded,
-             "degraded_reported_at": beat.get("time") if degraded else None}
+             "degraded_reported_at": beat.get("time") if degraded else None, "damaged_files": moved}
+    moved_note = (f"{len(moved)} damaged queue file(s) moved aside and kept beside it: "
+                  + ", ".join(f"{m['name']} ({m['bytes']} bytes)" for m in moved)) if moved else ""
     limit = cfg.ops.queue_warn_age_s
     if degraded:
         # what the running agent said in its newest heartbeat
         return CheckResult("sqlite", "warn", value=value,
                            detail=f"the agent reported itself degraded ({', '.join(degraded)}) at {beat.get('time')}; "
-                                  f"{found.evicted_unsynced} windows evicted unsynced so far",
-                           hint=_degraded_hint(degraded))
+                                  f"{found.evicted_unsynced} windows evicted unsynced so far"
+                                  + (f"; {moved_note}" if moved else ""),
+                           hint=_degraded_hint(degraded + (["damaged_files"] if moved else [])))
+    if moved:
+        return CheckResult("sqlite", "warn", value=value, detail=f"queue intact, {depth} windows waiting; {moved_note}",
+                           hint=_degraded_hint(["damaged_files"]))
     if found.evicted_unsynced:
         return CheckResult("sqlite", "warn", value=value,
                            detail=f"{found.evicted_unsynced} windows were evicted before they were synced (queue at "
@@ -359,8 +373,20 @@ def _degraded_hint(reasons: list[str]) -> str:
         "store_failed": "windows could not be stored: see the disk check and the journal",
         "capture_lost": "the microphone is gone: check its USB cable (the agent keeps retrying)",
         "sync_failing": "the server is not taking data: see the postgres check",
+        "queue_replaced": "the queue file was damaged: the agent moved it aside and started a fresh one (the server "
+                          "has a queue_replaced gap saying what it held)",
+        "damaged_files": "the damaged queue files are kept for inspection: copy them off the device (sqlite3 FILE "
+                         "'.recover' may still give their unsynced windows), then delete them to free space; a "
+                         "damaged queue can mean a failing SD card or power cuts (dmesg, the supply)",
     }
     return "; ".join(hints.get(r, r) for r in reasons)
+
+
+def _file_size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
 
 
 def _read_only_dir(directory: Path) -> bool:
@@ -373,6 +399,10 @@ def _read_only_dir(directory: Path) -> bool:
         return False
 
 
+#: The postgres check warns when the server's TLS certificate expires within this many days.
+CERT_WARN_DAYS = 30
+
+
 @check("postgres", timeout_s=60, needs_config=True)
 def check_postgres(ctx: Context) -> CheckResult:
     """Connect, schema version, INSERT privilege (rolled back)."""
@@ -383,11 +413,34 @@ def check_postgres(ctx: Context) -> CheckResult:
     from agent.sync import probe_server
 
     try:
-        where, version = asyncio.run(probe_server(cfg.sync, cfg.agent.device_id))
+        where, version, tls = asyncio.run(probe_server(cfg.sync, cfg.agent.device_id))
     except AgentError as err:
         return CheckResult("postgres", "fail", value=None, hint=err.hint, detail=err.message)
-    return CheckResult("postgres", "ok", value={"server": where, "schema_version": version, "insert": True},
-                       detail=f"connected to {where}, schema version {version}, INSERT allowed (probe rolled back)")
+    value = {"server": where, "schema_version": version, "insert": True, "tls": tls}
+    status: CheckStatus = "ok"
+    hint = None
+    days = tls["certificate_days_left"]
+    if not tls["in_use"]:
+        over = f"without TLS (sslmode={tls['sslmode']})"
+    else:
+        over = f"over {tls['protocol'] or 'TLS'} (sslmode={tls['sslmode']}"
+        if tls["certificate_not_after"] is not None and days is not None:
+            until = datetime.fromisoformat(tls["certificate_not_after"]).strftime("%Y-%m-%d %H:%M")
+            left = f"expires in {math.floor(days * 10) / 10:.1f} days" if days >= 0 else "EXPIRED"
+            over += f"; server certificate valid until {until} UTC, {left})"
+            if days < CERT_WARN_DAYS:
+                status = "warn"
+                hint = ("renew the server's certificate (a new one from the same CA needs no change on the "
+                        "devices) before it expires: from then on verify-full refuses the connection and results "
+                        "stay queued on every device")
+        else:
+            status = "warn"
+            over += f"; server certificate expiry unknown: {tls['certificate_error']})"
+            hint = "check the server certificate's expiry on the server (openssl x509 -enddate -noout -in <file>)"
+    return CheckResult("postgres", status, value=value, hint=hint,
+                       threshold={"certificate_days_left": CERT_WARN_DAYS} if tls["in_use"] else None,
+                       detail=f"connected to {where} {over}, schema version {version}, INSERT allowed "
+                              f"(probe rolled back)")
 
 
 @check("clock", timeout_s=5)

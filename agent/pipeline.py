@@ -45,7 +45,7 @@ from agent.config import BirdnetConfig, ClassifierConfig, Config, OpsConfig, Win
 from agent.errors import DeviceError, StoreError
 from agent.ops import SystemdNotifier, backoff_delay
 from agent.records import ClockStep, Detection, Gap, ModelInfo, Status, Window, WindowResult, overall_status
-from agent.store import Outbox, StorePressure
+from agent.store import Outbox, StoreFullError, StorePressure
 from agent.supervise import supervise
 from agent.sync import Syncer
 from agent.windows import Windower
@@ -470,6 +470,8 @@ class Pipeline:
             out.append("queue_full")
         if self._last_store_failure and time.monotonic() - self._last_store_failure < 600:
             out.append("store_failed")
+        if pressure is not None and pressure.replaced_recently:
+            out.append("queue_replaced")
         if self._capture_lost is not None:
             out.append("capture_lost")
         if self.syncer is not None and self.syncer.failures >= 3:
@@ -518,11 +520,18 @@ class Pipeline:
         try:
             await self.outbox.put(result)
         except StoreError as err:
-            # The policy could not make room (or the file broke): keep recording, count the
-            # window, record the gap once storing works again. A restart would not help, so
-            # this counts as progress for the watchdog.
+            # Keep recording, count the window, record the gap once storing works again.
+            # No room even after the eviction policy made what it could (StoreFullError): the
+            # policy is doing its job and a restart would free nothing (it would only lose the
+            # count of this gap and the audio while restarting), so this counts as progress
+            # for the watchdog. Any other failure (I/O error, damaged file, read-only
+            # filesystem) does not: a queue that keeps failing stops the watchdog's pings and
+            # systemd restarts the agent, whose start moves a damaged file aside (or exits 74
+            # saying what is wrong).
             self.stats.dropped += 1
-            self._last_store_failure = self._last_commit = time.monotonic()
+            self._last_store_failure = time.monotonic()
+            if isinstance(err, StoreFullError):
+                self._last_commit = self._last_store_failure
             first, n = self._dropped_since or (window.start_time, 0)
             self._dropped_since = (first, n + 1)
             log.error("window %d NOT stored (%d so far): %s", window.index, self.stats.dropped, err)
@@ -561,7 +570,7 @@ async def build_pipeline(cfg: Config, *, classifier: Classifier | None = None,
     from agent.analysis.acoustics import choose_calibration
     from agent.capture import make_source
 
-    async with Outbox(cfg.store) as outbox:
+    async with Outbox(cfg.store, device_id=cfg.agent.device_id) as outbox:
         calibration, warning = choose_calibration(cfg.levels, await outbox.latest_calibration())
         if warning:
             log.warning("%s", warning)

@@ -360,7 +360,9 @@ class Heartbeat:
             (the queue's filesystem below ``[store] min_free_mb``), ``queue_full`` (the queue
             hit its hard cap or the disk filled: windows are being evicted), ``store_failed``
             (a window could not be stored at all), ``capture_lost`` (the microphone is gone;
-            retrying), ``sync_failing`` (three or more sync rounds failed in a row).
+            retrying), ``sync_failing`` (three or more sync rounds failed in a row),
+            ``queue_replaced`` (a damaged queue file was moved aside and a fresh queue started
+            within the last day; the ``queue_replaced`` gap says what it held).
         evicted_unsynced: windows ever evicted from this queue before they were synced (the
             eviction policy's hard cap; recorded as gaps).
         evicted_synced: synced windows deleted since the agent started (space or retention).
@@ -414,9 +416,13 @@ class Gap:
         end_time: start of the first audio after it (UTC, tz-aware), >= ``start_time``.
         reason: ``capture_lost`` (device error or disappearance until it returned),
             ``evicted_unsynced`` (windows deleted unsynced by the eviction policy),
-            ``store_failed`` (windows analysed but not storable).
+            ``store_failed`` (windows analysed but not storable), ``queue_replaced`` (the queue
+            file was damaged: moved aside as ``queue.db.damaged-<UTC time>`` and a fresh one
+            started; the gap spans its unsynced windows when they could be read, else it is the
+            moment of the replacement).
         detail: the error message or policy note, for people.
-        windows: windows lost in the gap when known (evictions, store failures), else 0.
+        windows: windows lost in the gap when known (evictions, store failures, the unsynced
+            windows of a replaced queue), else 0.
     """
 
     event_id: str

@@ -68,7 +68,8 @@ class Supervised(Protocol):
 
     @property
     def last_commit(self) -> float:
-        """Monotonic time of the newest stored window, s (0: none yet)."""
+        """Monotonic time of the newest stored window (or window refused for lack of room only),
+        s (0: none yet)."""
 
     def degraded(self, pressure: StorePressure | None = None) -> tuple[str, ...]: ...
 
@@ -97,7 +98,9 @@ class Watchdog:
     """Feeds systemd's watchdog only while the pipeline makes progress and updates ``STATUS=``.
 
     Progress: frames captured or windows cut since the last tick (a live backlog draining),
-    and the newest window committed within ``commit_deadline_s``. A replay that is not live
+    and the newest window committed within ``commit_deadline_s`` (or refused only for lack of
+    room after the eviction policy did its part; a queue that fails otherwise is no progress:
+    the restart moves a damaged file aside, see ``Pipeline._store``). A replay that is not live
     waits for the classifier by design, so only its commit deadline counts. While the
     microphone is lost, reconnecting to it is the progress: a restart would not bring it back.
     """

@@ -24,9 +24,13 @@ import json
 import logging
 import math
 import re
+import socket
+import ssl
+import struct
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, TypedDict, cast
 
 import psycopg
@@ -267,6 +271,150 @@ def _connect_timeout_arg(seconds: float) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# the server's TLS certificate (diagnose)
+
+
+#: PostgreSQL's SSLRequest: length 8, code 1234.5679 (protocol documentation, "SSL Session Encryption").
+_SSL_REQUEST = struct.pack("!ii", 8, 80877103)
+#: Bound on reading the server's certificate over a separate connection, s.
+CERT_PROBE_TIMEOUT_S = 15.0
+
+
+def _der_element(der: bytes, pos: int) -> tuple[int, int, int]:
+    """(tag, start of contents, end of contents) of the DER element at ``pos``."""
+    if pos + 2 > len(der):
+        raise ValueError("truncated DER")
+    tag, length, pos = der[pos], der[pos + 1], pos + 2
+    if length & 0x80:
+        n = length & 0x7F
+        if not 1 <= n <= 4 or pos + n > len(der):
+            raise ValueError("bad DER length")
+        length, pos = int.from_bytes(der[pos:pos + n], "big"), pos + n
+    if pos + length > len(der):
+        raise ValueError("truncated DER")
+    return tag, pos, pos + length
+
+
+def certificate_not_after(der: bytes) -> datetime:
+    """The notAfter of a DER X.509 certificate (RFC 5280 4.1: Certificate → tbsCertificate →
+    [version], serialNumber, signature, issuer, validity → notBefore, notAfter), UTC.
+
+    Raises:
+        ValueError: not a DER certificate.
+    """
+    tag, pos, _ = _der_element(der, 0)  # Certificate
+    if tag != 0x30:
+        raise ValueError("not a DER certificate")
+    tag, pos, _ = _der_element(der, pos)  # tbsCertificate
+    if tag != 0x30:
+        raise ValueError("not a DER certificate")
+    if der[pos] == 0xA0:  # [0] EXPLICIT version
+        pos = _der_element(der, pos)[2]
+    for _ in range(3):  # serialNumber, signature, issuer
+        pos = _der_element(der, pos)[2]
+    tag, pos, _ = _der_element(der, pos)  # validity
+    if tag != 0x30:
+        raise ValueError("no validity in the certificate")
+    pos = _der_element(der, pos)[2]  # notBefore
+    tag, start, end = _der_element(der, pos)
+    text = der[start:end].decode("ascii")
+    if tag == 0x17:  # UTCTime YYMMDDHHMMSSZ: years 50-99 are 19xx (RFC 5280 4.1.2.5.1)
+        text = ("19" if int(text[:2]) >= 50 else "20") + text
+    elif tag != 0x18:  # GeneralizedTime YYYYMMDDHHMMSSZ
+        raise ValueError("bad notAfter in the certificate")
+    return datetime.strptime(text, "%Y%m%d%H%M%SZ").replace(tzinfo=timezone.utc)
+
+
+def _server_certificate(address: str, port: int, server_name: str | None, timeout_s: float) -> tuple[bytes, str]:
+    """The server's certificate (DER) and the TLS protocol, over a connection of its own.
+
+    libpq does not hand out the peer certificate, so this opens one more TCP connection to the
+    address libpq used, sends PostgreSQL's SSLRequest, completes a TLS handshake (ALPN
+    ``postgresql``, SNI ``server_name``) and closes it before any startup packet: the server
+    logs nothing and no session starts. Nothing is verified here (libpq verified the real
+    connection); only the certificate is read. Bounded by ``timeout_s`` in all.
+
+    Raises:
+        OSError: connect, handshake or timeout failure, or the server declines TLS.
+    """
+    deadline = time.monotonic() + timeout_s
+    with socket.create_connection((address, port), timeout=timeout_s) as sock:
+        sock.settimeout(max(0.1, deadline - time.monotonic()))
+        sock.sendall(_SSL_REQUEST)
+        answer = sock.recv(1)
+        if answer != b"S":
+            raise OSError(f"the server answered {answer!r} to SSLRequest instead of S")
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        ctx.set_alpn_protocols(["postgresql"])
+        sock.settimeout(max(0.1, deadline - time.monotonic()))
+        with ctx.wrap_socket(sock, server_hostname=server_name) as tls:
+            der = tls.getpeercert(binary_form=True)
+            protocol = tls.version() or ""
+            try:  # close_notify both ways (reading the server's session tickets): no reset in the server's log
+                tls.unwrap()
+            except (OSError, ValueError):
+                pass
+    if not der:
+        raise OSError("the server sent no certificate")
+    return der, protocol
+
+
+class TlsReport(TypedDict):
+    """The TLS of :func:`probe_server`'s connection, as ``diagnose`` reports it."""
+
+    in_use: bool  # libpq's PQsslInUse
+    sslmode: str | None  # the sslmode libpq used (DSN, PGSSLMODE or its default)
+    protocol: str | None  # TLSv1.2, TLSv1.3 (the server's pg_stat_ssl for this connection)
+    cipher: str | None
+    certificate_not_after: str | None  # the server certificate's notAfter, ISO 8601 UTC
+    certificate_days_left: float | None  # days from now to notAfter (negative: expired)
+    certificate_error: str | None  # why the certificate could not be read
+
+
+async def _tls_report(conn: psycopg.AsyncConnection, cfg: SyncConfig) -> TlsReport:
+    """TLS in use, protocol, cipher (the server's ``pg_stat_ssl`` row of this connection) and
+    the server certificate's expiry (:func:`_server_certificate`, to the address libpq used)."""
+    info = conn.pgconn.info or []
+    modes = [o.val.decode() for o in info if o.keyword == b"sslmode" and o.val is not None]
+    report: TlsReport = {"in_use": bool(conn.pgconn.ssl_in_use), "sslmode": modes[0] if modes else None,
+                         "protocol": None, "cipher": None, "certificate_not_after": None,
+                         "certificate_days_left": None, "certificate_error": None}
+    if not report["in_use"]:
+        return report
+    try:
+        cur = await conn.execute("SELECT version, cipher FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+        row = await cur.fetchone()
+        if row:
+            report["protocol"], report["cipher"] = row[0], row[1]
+    except psycopg.Error:
+        pass  # e.g. behind a pooler: the probe connection's protocol below instead
+    finally:
+        await conn.rollback()
+    host = address = conn.info.host
+    try:
+        address = conn.info.hostaddr or host  # the address libpq connected to (libpq 12 or later)
+    except psycopg.NotSupportedError:
+        pass
+    server_name = None if host.startswith(("/", "@")) else host
+    timeout_s = min(CERT_PROBE_TIMEOUT_S, cast(float, cfg.connect_timeout_s))
+    try:
+        der, protocol = await asyncio.wait_for(
+            asyncio.to_thread(_server_certificate, address, conn.info.port, server_name, timeout_s),
+            timeout=timeout_s + 1)
+        not_after = certificate_not_after(der)
+    except (OSError, TimeoutError, ValueError) as err:
+        report["certificate_error"] = str(err) or type(err).__name__
+        return report
+    report["protocol"] = report["protocol"] or protocol
+    report["certificate_not_after"] = not_after.isoformat()
+    days = (not_after - datetime.now(timezone.utc)).total_seconds() / 86400
+    report["certificate_days_left"] = math.floor(days * 1000) / 1000  # never rounded up past the expiry
+    return report
+
+
+# ---------------------------------------------------------------------------------------------
 # migrations
 
 
@@ -302,26 +450,41 @@ def known_schema_version() -> int:
     return _migrations()[-1][0]
 
 
-def migrate(dsn: str, connect_timeout_s: float = 10) -> int:
+def migrate(dsn: str, connect_timeout_s: float = 10, *, lock_timeout_s: float = 5, lock_wait_s: float = 60) -> int:
     """Create or upgrade the central schema (``soundscape-agent db init``). Idempotent.
 
-    Each pending ``agent/sql/NNNN_*.sql`` runs in its own transaction holding
-    ``pg_advisory_xact_lock(MIGRATION_LOCK_KEY)``, so concurrent runs queue up and each
-    version is applied exactly once; a second run changes nothing. ``schema_migrations``
-    is readable by PUBLIC so that an INSERT-only device role can check the version, and
-    records each migration's compatibility floor (``compatible_from``, from its
-    ``-- compatible-from: N`` header), which lets agents that do not know it yet keep syncing.
+    Each pending ``agent/sql/NNNN_*.sql`` runs in its own transaction holding a SHARE ROW
+    EXCLUSIVE lock on ``schema_migrations``: it conflicts with itself, so concurrent runs queue
+    up and each version is applied exactly once (a second run changes nothing), but not with
+    ACCESS SHARE, the only lock a device role can take on that table (it may only SELECT it;
+    LOCK TABLE in any other mode needs UPDATE, DELETE or TRUNCATE). So no device can hold
+    ``db init`` up, as one could with the advisory lock ``MIGRATION_LOCK_KEY`` of earlier
+    releases (any role may take an advisory lock); that lock now only serialises creating
+    ``schema_migrations`` in an empty database. ``schema_migrations`` is readable by PUBLIC so
+    that an INSERT-only device role can check the version, and records each migration's
+    compatibility floor (``compatible_from``, from its ``-- compatible-from: N`` header), which
+    lets agents that do not know it yet keep syncing.
+
+    Every lock is awaited at most ``lock_timeout_s`` (the server's ``lock_timeout``): an ALTER
+    TABLE waiting behind another session's open transaction would otherwise hold every
+    device's insert into that table in the queue behind it. A transaction that timed out is
+    rolled back (nothing of it applied) and retried until ``lock_wait_s`` have passed.
 
     Args:
         dsn: libpq string or URI of a role allowed to create tables (the database owner).
         connect_timeout_s: bound on establishing the connection, s.
+        lock_timeout_s: bound on each lock wait, s (devices' inserts wait at most this long
+            behind a migration that waits for a lock itself).
+        lock_wait_s: how long to keep retrying a migration whose locks are held, s.
 
     Returns:
         The schema version now in the database (the highest applied version).
 
     Raises:
         SyncError: the server is unreachable or refused a statement (e.g. no CREATE
-            privilege); the message names the server (never the password).
+            privilege), or other sessions held the locks a migration needs for ``lock_wait_s``
+            (the message names their roles and process ids); the message names the server
+            (never the password).
     """
     params = _params(dsn)
     where = _where(params)
@@ -330,30 +493,78 @@ def migrate(dsn: str, connect_timeout_s: float = 10) -> int:
     except psycopg.Error as err:
         text = _scrub(str(err), params)
         raise SyncError(f"cannot connect to PostgreSQL at {where}: {text}", _connect_hint(text)) from None
+
+    def holders() -> str:
+        """``role (pid N)`` of the other sessions holding table or advisory locks in this database."""
+        rows = conn.execute(
+            "SELECT DISTINCT coalesce(a.usename::text, '?'), l.pid FROM pg_locks AS l"
+            " LEFT JOIN pg_stat_activity AS a ON a.pid = l.pid"
+            " WHERE l.granted AND l.pid <> pg_backend_pid() AND l.locktype IN ('relation', 'advisory')"
+            " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            " ORDER BY 2 LIMIT 10").fetchall()
+        return ", ".join(f"{user} (pid {pid})" for user, pid in rows) or "none any more"
+
+    def locked(what: str, work: Callable[[], bool]) -> bool:
+        """``work()`` in a transaction, retried while a lock it needs is not available."""
+        deadline = time.monotonic() + lock_wait_s
+        while True:
+            try:
+                with conn.transaction():
+                    return work()
+            except pgerrors.LockNotAvailable:
+                if time.monotonic() >= deadline:
+                    held = holders()
+                    raise SyncError(
+                        f"migrating the schema at {where} failed: {what} waited {lock_wait_s:g} s for locks held by "
+                        f"other sessions: {held}",
+                        "a session holds a lock in an open transaction (a device role's session idle in a "
+                        "transaction is ended by its idle_in_transaction_session_timeout, set by deploy/db.yml): "
+                        "rerun 'soundscape-agent db init' later, or end it now as a superuser with "
+                        "SELECT pg_terminate_backend(<pid>); nothing of the migration was applied, and devices "
+                        "kept syncing meanwhile") from None
+                log.warning("PostgreSQL %s: %s waits for locks held by %s; retrying for up to %g s", where, what,
+                            holders(), lock_wait_s)
+                time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+
+    def exists() -> bool:
+        return bool(_first(conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL").fetchone()))
+
+    def bootstrap() -> bool:
+        created = False
+        if not exists():  # an empty database: serialise the creation with concurrent runs
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
+            if not exists():
+                conn.execute(_CREATE_MIGRATIONS_TABLE)
+                conn.execute("GRANT SELECT ON schema_migrations TO PUBLIC")
+                created = True
+        conn.execute("LOCK TABLE schema_migrations IN SHARE ROW EXCLUSIVE MODE")
+        has_floor = _first(conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'schema_migrations'::regclass"
+            " AND attname = 'compatible_from' AND NOT attisdropped)").fetchone())
+        if not has_floor:  # ALTER TABLE only when needed: it would wait for every reader of the table
+            conn.execute(_ADD_COMPATIBILITY_FLOOR)
+        for version, _, sql in _migrations():  # floors of migrations applied before 6 had the column
+            conn.execute("UPDATE schema_migrations SET compatible_from = %s"
+                         " WHERE version = %s AND compatible_from IS NULL",
+                         (compatible_from(sql, version), version))
+        return created
+
+    def apply(version: int, sql: str) -> bool:
+        conn.execute("LOCK TABLE schema_migrations IN SHARE ROW EXCLUSIVE MODE")
+        if conn.execute("SELECT 1 FROM schema_migrations WHERE version = %s", (version,)).fetchone():
+            return False
+        conn.execute(sql)  # no parameters: several statements are allowed
+        conn.execute("INSERT INTO schema_migrations (version, applied_at, compatible_from)"
+                     " VALUES (%s, now(), %s)", (version, compatible_from(sql, version)))
+        return True
+
     try:
         with conn:
-            with conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
-                existed = _first(conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL").fetchone())
-                if not existed:
-                    conn.execute(_CREATE_MIGRATIONS_TABLE)
-                    conn.execute("GRANT SELECT ON schema_migrations TO PUBLIC")
-                conn.execute(_ADD_COMPATIBILITY_FLOOR)
-                for version, _, sql in _migrations():  # floors of migrations applied before 6 had the column
-                    conn.execute("UPDATE schema_migrations SET compatible_from = %s"
-                                 " WHERE version = %s AND compatible_from IS NULL",
-                                 (compatible_from(sql, version), version))
+            conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{max(1, round(lock_timeout_s * 1000))}ms",))
+            locked("preparing schema_migrations", bootstrap)
             for version, name, sql in _migrations():
-                with conn.transaction():
-                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
-                    done = conn.execute("SELECT 1 FROM schema_migrations WHERE version = %s",
-                                        (version,)).fetchone()
-                    if done:
-                        continue
-                    conn.execute(sql)  # no parameters: several statements are allowed
-                    conn.execute("INSERT INTO schema_migrations (version, applied_at, compatible_from)"
-                                 " VALUES (%s, now(), %s)", (version, compatible_from(sql, version)))
-                log.info("PostgreSQL %s: applied migration %s", where, name)
+                if locked(f"migration {name}", functools.partial(apply, version, sql)):
+                    log.info("PostgreSQL %s: applied migration %s", where, name)
             current = _first(conn.execute("SELECT max(version) FROM schema_migrations").fetchone())
     except psycopg.Error as err:
         text = _scrub(str(err), params)
@@ -650,16 +861,17 @@ def _log_newer_once(where: str, version: int, known: int, floor: int) -> None:
                     where, version, known, floor)
 
 
-async def probe_server(cfg: SyncConfig, device_id: str) -> tuple[str, int]:
+async def probe_server(cfg: SyncConfig, device_id: str) -> tuple[str, int, TlsReport]:
     """Check the server as the sync would use it, changing nothing (``diagnose``).
 
     Connects exactly as :class:`Syncer` does (DSN, timeouts, ``password_file``), checks the
     schema version, and inserts one heartbeat row for ``device_id`` in a transaction that is
     rolled back, which proves the INSERT privilege (and, with row-level security, that this
-    device may write its own rows).
+    device may write its own rows). Then reports the connection's TLS (:class:`TlsReport`):
+    whether it is in use, the protocol, and the server certificate's expiry.
 
     Returns:
-        (``user@host:port/dbname``, schema version).
+        (``user@host:port/dbname``, schema version, TLS report).
 
     Raises:
         SyncError: no DSN, unreachable, wrong schema version, or the insert was refused; the
@@ -684,9 +896,10 @@ async def probe_server(cfg: SyncConfig, device_id: str) -> tuple[str, int]:
                             _server_hint(err)) from None
         finally:
             await conn.rollback()
+        tls = await _tls_report(conn, cfg)
     finally:
         await conn.close()
-    return where, version
+    return where, version, tls
 
 
 # ---------------------------------------------------------------------------------------------
@@ -924,5 +1137,6 @@ class Syncer:
         return 0
 
 
-__all__ = ["MIGRATION_LOCK_KEY", "Syncer", "compatible_from", "known_schema_version", "migrate", "redact_dsn",
+__all__ = ["MIGRATION_LOCK_KEY", "Syncer", "TlsReport", "certificate_not_after", "compatible_from",
+           "known_schema_version", "migrate", "redact_dsn",
            "send_batch", "send_events", "send_heartbeats"]

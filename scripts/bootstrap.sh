@@ -12,8 +12,11 @@ SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 # systemd (systemd-analyze verify / security of the unit, in the tests), debootstrap (the
 # Ansible role's converge test builds a throwaway Debian chroot), iproute2 (the GSM-link fault
 # test: network namespace, veth pair, tc tbf), openssl (the TLS test's CA) and systemd-container
-# (systemd-nspawn: the service test boots that Debian tree with systemd as PID 1).
-APT_PKGS=(alsa-utils libasound2-dev libsndfile1 build-essential python3-venv python3-dev postgresql postgresql-contrib systemd systemd-container debootstrap iproute2 openssl)
+# (systemd-nspawn: the service test boots that Debian tree with systemd as PID 1), and
+# python3-pyfuse3 and fuse3 (the power-cut fault test: tests/powercut_fs.py, a FUSE disk with a
+# volatile write cache, runs under Debian's /usr/bin/python3, for which python3-pyfuse3 is built;
+# fuse3 brings fusermount3 and /etc/fuse.conf).
+APT_PKGS=(alsa-utils libasound2-dev libsndfile1 build-essential python3-venv python3-dev postgresql postgresql-contrib systemd systemd-container debootstrap iproute2 openssl python3-pyfuse3 fuse3)
 missing=()
 for p in "${APT_PKGS[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p"); done
 if [ "${#missing[@]}" -gt 0 ]; then

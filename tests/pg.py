@@ -87,10 +87,15 @@ class PgServer:
     then adds ``sslmode=require`` (encrypted, certificate not verified: good enough for the tests'
     own admin connections; a test of verification builds its own DSN with ``sslmode=verify-full``).
 
+    With ``extra_addresses`` (IP addresses of this machine, e.g. its own non-loopback address)
+    the server also listens there, and pg_hba.conf admits TCP clients from each of them as it
+    does from 127.0.0.1 (``hostssl`` on a TLS server): a "non-local" server for the tests.
+
     Args:
         bindir: server binaries (default :func:`find_bindir`).
         ssl_cert: PEM server certificate (chain) file, or None for a server without TLS.
         ssl_key: PEM private key of ``ssl_cert`` (unencrypted); required with ``ssl_cert``.
+        extra_addresses: more addresses to listen on (default: 127.0.0.1 only).
 
     Raises:
         PgServerUnavailable: no server binaries.
@@ -99,10 +104,11 @@ class PgServer:
     """
 
     def __init__(self, bindir: Path | None = None, *, ssl_cert: Path | None = None,
-                 ssl_key: Path | None = None) -> None:
+                 ssl_key: Path | None = None, extra_addresses: tuple[str, ...] = ()) -> None:
         if (ssl_cert is None) != (ssl_key is None):
             raise ValueError("PgServer: give both ssl_cert and ssl_key, or neither")
         self.tls = ssl_cert is not None
+        self.extra_addresses = tuple(extra_addresses)
         self.bindir = bindir or find_bindir()
         self.port = free_port()
         self.base = Path(tempfile.mkdtemp(prefix="soundscape-pg-"))
@@ -127,6 +133,12 @@ class PgServer:
             )
             if self.tls:
                 self._install_tls(Path(ssl_cert), Path(ssl_key))
+            if self.extra_addresses:
+                kind = "hostssl" if self.tls else "host"
+                with open(self.datadir / "pg_hba.conf", "a") as hba:
+                    for address in self.extra_addresses:
+                        prefix = 128 if ":" in address else 32
+                        hba.write(f"{kind}  all  all  {address}/{prefix}  scram-sha-256\n")
         except BaseException:
             self.cleanup()
             raise
@@ -172,8 +184,9 @@ class PgServer:
         """Start the server (on the same port as before) and wait until it accepts connections."""
         if self.running:
             return
+        listen = ",".join(("127.0.0.1", *self.extra_addresses))
         opts = (
-            f"-p {self.port} -k {self.sockdir} -c listen_addresses=127.0.0.1 -c fsync=off"
+            f"-p {self.port} -k {self.sockdir} -c listen_addresses={listen} -c fsync=off"
             " -c synchronous_commit=off -c full_page_writes=off"
         )
         if self.tls:

@@ -141,17 +141,23 @@ def test_playbook_syntax_check(play, vault_file):
 
 
 def test_requirements_pin_every_core_dependency():
-    """files/requirements.txt pins each [project] dependency exactly, inside its allowed range."""
+    """files/requirements.txt pins each [project] dependency exactly, inside its allowed range, with
+    the package index's sha256 of its files; the role installs them with --require-hashes."""
     from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
 
     pins = {}
-    for line in (ROLE / "files" / "requirements.txt").read_text().splitlines():
+    text = (ROLE / "files" / "requirements.txt").read_text().replace("\\\n", " ")
+    for line in text.splitlines():
         line = line.split("#", 1)[0].strip()
         if line:
-            req = Requirement(line)
+            pin, *hashes = line.split(" --hash=")
+            req = Requirement(pin)
             (spec,) = req.specifier
             assert spec.operator == "==", f"{line}: not an exact pin"
+            # the role installs with --require-hashes: every pin carries the index's sha256
+            assert hashes and all(re.fullmatch(r"sha256:[0-9a-f]{64}", h.strip()) for h in hashes), \
+                f"{pin}: no sha256 (--hash=sha256:...): run deploy/scripts/freeze_requirements.py"
             pins[canonicalize_name(req.name)] = spec.version
     core = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
     for dep in map(Requirement, core):
@@ -159,6 +165,7 @@ def test_requirements_pin_every_core_dependency():
         assert name in pins, f"{dep} is not pinned: run deploy/scripts/freeze_requirements.py"
         assert dep.specifier.contains(pins[name], prereleases=True), f"{name}=={pins[name]} violates {dep}"
     assert "torch" not in pins and "soundscape-agent" not in pins
+    assert "--require-hashes" in (ROLE / "tasks" / "venv.yml").read_text()
 
 
 def test_every_example_host_gets_a_valid_config(vault_file, tmp_path):

@@ -50,6 +50,9 @@ RTT_S = 2 * ONE_WAY_S             # 600 ms
 GSM = LINK_PROFILES["gsm"]
 GSM_BATCH = int(GSM["batch_size"])
 #: Parameters of the window INSERT: a Bind message with this many is one window row.
+# The proxy address is not loopback: the agent requires verified TLS there unless told otherwise.
+# This suite tests the link; verified TLS is tested in tests/test_faults_security.py.
+TLS_OFF = "off"
 WINDOW_NPARAMS = len(WINDOW_COLUMNS)  # parameters of one window row (one per column)
 DEVICE = "gsm-moth"
 SYNCED = re.compile(r"synced (\d+) windows to \S+ \((\d+) new, (\d+) already there\)")
@@ -257,7 +260,7 @@ def test_gsm_batch_of_default_windows_fits_the_link_budget(tmp_path, tiny_model_
         store={"path": str(db)},
         # the gsm profile as shipped: hourly rounds (the first, at start, takes the backlog),
         # 60 s connect and 120 s statement timeouts, batches of 50
-        sync={"dsn": proxied(fault_dsn, proxy), "link": "gsm", "final_timeout_s": 60})
+        sync={"dsn": proxied(fault_dsn, proxy), "link": "gsm", "final_timeout_s": 60, "tls": TLS_OFF})
     sync = parse_config(tomllib.loads(cfg.read_text())).sync
     assert (sync.batch_size, sync.statement_timeout_s, sync.interval_s) == (GSM_BATCH, GSM["statement_timeout_s"],
                                                                            GSM["interval_s"])
@@ -363,7 +366,7 @@ def run_with_faults(tmp_path: Path, model_dir: Path, dsn: str, link: ShapedNetns
         windows={"length_s": LIVE_LENGTH_S},
         classifier={"type": "onnx", "model": str(model_dir), "top_k": 5},
         store={"path": str(db)},
-        sync={"dsn": proxied(dsn, px), "link": "gsm", "interval_s": 3.0,
+        sync={"dsn": proxied(dsn, px), "link": "gsm", "interval_s": 3.0, "tls": TLS_OFF,
               "connect_timeout_s": CONNECT_S, "statement_timeout_s": STATEMENT_S,
               "backoff_initial_s": 1.0, "backoff_max_s": 4.0, "final_timeout_s": 40.0})
     assert parse_config(tomllib.loads(cfg.read_text())).sync.batch_size == GSM_BATCH

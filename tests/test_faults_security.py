@@ -31,7 +31,9 @@ import datetime as dt
 import ipaddress
 import json
 import os
+import re
 import signal
+import socket
 import subprocess
 import time
 import uuid
@@ -41,12 +43,12 @@ from pathlib import Path
 import psycopg
 import pytest
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from agent.sync import migrate
 from tests.audio import PCM_NAME, RECORDINGS, real_audio_s16, write_alsa_file_pcm
 from tests.faultkit import AGENT, ROOT, check_delivery, local_keys, unsynced_count
-from tests.pg import PgServer, PgServerUnavailable
+from tests.pg import ADMIN_PASSWORD, PgServer, PgServerUnavailable
 from tests.test_run import write_config
 
 pytestmark = pytest.mark.faults
@@ -85,8 +87,8 @@ class TestCA:
     key: object  # cryptography EC private key
 
 
-def make_ca(path: Path, common_name: str) -> TestCA:
-    """A self-signed CA certificate (EC P-256, valid from 1 h ago for 2 days) written to ``path`` (PEM).
+def make_ca(path: Path, common_name: str, days: float = 2) -> TestCA:
+    """A self-signed CA certificate (EC P-256, valid from 1 h ago for ``days`` days) written to ``path`` (PEM).
 
     Raises:
         OSError: ``path`` cannot be written.
@@ -102,7 +104,7 @@ def make_ca(path: Path, common_name: str) -> TestCA:
     cert = (
         x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=2))
+        .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
                                      data_encipherment=False, key_agreement=False, key_cert_sign=True,
@@ -114,11 +116,13 @@ def make_ca(path: Path, common_name: str) -> TestCA:
     return TestCA(path, cert, key)
 
 
-def make_server_cert(ca: TestCA, cert_path: Path, key_path: Path, dns: list[str], ips: list[str]) -> None:
-    """A TLS server certificate signed by ``ca``, subjectAltName ``dns`` + ``ips``, EC P-256.
+def make_server_cert(ca: TestCA, cert_path: Path, key_path: Path, dns: list[str], ips: list[str],
+                     days: float = 2) -> dt.datetime:
+    """A TLS server certificate signed by ``ca``, subjectAltName ``dns`` + ``ips``, EC P-256,
+    valid from 1 h ago for ``days`` days.
 
     Writes the certificate (PEM) to ``cert_path`` and its unencrypted PKCS#8 key to
-    ``key_path`` (mode 0600).
+    ``key_path`` (mode 0600). Returns its notAfter (UTC, whole seconds, as in the certificate).
 
     Raises:
         OSError: a file cannot be written.
@@ -136,7 +140,7 @@ def make_server_cert(ca: TestCA, cert_path: Path, key_path: Path, dns: list[str]
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dns[0])]))
         .issuer_name(ca.cert.subject).public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=2))
+        .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=days))
         .add_extension(x509.SubjectAlternativeName(san), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
@@ -147,6 +151,7 @@ def make_server_cert(ca: TestCA, cert_path: Path, key_path: Path, dns: list[str]
     key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                            serialization.NoEncryption()))
     key_path.chmod(0o600)
+    return cert.not_valid_after_utc
 
 
 # ---------------------------------------------------------------------------------------------
@@ -415,16 +420,18 @@ class TlsSetup:
     ca: Path  # the CA that signed the server's certificate
     other_ca: Path  # a CA that did not
     home: Path  # an empty HOME for the agent: no ~/.postgresql/root.crt to fall back on
+    not_after: dt.datetime  # the server certificate's (valid for 400 days: diagnose does not warn)
 
 
 @pytest.fixture(scope="module")
 def tls(tmp_path_factory):
     """A PostgreSQL server with ssl = on, a certificate for localhost / 127.0.0.1 signed by a
-    test CA, and pg_hba.conf hostssl only."""
+    test CA (valid for 400 days), and pg_hba.conf hostssl only."""
     d = tmp_path_factory.mktemp("tls")
-    ca = make_ca(d / "ca.pem", "soundscape test CA")
+    ca = make_ca(d / "ca.pem", "soundscape test CA", days=400)
     make_ca(d / "other-ca.pem", "some other CA")
-    make_server_cert(ca, d / "server.crt", d / "server.key", dns=["localhost"], ips=["127.0.0.1"])
+    not_after = make_server_cert(ca, d / "server.crt", d / "server.key", dns=["localhost"], ips=["127.0.0.1"],
+                                 days=400)
     home = d / "home"
     home.mkdir()
     try:
@@ -433,7 +440,7 @@ def tls(tmp_path_factory):
         pytest.fail(f"{err} (scripts/test.sh installs the postgresql package)", pytrace=False)
     try:
         server.start()
-        yield TlsSetup(server, d / "ca.pem", d / "other-ca.pem", home)
+        yield TlsSetup(server, d / "ca.pem", d / "other-ca.pem", home, not_after)
     finally:
         server.cleanup()
 
@@ -547,8 +554,267 @@ def test_tls_verify_full_delivers_encrypted_and_refuses_what_it_cannot_verify(tl
     (check,) = [c for c in json.loads(diag.stdout)["checks"] if c["name"] == "postgres"]
     assert check["status"] == "ok" and check["value"]["insert"] is True, check
     assert "localhost" in check["value"]["server"]
+    # TLS in use, the protocol, the server certificate's expiry (400 days away: no warning)
+    tls_seen = check["value"]["tls"]
+    assert tls_seen["in_use"] is True and tls_seen["protocol"] in ("TLSv1.2", "TLSv1.3"), check
+    assert tls_seen["sslmode"] == "verify-full", check
+    assert tls_seen["certificate_not_after"] == tls.not_after.isoformat(), check
+    assert 399 < tls_seen["certificate_days_left"] <= 400, check
+    assert f"over {tls_seen['protocol']}" in check["detail"] and tls.not_after.strftime("%Y-%m-%d") in check["detail"]
     TALLY["scenarios"] += 1
     _record(fault_results)
+
+
+# ---------------------------------------------------------------------------------------------
+# verified TLS required for every non-local host (issue 14, item 8)
+#
+# "Non-local" needs an address the test can reach that is neither a Unix socket nor loopback:
+# this machine's own non-loopback address, where two more servers listen (tests/pg.py
+# extra_addresses): one TLS-only with a certificate for that address (expiring in 10 days, so
+# diagnose warns), one without TLS.
+
+
+def non_loopback_address() -> str:
+    """This machine's own non-loopback IPv4 address (``ip -4 addr``, else the default route's
+    source address); the test fails when there is none."""
+    try:
+        out = subprocess.run(["ip", "-o", "-4", "addr", "show", "scope", "global"], capture_output=True, text=True,
+                             timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        out = ""
+    found = [f[f.index("inet") + 1].split("/")[0] for f in map(str.split, out.splitlines()) if "inet" in f]
+    if not found:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            try:
+                s.connect(("192.0.2.1", 9))  # UDP: no packet is sent, only a route chosen
+                found = [s.getsockname()[0]]
+            except OSError:
+                pass
+    found = [a for a in found if not ipaddress.ip_address(a).is_loopback]
+    if not found:
+        pytest.fail("this machine has no non-loopback IPv4 address to stand for a remote PostgreSQL host",
+                    pytrace=False)
+    return found[0]
+
+
+@dataclass(frozen=True)
+class RemoteSetup:
+    """Servers listening on this machine's non-loopback ``address`` (and on 127.0.0.1)."""
+
+    address: str
+    tls_server: PgServer  # TLS-only, certificate for ``address`` signed by ``ca``, expiring in 10 days
+    plain_server: PgServer  # no TLS
+    ca: Path
+    not_after: dt.datetime  # the TLS server certificate's
+    home: Path  # an empty HOME for the agent
+
+
+@pytest.fixture(scope="module")
+def remote(tmp_path_factory):
+    d = tmp_path_factory.mktemp("remote")
+    address = non_loopback_address()
+    ca = make_ca(d / "ca.pem", "soundscape remote test CA", days=400)
+    not_after = make_server_cert(ca, d / "server.crt", d / "server.key", dns=["db.soundscape.test"], ips=[address],
+                                 days=10)
+    home = d / "home"
+    home.mkdir()
+    servers: list[PgServer] = []
+    try:
+        for tls_files in ({"ssl_cert": d / "server.crt", "ssl_key": d / "server.key"}, {}):
+            servers.append(PgServer(extra_addresses=(address,), **tls_files))
+            servers[-1].start()
+        yield RemoteSetup(address, servers[0], servers[1], d / "ca.pem", not_after, home)
+    except PgServerUnavailable as err:
+        pytest.fail(f"{err} (scripts/test.sh installs the postgresql package)", pytrace=False)
+    finally:
+        for server in servers:
+            server.cleanup()
+
+
+@dataclass(frozen=True)
+class RemoteDevice:
+    """A migrated database on one of :class:`RemoteSetup`'s servers and a device role in it."""
+
+    admin_dsn: str
+    dbname: str
+    role: str
+    password: str
+    password_file: str
+    port: int
+
+
+def remote_device(server: PgServer, tmp_path: Path, device: str) -> RemoteDevice:
+    admin_dsn = server.create_database()
+    migrate(admin_dsn)
+    role, pw = f"sa_sec_{uuid.uuid4().hex[:10]}", f"pw-{uuid.uuid4().hex}"
+    provision_device(admin_dsn, role, pw, device)
+    pwfile = str(secret_file(tmp_path / f"{role}-password", pw))
+    return RemoteDevice(admin_dsn, conninfo_to_dict(admin_dsn)["dbname"], role, pw, pwfile, server.port)
+
+
+def fill_queue(tmp_path: Path, name: str, device: str, password_file: str, env: dict[str, str]) -> Path:
+    """A new outbox holding 2 unsynced windows of ``device`` (the agent run without a server)."""
+    queue = tmp_path / f"{name}.db"
+    cfg = agent_config(tmp_path / f"{name}-fill.toml", device=device, dsn="", password_file=password_file,
+                       store=queue, classify=None)
+    r = cli("run", "--config", str(cfg), "--max-windows", "2", env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert unsynced_count(queue) == 2
+    return queue
+
+
+def assert_tls_refusal(text: str, host: str, found: str) -> None:
+    """The config error of the TLS rule: the host, the sslmode found and both fixes, no traceback."""
+    assert f"host {host} is not local" in text, text
+    assert found in text, text
+    assert "sslmode=verify-full sslrootcert=" in text and '[sync] tls = "off"' in text, text
+    assert "Traceback" not in text
+
+
+def test_tls_a_non_local_host_without_verified_tls_is_refused_at_config_load(remote, tmp_path):
+    """A non-local host with sslmode prefer (also libpq's default when the DSN has none), require,
+    disable or allow, or no sslmode but PGSSLMODE=require: refused when the config is loaded
+    (exit 78) by sync --once, run, db init, the demo and diagnose, naming the host, the sslmode
+    found and both fixes; nothing reaches the server, the queue stays intact."""
+    dev = "sec-remote-refused"
+    d = remote_device(remote.plain_server, tmp_path, dev)
+    env = clean_env(HOME=str(remote.home))
+    queue = fill_queue(tmp_path, "refused", dev, d.password_file, env)
+    host = remote.address
+    cases = {
+        "sslmode=prefer": (device_dsn(d.port, d.dbname, d.role, host=host, sslmode="prefer"), {},
+                           "sslmode=prefer does not verify"),
+        "sslmode=require": (device_dsn(d.port, d.dbname, d.role, host=host, sslmode="require"), {},
+                            "sslmode=require does not verify"),
+        "sslmode=disable": (device_dsn(d.port, d.dbname, d.role, host=host, sslmode="disable"), {},
+                            "sslmode=disable does not verify"),
+        "no sslmode: libpq's default": (device_dsn(d.port, d.dbname, d.role, host=host), {},
+                                        "sslmode=prefer (libpq's default) does not verify"),
+        "no sslmode, PGSSLMODE=require": (device_dsn(d.port, d.dbname, d.role, host=host), {"PGSSLMODE": "require"},
+                                          "sslmode=require (from PGSSLMODE) does not verify"),
+        "a URI with sslmode=allow": (f"postgresql://{d.role}@{host}:{d.port}/{d.dbname}?sslmode=allow", {},
+                                     "sslmode=allow does not verify"),
+    }
+    for case, (dsn, extra_env, found) in cases.items():
+        case_env = {**env, **extra_env}
+        cfg = agent_config(tmp_path / "refused.toml", device=dev, dsn=dsn, password_file=d.password_file,
+                           store=queue, classify=None)
+        r = cli("sync", "--once", "--config", str(cfg), env=case_env, timeout=120)
+        assert r.returncode == 78, (case, r.stderr)
+        assert_tls_refusal(r.stderr, host, found)
+        r = cli("sync", "--once", "--config", str(tmp_path / "refused-fill.toml"), "--dsn", dsn, env=case_env,
+                timeout=120)
+        assert r.returncode == 78, (case, r.stderr)
+        assert_tls_refusal(r.stderr, host, found)
+        assert unsynced_count(queue) == 2, case
+
+    # every other command that takes a DSN, with libpq's default sslmode
+    dsn, _, found = cases["no sslmode: libpq's default"]
+    cfg = agent_config(tmp_path / "refused.toml", device=dev, dsn=dsn, password_file=d.password_file, store=queue,
+                       classify=None)
+    ran = cli("run", "--config", str(cfg), "--max-windows", "1", env=env, timeout=120)
+    owner_dsn = make_conninfo(d.admin_dsn, host=host, sslmode="prefer")
+    init = cli("db", "init", "--config", "/dev/null", "--dsn", owner_dsn, env=env, timeout=120)  # as db.yml runs it
+    demo = cli("demo", "--state-dir", str(tmp_path / "demo"), env={**env, "SOUNDSCAPE_DSN": dsn}, timeout=120)
+    for what, r, shown in (("run", ran, found), ("db init", init, "sslmode=prefer does not verify"),
+                           ("demo", demo, found)):
+        assert r.returncode == 78, (what, r.stdout, r.stderr)
+        assert_tls_refusal(r.stderr, host, shown)
+    assert ADMIN_PASSWORD not in init.stdout + init.stderr  # the owner's password, from the DSN
+    diag = cli("diagnose", "--json", "--check", "postgres", "--config", str(cfg), env=env, timeout=120)
+    checks = {c["name"]: c for c in json.loads(diag.stdout)["checks"]}
+    assert diag.returncode == 2 and checks["config"]["status"] == "fail", diag.stdout
+    assert_tls_refusal(checks["config"]["detail"], host, found)
+    assert checks["postgres"]["status"] == "fail" and "not checked" in checks["postgres"]["detail"]
+
+    assert unsynced_count(queue) == 2
+    with psycopg.connect(d.admin_dsn) as con:  # nothing was sent, nothing was created by the demo
+        assert con.execute("SELECT count(*) FROM windows").fetchone()[0] == 0
+    assert not (tmp_path / "demo").exists()
+
+
+def test_tls_verified_to_a_non_local_host_syncs_and_diagnose_reports_protocol_and_expiry(remote, tmp_path):
+    """sslmode=verify-full (and verify-ca) to the non-local TLS server: accepted, the windows
+    delivered; diagnose reports TLS in use, the protocol and the certificate's expiry, and warns
+    as it is within 30 days."""
+    dev = "sec-remote-verified"
+    d = remote_device(remote.tls_server, tmp_path, dev)
+    env = clean_env(HOME=str(remote.home))
+    queue = fill_queue(tmp_path, "verified", dev, d.password_file, env)
+    full = device_dsn(d.port, d.dbname, d.role, host=remote.address, sslmode="verify-full", sslrootcert=str(remote.ca))
+    cfg = agent_config(tmp_path / "verified.toml", device=dev, dsn=full, password_file=d.password_file, store=queue,
+                       classify=None)
+    ok = cli("sync", "--once", "--config", str(cfg), env=env, timeout=120)
+    assert ok.returncode == 0 and "synced 2 windows; 0 left" in ok.stdout, ok.stderr
+    check_delivery(queue, d.admin_dsn, dev)
+    # verify-ca (the CA, not the host name): accepted too, and it connects (an empty round)
+    ca_only = device_dsn(d.port, d.dbname, d.role, host=remote.address, sslmode="verify-ca", sslrootcert=str(remote.ca))
+    ok = cli("sync", "--once", "--config", str(cfg), "--dsn", ca_only, env=env, timeout=120)
+    assert ok.returncode == 0 and "synced 0 windows; 0 left" in ok.stdout, ok.stderr
+
+    diag = cli("diagnose", "--json", "--check", "postgres", "--config", str(cfg), env=env, timeout=120)
+    (check,) = [c for c in json.loads(diag.stdout)["checks"] if c["name"] == "postgres"]
+    assert diag.returncode == 1 and check["status"] == "warn", diag.stdout + diag.stderr
+    seen = check["value"]["tls"]
+    assert seen["in_use"] is True and seen["protocol"] in ("TLSv1.2", "TLSv1.3") and seen["sslmode"] == "verify-full"
+    assert seen["certificate_not_after"] == remote.not_after.isoformat(), check
+    assert 9 < seen["certificate_days_left"] <= 10, check
+    assert check["threshold"] == {"certificate_days_left": 30}, check
+    assert "renew" in check["hint"] and remote.not_after.strftime("%Y-%m-%d") in check["detail"], check
+    assert check["value"]["insert"] is True and remote.address in check["value"]["server"]
+    text = cli("diagnose", "--check", "postgres", "--config", str(cfg), env=env, timeout=120)
+    assert text.returncode == 1 and f"over {seen['protocol']}" in text.stdout, text.stdout
+    assert re.search(r"server certificate valid until \d{4}-\d\d-\d\d \d\d:\d\d UTC, expires in 9\.\d days",
+                     text.stdout), text.stdout
+    assert d.password not in diag.stdout + diag.stderr + text.stdout + text.stderr
+
+
+def test_tls_off_lets_a_non_local_host_go_without_verification(remote, tmp_path):
+    """[sync] tls = "off": a non-local host with sslmode=require (TLS, unverified) or disable (a
+    server without TLS) is accepted and delivers; diagnose says whether TLS is in use."""
+    env = clean_env(HOME=str(remote.home))
+    for name, server, sslmode, in_use in (("off-require", remote.tls_server, "require", True),
+                                          ("off-disable", remote.plain_server, "disable", False)):
+        dev = f"sec-remote-{name}"
+        d = remote_device(server, tmp_path, dev)
+        queue = fill_queue(tmp_path, name, dev, d.password_file, env)
+        dsn = device_dsn(d.port, d.dbname, d.role, host=remote.address, sslmode=sslmode)
+        cfg = agent_config(tmp_path / f"{name}.toml", device=dev, dsn=dsn, password_file=d.password_file,
+                           store=queue, classify=None, tls="off")
+        ok = cli("sync", "--once", "--config", str(cfg), env=env, timeout=120)
+        assert ok.returncode == 0 and "synced 2 windows; 0 left" in ok.stdout, (name, ok.stderr)
+        check_delivery(queue, d.admin_dsn, dev)
+        diag = cli("diagnose", "--json", "--check", "postgres", "--config", str(cfg), env=env, timeout=120)
+        (check,) = [c for c in json.loads(diag.stdout)["checks"] if c["name"] == "postgres"]
+        seen = check["value"]["tls"]
+        assert seen["in_use"] is in_use and seen["sslmode"] == sslmode, (name, check)
+        if in_use:  # unverified, but the certificate is still read: within 30 days, a warning
+            assert check["status"] == "warn" and seen["certificate_not_after"] == remote.not_after.isoformat()
+        else:
+            assert check["status"] == "ok" and diag.returncode == 0, (name, check)
+            assert seen["protocol"] is None and seen["certificate_not_after"] is None
+            assert "without TLS" in check["detail"], check
+
+
+def test_tls_local_hosts_are_unaffected(remote, tmp_path):
+    """The default rule leaves local hosts alone: 127.0.0.1 with sslmode=disable, localhost with
+    libpq's default, the Unix socket, and 127.0.0.1 with sslmode=require on the TLS server."""
+    env = clean_env(HOME=str(remote.home))
+    plain = remote_device(remote.plain_server, tmp_path, "sec-local")
+    queue = fill_queue(tmp_path, "local", "sec-local", plain.password_file, env)
+    tls_dev = remote_device(remote.tls_server, tmp_path, "sec-local")
+    cases = [
+        (plain, device_dsn(plain.port, plain.dbname, plain.role, host="127.0.0.1", sslmode="disable"), 2),
+        (plain, device_dsn(plain.port, plain.dbname, plain.role, host="localhost"), 0),
+        (plain, device_dsn(plain.port, plain.dbname, plain.role, host=str(remote.plain_server.sockdir)), 0),
+        (tls_dev, device_dsn(tls_dev.port, tls_dev.dbname, tls_dev.role, host="127.0.0.1", sslmode="require"), 0),
+    ]
+    for d, dsn, synced in cases:
+        cfg = agent_config(tmp_path / "local.toml", device="sec-local", dsn=dsn, password_file=d.password_file,
+                           store=queue, classify=None)
+        ok = cli("sync", "--once", "--config", str(cfg), env=env, timeout=120)
+        assert ok.returncode == 0 and f"synced {synced} windows; 0 left" in ok.stdout, (dsn, ok.stderr)
+    check_delivery(queue, plain.admin_dsn, "sec-local")
 
 
 # ---------------------------------------------------------------------------------------------

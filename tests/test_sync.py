@@ -499,7 +499,8 @@ def test_redact_dsn_never_shows_the_password():
 
 
 def test_backoff_grows_with_jitter_between_initial_and_max():
-    s = Syncer(SyncConfig(dsn="host=x", backoff_initial_s=5, backoff_max_s=600), outbox=None)  # type: ignore[arg-type]
+    cfg = SyncConfig(dsn="host=x", tls="off", backoff_initial_s=5, backoff_max_s=600)  # never connects
+    s = Syncer(cfg, outbox=None)  # type: ignore[arg-type]
     assert s.backoff_delay(1) == 5
     third = [s.backoff_delay(3) for _ in range(200)]
     assert all(5 <= d <= 20 for d in third) and len(set(third)) > 100  # jittered

@@ -6,12 +6,20 @@ migrations ``agent/sql/sqlite/NNNN_*.sql``), :mod:`~agent.store.codec` (rows <->
 (SQLite plumbing)."""
 
 from agent.store.codec import EVENT_KINDS, nan_to_none
-from agent.store.db import BUSY_TIMEOUT_MS, MB, WAL_AUTOCHECKPOINT_PAGES
-from agent.store.eviction import DELETE_BATCH, EVICT_SHARE, FULL_RECENT_S, EvictionPolicy, StorePressure
-from agent.store.inspection import QueueInspection, QueueStats, inspect_queue
+from agent.store.db import BUSY_TIMEOUT_MS, MB, WAL_AUTOCHECKPOINT_PAGES, StoreFullError
+from agent.store.eviction import (
+    DELETE_BATCH,
+    EVICT_SHARE,
+    FULL_RECENT_S,
+    REPLACED_RECENT_S,
+    EvictionPolicy,
+    StorePressure,
+)
+from agent.store.inspection import QueueInspection, QueueReplacement, QueueStats, damaged_queues, inspect_queue
 from agent.store.outbox import Outbox
 from agent.store.schema import SCHEMA_VERSION
 
-__all__ = ["BUSY_TIMEOUT_MS", "DELETE_BATCH", "EVENT_KINDS", "EVICT_SHARE", "FULL_RECENT_S", "MB", "SCHEMA_VERSION",
-           "WAL_AUTOCHECKPOINT_PAGES", "EvictionPolicy", "Outbox", "QueueInspection", "QueueStats", "StorePressure",
-           "inspect_queue", "nan_to_none"]
+__all__ = ["BUSY_TIMEOUT_MS", "DELETE_BATCH", "EVENT_KINDS", "EVICT_SHARE", "FULL_RECENT_S", "MB", "REPLACED_RECENT_S",
+           "SCHEMA_VERSION", "WAL_AUTOCHECKPOINT_PAGES", "EvictionPolicy", "Outbox", "QueueInspection",
+           "QueueReplacement", "QueueStats", "StoreFullError", "StorePressure", "damaged_queues", "inspect_queue",
+           "nan_to_none"]

@@ -3,6 +3,7 @@ migration, ``BEGIN IMMEDIATE`` transactions, sqlite/OS errors as :class:`StoreEr
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import math
@@ -28,6 +29,13 @@ WAL_AUTOCHECKPOINT_PAGES = 256
 #: ``status`` query holding a snapshot while we checkpoint) before SQLITE_BUSY.
 BUSY_TIMEOUT_MS = 5000
 
+#: TEST ONLY, NEVER IN PRODUCTION. When this environment variable is ``OFF`` or ``NORMAL``, the
+#: outbox runs with that ``synchronous`` instead of ``FULL``, i.e. it acknowledges windows that a
+#: power cut can still take away. It exists so that the power-cut fault test
+#: (tests/test_faults_power.py) can show that it fails without ``FULL``; a loud warning is logged
+#: on every open while it is set, and any other value is refused.
+UNSAFE_SYNCHRONOUS_ENV = "SOUNDSCAPE_TEST_ONLY_UNSAFE_SYNCHRONOUS"
+
 
 def in_transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
     """Run ``fn`` inside BEGIN IMMEDIATE ... COMMIT, rolling back on any error."""
@@ -42,24 +50,68 @@ def in_transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], 
         raise
 
 
+class StoreFullError(StoreError):
+    """The queue refused a write for lack of space: its hard cap ``[store] max_queue_mb`` or a
+    full filesystem, after the eviction policy made what room it could. The pipeline records
+    through it (the windows are counted, then recorded as a gap), and, unlike a broken queue,
+    it counts as progress for the watchdog: a restart would free nothing."""
+
+
+#: Free bytes below which the queue's filesystem counts as full: an SQLite I/O error there
+#: (e.g. SQLITE_IOERR_SHMSIZE: no room for the ``-shm`` file) is the disk being full.
+FULL_FILESYSTEM_BYTES = MB
+
+
+def filesystem_space(directory: Path) -> tuple[int, int] | None:
+    """(free bytes for the agent's user, total bytes) of the filesystem holding ``directory``,
+    or ``None`` when it cannot be read."""
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
+
+
+def no_room(path: Path, err: BaseException) -> bool:
+    """Whether ``err`` (from the queue at ``path``) means "no space": SQLITE_FULL (the hard cap
+    or a full filesystem), ENOSPC, or an SQLite I/O error while the filesystem is full."""
+    name = getattr(err, "sqlite_errorname", "") or ""
+    if name == "SQLITE_FULL" or (isinstance(err, OSError) and err.errno == errno.ENOSPC):
+        return True
+    space = filesystem_space(path.parent) if name.startswith("SQLITE_IOERR") else None
+    return space is not None and space[0] < FULL_FILESYSTEM_BYTES
+
+
 def _store_error(path: Path, action: str, err: BaseException) -> StoreError:
-    """Translate an sqlite3/OS error into a StoreError naming the file and a fix."""
+    """Translate an sqlite3/OS error into a StoreError naming the file and a fix
+    (:class:`StoreFullError` when it means "no space")."""
     name = getattr(err, "sqlite_errorname", "") or ""
     text = str(err) or type(err).__name__
+    if isinstance(err, OSError) and err.strerror:
+        text = err.strerror
+    detail = f"{text} [{name}]" if name else text
+    if no_room(path, err):
+        space = filesystem_space(path.parent)
+        if space is not None and space[0] < FULL_FILESYSTEM_BYTES:
+            hint = (f"the filesystem holding {path.parent} is full ({space[0]} bytes free of {space[1] / MB:.1f} MB): "
+                    "free space on it (old logs: journalctl --vacuum-size=50M; recordings; queue files moved aside "
+                    "as damaged, *.damaged-*)")
+        else:
+            hint = (f"the queue {path} reached its hard cap [store] max_queue_mb, or its filesystem was full: let "
+                    "it drain to the server (see the postgres check), raise max_queue_mb or free space on the disk")
+        return StoreFullError(f"outbox {path}: cannot {action}: {detail}", hint)
     if isinstance(err, OSError):
-        text = err.strerror or text
         hint = (
             f"check that {path.parent} can be created and is writable by the agent's user "
             "(systemd: StateDirectory=soundscape-agent), or set [store] path"
         )
-    elif name == "SQLITE_FULL":
-        hint = f"the filesystem holding {path} is full: free space on it (old logs, recordings)"
     elif name.startswith(("SQLITE_CANTOPEN", "SQLITE_READONLY", "SQLITE_PERM", "SQLITE_AUTH")):
         hint = f"check that {path} and its directory are writable by the agent's user"
-    elif name.startswith(("SQLITE_NOTADB", "SQLITE_CORRUPT")):
+    elif damaged(err):
         hint = (
-            f"the queue file is damaged: stop the agent, move {path} (and its -wal/-shm files) "
-            "aside and start again; windows not yet synced from it are lost"
+            f"the queue file is damaged: restart the agent (soundscape-agent run moves {path} and its -wal/-shm "
+            f"files aside as {path.name}.damaged-<UTC time>, kept for inspection, and starts a fresh queue), or "
+            "move them aside yourself; windows not yet synced from it do not reach the server"
         )
     elif name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
         hint = f"another process holds {path} locked: is a second agent running on the same queue?"
@@ -69,8 +121,14 @@ def _store_error(path: Path, action: str, err: BaseException) -> StoreError:
         hint = "the result violates the queue's constraints (a bug in the producing stage): report it"
     else:
         hint = f"check the file {path} and the free space on its filesystem"
-    detail = f"{text} [{name}]" if name else text
     return StoreError(f"outbox {path}: cannot {action}: {detail}", hint)
+
+
+def damaged(err: BaseException) -> bool:
+    """Whether ``err`` says the queue file is damaged or not an SQLite database at all
+    (SQLITE_NOTADB, SQLITE_CORRUPT and its extended codes)."""
+    name = getattr(err, "sqlite_errorname", "") or ""
+    return name.startswith(("SQLITE_NOTADB", "SQLITE_CORRUPT"))
 
 
 def acquire_lock(path: Path) -> int:
@@ -107,10 +165,29 @@ def acquire_lock(path: Path) -> int:
     return fd
 
 
+def _synchronous(path: Path) -> str:
+    """``FULL``, unless the test-only :data:`UNSAFE_SYNCHRONOUS_ENV` asks for less.
+
+    Raises:
+        StoreError: the variable is set to anything but ``OFF`` or ``NORMAL``.
+    """
+    unsafe = os.environ.get(UNSAFE_SYNCHRONOUS_ENV)
+    if not unsafe:
+        return "FULL"
+    if unsafe.upper() not in ("OFF", "NORMAL"):
+        raise StoreError(f"outbox {path}: {UNSAFE_SYNCHRONOUS_ENV}={unsafe!r} is not OFF or NORMAL",
+                         f"unset {UNSAFE_SYNCHRONOUS_ENV}: it is a test-only switch that makes the queue "
+                         "lose acknowledged windows at a power cut")
+    log.warning("outbox %s: synchronous=%s (%s is set): TEST ONLY, acknowledged windows can be lost at a "
+                "power cut; never set it in production", path, unsafe.upper(), UNSAFE_SYNCHRONOUS_ENV)
+    return unsafe.upper()
+
+
 def configure(conn: sqlite3.Connection, path: Path, max_queue_mb: float) -> bool:
     """Set the outbox connection's pragmas (WAL, ``synchronous=FULL``, foreign keys, a
     ``max_page_count`` of ``max_queue_mb`` MB) and migrate its schema; a new file is made
-    ``auto_vacuum=INCREMENTAL`` first.
+    ``auto_vacuum=INCREMENTAL`` first. (``synchronous`` is lowered only by the test-only
+    :data:`UNSAFE_SYNCHRONOUS_ENV`, which the power-cut test uses to show that it can fail.)
 
     Returns:
         Whether the file gives freed pages back (``auto_vacuum=INCREMENTAL``).
@@ -128,7 +205,7 @@ def configure(conn: sqlite3.Connection, path: Path, max_queue_mb: float) -> bool
     mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
     if str(mode).lower() != "wal":
         log.warning("outbox %s: journal_mode is %s, not wal (filesystem without shared memory?)", path, mode)
-    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute(f"PRAGMA synchronous = {_synchronous(path)}")
     # checkpoint every ~1 MB of WAL (default 4 MB): a small WAL on a small or full disk
     conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
     conn.execute("PRAGMA foreign_keys = ON")

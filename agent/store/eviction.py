@@ -21,7 +21,8 @@ from typing import TypeVar
 from agent.config import StoreConfig
 from agent.records import Gap
 from agent.store.codec import _from_text, _record_from_json, _record_json, _to_text
-from agent.store.db import MB, in_transaction
+from agent.store.db import MB, WAL_AUTOCHECKPOINT_PAGES, in_transaction
+from agent.store.inspection import damaged_queues
 
 log = logging.getLogger("agent.store")
 
@@ -36,11 +37,21 @@ FULL_RECENT_S = 60.0
 DELETE_BATCH = 32
 #: Attempts to store one window when the queue is full (each after making room).
 _PUT_ATTEMPTS = 6
+#: WAL pages between automatic checkpoints while the disk is low (below ``min_free_mb``): a WAL
+#: that checkpoints often stays small and leaves the last free bytes to the queue file, which a
+#: checkpoint must be able to grow (a WAL that took them can never be checkpointed, so never
+#: restarted: no write would commit again, not even a deletion). E.g. after a start on a full
+#: disk, where the WAL starts empty and the released reserve is all the room there is.
+LOW_DISK_AUTOCHECKPOINT_PAGES = 16
+#: A damaged queue file moved aside this recently (s, by its name's UTC time) makes heartbeats
+#: say ``queue_replaced``; ``diagnose`` lists such files for as long as they are there.
+REPLACED_RECENT_S = 86400.0
 
 
 @dataclass(frozen=True, slots=True)
 class StorePressure:
-    """The outbox's space situation (heartbeats, ``STATUS=``, ``diagnose``).
+    """The outbox's space situation, and damaged queue files moved aside beside it (heartbeats,
+    ``STATUS=``, ``diagnose``).
 
     Attributes:
         free_bytes: free space on the queue's filesystem for the agent's user, bytes.
@@ -51,6 +62,8 @@ class StorePressure:
             :data:`FULL_RECENT_S` seconds.
         evicted_synced: synced windows deleted since the outbox was opened.
         evicted_unsynced: windows ever evicted unsynced from this file (its ``evicted`` table).
+        replaced_recently: a damaged queue file was moved aside and replaced by a fresh queue
+            within the last :data:`REPLACED_RECENT_S` seconds.
     """
 
     free_bytes: int
@@ -60,6 +73,7 @@ class StorePressure:
     full_recently: bool
     evicted_synced: int
     evicted_unsynced: int
+    replaced_recently: bool = False
 
 
 class EvictionPolicy:
@@ -91,6 +105,7 @@ class EvictionPolicy:
         self._last_full: float | None = None  # time.monotonic() of the last SQLITE_FULL
         self._evicted_synced = 0
         self._free_checked = 0.0  # time.monotonic() of the last free-space check at write time
+        self._autocheckpoint = WAL_AUTOCHECKPOINT_PAGES  # as agent.store.db.configure() sets it
 
     def write_making_room(self, conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], T]) -> T:
         """``work`` in a transaction; when it fails for lack of space (SQLITE_FULL: the hard
@@ -128,7 +143,8 @@ class EvictionPolicy:
 
     def _relieve_low_disk(self, conn: sqlite3.Connection) -> int | None:
         """Policy step 2: with less than ``min_free_mb`` free, delete every synced window and
-        checkpoint, so that the freed pages take the next windows and the file need not grow.
+        checkpoint, so that the freed pages take the next windows and the file need not grow;
+        while it is low, the WAL checkpoints every :data:`LOW_DISK_AUTOCHECKPOINT_PAGES`.
 
         Returns:
             Synced windows deleted, or ``None`` when the disk is not low.
@@ -136,7 +152,12 @@ class EvictionPolicy:
         Raises:
             sqlite3.Error: not even one batch could be deleted.
         """
-        if self._free_bytes() >= self._cfg.min_free_mb * MB:
+        low = self._free_bytes() < self._cfg.min_free_mb * MB
+        want = LOW_DISK_AUTOCHECKPOINT_PAGES if low else WAL_AUTOCHECKPOINT_PAGES
+        if want != self._autocheckpoint:
+            conn.execute(f"PRAGMA wal_autocheckpoint = {want}")
+            self._autocheckpoint = want
+        if not low:
             return None
         n = self._delete_synced(conn, None)
         if n:
@@ -169,13 +190,17 @@ class EvictionPolicy:
             with contextlib.suppress(OSError):
                 self.reserve_path.unlink()
 
-    def _release_reserve(self) -> bool:
-        """Delete the ballast file; True if there was one (its space is free now)."""
+    def release_reserve(self, why: str = "disk full") -> bool:
+        """Delete the ballast file; True if there was one (its space is free now).
+
+        Args:
+            why: what needs the room, for the log line.
+        """
         try:
             self.reserve_path.unlink()
         except OSError:
             return False
-        log.warning("outbox %s: disk full: released the %g MB reserve file to make room", self._path,
+        log.warning("outbox %s: %s: released the %g MB reserve file to make room", self._path, why,
                     self._cfg.reserve_mb)
         return True
 
@@ -258,6 +283,18 @@ class EvictionPolicy:
                       total)
         return n
 
+    def _restart_wal(self, conn: sqlite3.Connection) -> bool:
+        """Checkpoint the whole WAL so that the next transaction writes it from its start, into
+        blocks it already has. True if the WAL held frames and all were copied: then there is
+        room without deleting anything. (A WAL that starts empty on a full disk, e.g. after
+        the agent started there, cannot grow to the size where it checkpoints by itself.)"""
+        try:
+            busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+        except sqlite3.Error as err:
+            log.debug("outbox %s: checkpoint to make room failed: %s", self._path, err)
+            return False
+        return not busy and frames > 0 and copied == frames
+
     def _checkpoint(self, conn: sqlite3.Connection) -> None:
         """Copy the WAL into the main file (into the pages just freed there) and let the next
         transaction write the WAL from its start again (RESTART, not TRUNCATE: on a full disk
@@ -276,7 +313,7 @@ class EvictionPolicy:
         (free_pages,) = conn.execute("PRAGMA freelist_count").fetchone()
         at_cap = pages >= limit and free_pages < 16
         reason = "queue_full" if at_cap else "disk_full"
-        released = False if at_cap else self._release_reserve()
+        released = False if at_cap else self.release_reserve()
         try:
             n = self._delete_synced(conn, None)
         except sqlite3.Error as err:
@@ -290,6 +327,8 @@ class EvictionPolicy:
                         "queue at its hard cap" if at_cap else "disk full", n)
             self._checkpoint(conn)
             return True
+        if attempt == 1 and not at_cap and self._restart_wal(conn):
+            return True  # the WAL has room again: no unsynced window need go
         factor = 2 ** (attempt - 1)
         for _ in range(4):  # the eviction's own bookkeeping may not fit: evict more at once
             try:
@@ -334,6 +373,8 @@ class EvictionPolicy:
             full_recently=self._last_full is not None and time.monotonic() - self._last_full < FULL_RECENT_S,
             evicted_synced=self._evicted_synced,
             evicted_unsynced=conn.execute("SELECT count(*) FROM evicted").fetchone()[0],
+            replaced_recently=any(datetime.now(timezone.utc) - moved_at < timedelta(seconds=REPLACED_RECENT_S)
+                                  for _, moved_at in damaged_queues(self._path)),
         )
 
     @staticmethod

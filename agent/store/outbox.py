@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import sqlite3
+import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
@@ -32,9 +33,16 @@ from agent.store.codec import (
     _to_text,
     _window_row,
 )
-from agent.store.db import BUSY_TIMEOUT_MS, _store_error, acquire_lock, configure, in_transaction
+from agent.store.db import BUSY_TIMEOUT_MS, _store_error, acquire_lock, configure, damaged, in_transaction, no_room
 from agent.store.eviction import EvictionPolicy, StorePressure
-from agent.store.inspection import QueueStats, _queue_stats
+from agent.store.inspection import (
+    QueueReplacement,
+    QueueStats,
+    _queue_stats,
+    count_damaged,
+    damaged_name,
+    read_only_error,
+)
 
 log = logging.getLogger("agent.store")
 
@@ -59,8 +67,19 @@ class Outbox:
     solar supply loses power routinely, and one fsync per 10 s window is negligible, so a
     result acknowledged by :meth:`put` survives a power cut.
 
+    Opening on a full disk: when the file cannot be opened or migrated for lack of space, the
+    reserve file is released and the open tried again, then the eviction policy applied.
+    Opening a damaged file (not an SQLite database, or damaged where opening or migrating it
+    reads): with ``device_id`` (the running agent), the file and its -wal/-shm are moved aside
+    as ``<name>.damaged-<UTC time>`` (never deleted), a fresh queue is started and a
+    ``queue_replaced`` :class:`~agent.records.Gap` queued in it, saying what could be counted of
+    the damaged file's windows read-only (:attr:`replaced`); without it (``sync --once``,
+    ``calibrate``), :class:`StoreError` and the file is left as it is.
+
     Args:
         cfg: the ``[store]`` section (``cfg.path``: the queue file; its directory is created).
+        device_id: ``[agent] device_id`` of the agent that records into this queue: lets
+            :meth:`open` replace a damaged file (the gap is recorded under this device).
 
     Usage::
 
@@ -74,9 +93,12 @@ class Outbox:
             the message names the path, the hint says what to do.
     """
 
-    def __init__(self, cfg: StoreConfig) -> None:
+    def __init__(self, cfg: StoreConfig, *, device_id: str | None = None) -> None:
         self._cfg = cfg
         self._path = Path(cfg.path)
+        self._device_id = device_id
+        #: the damaged file :meth:`open` moved aside and replaced, if it did
+        self.replaced: QueueReplacement | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None  # touched only on the outbox thread
         self._lock_fd: int | None = None  # flock on <path>.lock while open
@@ -114,8 +136,10 @@ class Outbox:
 
         Raises:
             StoreError: directory not creatable/writable, file damaged or not an SQLite
-                database, schema newer than this agent knows, disk full, or the file already
-                open in another process / another ``Outbox`` (``<path>.lock`` held).
+                database (without ``device_id``), schema newer than this agent knows, disk full
+                with no reserve file left to release, the file already open in another process
+                / another ``Outbox`` (``<path>.lock`` held), or a damaged file that cannot be
+                moved aside.
         """
         if self._executor is not None:
             return
@@ -139,19 +163,102 @@ class Outbox:
         except OSError as err:
             raise _store_error(path, f"create directory {path.parent}", err) from err
         self._lock_fd = acquire_lock(path)
-        conn: sqlite3.Connection | None = None
         try:
-            conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
-            self._policy.incremental_vacuum = configure(conn, path, self._cfg.max_queue_mb)
-            self._policy.ensure_reserve()
+            conn = self._connect()
         except BaseException as err:
-            if conn is not None:
-                conn.close()
             self._release_lock()
             if isinstance(err, (sqlite3.Error, OSError)):
                 raise _store_error(path, "open the queue", err) from err
             raise
         self._conn = conn
+
+    def _connect(self) -> sqlite3.Connection:
+        """Open, configure and migrate the file (the lock held), curing on the way, once each,
+        what the queue's own faults call for: no room to open or migrate it (release the
+        reserve, try again, then apply the eviction policy), a damaged file (with
+        ``device_id``: move it aside, start a fresh queue, record the replacement)."""
+        path = self._path
+        released = False
+        if self._device_id is not None and path.exists():
+            # read-only first: a read-write connection to a damaged file would delete its WAL
+            # when it closes; a file that reads fine is opened read-write below
+            err = read_only_error(path)
+            if err is not None and damaged(err):
+                self.replaced = self._move_aside(err)
+        while True:
+            conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+            try:
+                self._policy.incremental_vacuum = configure(conn, path, self._cfg.max_queue_mb)
+                break
+            except BaseException as err:
+                conn.close()
+                if self._device_id is not None and self.replaced is None and damaged(err):
+                    self.replaced = self._move_aside(err)
+                    continue
+                if not released and no_room(path, err) and self._policy.release_reserve(
+                        "disk too full to open the queue"):
+                    released = True
+                    continue
+                raise
+        try:
+            if released:  # the disk is full: make room the policy's way before the first window
+                self._policy.housekeeping(conn)
+            else:
+                self._policy.ensure_reserve()
+        except (sqlite3.Error, OSError) as err:
+            log.warning("outbox %s: eviction policy not applied at open: %s", path, err)
+        if self.replaced is not None:
+            self._record_replacement(conn, self.replaced)
+        return conn
+
+    def _move_aside(self, err: BaseException) -> QueueReplacement:
+        """Move the damaged queue file and its -wal/-shm/-journal aside as
+        ``<name>.damaged-<UTC time>`` (and ``...-wal`` etc.: left here, a WAL would be replayed
+        into the fresh queue), and count read-only what is readable of it.
+
+        Raises:
+            OSError: it cannot be moved (then it is where it was).
+        """
+        path = self._path
+        moved_at = datetime.now(timezone.utc).replace(microsecond=0)
+        target = base = damaged_name(path, moved_at)
+        n = 0
+        while any(Path(f"{target}{s}").exists() for s in ("", "-wal", "-shm", "-journal")):
+            n += 1
+            target = base.with_name(f"{base.name}-{n}")
+        size = path.stat().st_size
+        # the side files first: should this be cut short, no WAL is ever left beside a new queue.db
+        for suffix in ("-wal", "-shm", "-journal"):
+            side = path.with_name(path.name + suffix)
+            if side.exists():
+                os.rename(side, f"{target}{suffix}")
+        os.rename(path, target)
+        fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)  # the renames survive a power cut
+        finally:
+            os.close(fd)
+        name = getattr(err, "sqlite_errorname", "") or type(err).__name__
+        counted = count_damaged(target)
+        windows, unsynced, first, last = counted if counted is not None else (None, None, None, None)
+        found = QueueReplacement(path=target, moved_at=moved_at, error=f"{err} [{name}]", size_bytes=size,
+                                 windows=windows, unsynced=unsynced, first_start=first, last_end=last)
+        log.error("outbox %s: %s", path, found.detail())
+        return found
+
+    def _record_replacement(self, conn: sqlite3.Connection, found: QueueReplacement) -> None:
+        """Queue the ``queue_replaced`` gap of ``found`` in the fresh queue (logged, not raised,
+        when it cannot be stored: the damaged file stays where ``diagnose`` shows it)."""
+        assert self._device_id is not None
+        start = found.first_start or found.moved_at
+        gap = Gap(event_id=str(uuid.uuid4()), device_id=self._device_id, start_time=start,
+                  end_time=max(start, found.last_end or found.moved_at), reason="queue_replaced",
+                  detail=found.detail(), windows=found.unsynced or 0)
+        try:
+            self._policy.write_making_room(conn, lambda c: self._insert_event(c, gap))
+        except sqlite3.Error as err:
+            log.error("outbox %s: the queue_replaced gap was not stored (%s): the server will not hear of %s",
+                      self._path, err, found.path.name)
 
     def _release_lock(self) -> None:
         fd, self._lock_fd = self._lock_fd, None
