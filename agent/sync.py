@@ -7,8 +7,9 @@ power cut or kill between the server commit and the local mark) inserts nothing 
 rows are marked synced only after the server's COMMIT has returned.
 
 Schema management is :func:`migrate` (``soundscape-agent db init``): versioned SQL files in
-``agent/sql/NNNN_name.sql``, each applied once, in its own transaction, under an advisory
-lock. The device itself may use an INSERT-only role (see :func:`send_batch`).
+``agent/sql/NNNN_name.sql``, each applied once, in its own transaction, holding a lock on
+``schema_migrations`` that device roles cannot take (bounded by ``lock_timeout``). The device
+itself may use an INSERT-only role (see :func:`send_batch`).
 
 All database I/O here is asyncio (``psycopg.AsyncConnection``) except :func:`migrate`, a
 one-shot command; SQLite work happens on the :class:`~agent.store.Outbox` thread. The
@@ -45,7 +46,8 @@ from agent.store import Outbox, nan_to_none
 
 log = logging.getLogger("agent.sync")
 
-#: Key of the transaction-level advisory lock serialising concurrent ``db init`` runs.
+#: Key of the transaction-level advisory lock serialising the creation of ``schema_migrations``
+#: in an empty database (migrations themselves lock that table).
 MIGRATION_LOCK_KEY = 7_370_636_117_110_100  # arbitrary constant, unique to this project
 
 _MIGRATION_FILE = re.compile(r"^(\d{4})_([A-Za-z0-9_]+)\.sql$")

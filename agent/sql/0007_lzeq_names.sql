@@ -4,7 +4,8 @@
 -- so: lzeq_db, lzeq_series_db. For one version both names exist: the new columns are filled
 -- from the old ones, and a trigger keeps them equal on every insert, whichever name the writer
 -- used, so agents of schema 6 (writing leq_*) keep syncing and dashboards reading leq_* keep
--- working. Version 8 drops leq_db, leq_series_db and the trigger: move dashboards to lzeq_*.
+-- working. A later version (schema 9 at the earliest) drops leq_db, leq_series_db and the trigger:
+-- move dashboards to lzeq_*.
 
 ALTER TABLE windows ADD COLUMN IF NOT EXISTS lzeq_db double precision;
 ALTER TABLE windows ADD COLUMN IF NOT EXISTS lzeq_series_db double precision[];
@@ -31,7 +32,7 @@ DROP TRIGGER IF EXISTS windows_lzeq_legacy_names ON windows;
 CREATE TRIGGER windows_lzeq_legacy_names BEFORE INSERT ON windows
     FOR EACH ROW EXECUTE FUNCTION windows_lzeq_legacy_names();
 
--- The views read the new names (so that version 8 can drop the old columns).
+-- The views read the new names (so that a later version can drop the old columns).
 CREATE OR REPLACE VIEW noise_levels AS
 SELECT w.device,
        w.start_time,
