@@ -338,7 +338,7 @@ def check_sqlite(ctx: Context) -> CheckResult:
              for p, t in damaged_queues(path)]
     value = {"path": str(path), "quick_check": "ok", "unsynced": depth,
              "oldest_unsynced_age_s": round(age, 1) if age is not None else None,
-             "evicted_unsynced": found.evicted_unsynced, "degraded": degraded,
+             "evicted_unsynced": found.evicted_unsynced, "set_aside": found.stats.set_aside, "degraded": degraded,
              "degraded_reported_at": beat.get("time") if degraded else None, "damaged_files": moved}
     moved_note = (f"{len(moved)} damaged queue file(s) moved aside and kept beside it: "
                   + ", ".join(f"{m['name']} ({m['bytes']} bytes)" for m in moved)) if moved else ""
@@ -348,8 +348,15 @@ def check_sqlite(ctx: Context) -> CheckResult:
         return CheckResult("sqlite", "warn", value=value,
                            detail=f"the agent reported itself degraded ({', '.join(degraded)}) at {beat.get('time')}; "
                                   f"{found.evicted_unsynced} windows evicted unsynced so far"
+                                  + (f"; {found.stats.set_aside} rows refused by the server set aside"
+                                     if found.stats.set_aside else "")
                                   + (f"; {moved_note}" if moved else ""),
                            hint=_degraded_hint(degraded + (["damaged_files"] if moved else [])))
+    if found.stats.set_aside:
+        return CheckResult("sqlite", "warn", value=value,
+                           detail=f"{found.stats.set_aside} rows the server refused for good are set aside in the "
+                                  f"queue (kept, not sent); {depth} windows waiting",
+                           hint=_degraded_hint(["set_aside"]))
     if moved:
         return CheckResult("sqlite", "warn", value=value, detail=f"queue intact, {depth} windows waiting; {moved_note}",
                            hint=_degraded_hint(["damaged_files"]))
@@ -375,6 +382,10 @@ def _degraded_hint(reasons: list[str]) -> str:
         "sync_failing": "the server is not taking data: see the postgres check",
         "queue_replaced": "the queue file was damaged: the agent moved it aside and started a fresh one (the server "
                           "has a queue_replaced gap saying what it held)",
+        "set_aside": "the server refused some rows for good while taking the rest (a server constraint or "
+                     "row-level security: the journal has each row and the server's message); they are kept in the "
+                     "queue: fix the server side (e.g. device_roles for an old device_id), then restart the agent, "
+                     "which offers them once more",
         "damaged_files": "the damaged queue files are kept for inspection: copy them off the device (sqlite3 FILE "
                          "'.recover' may still give their unsynced windows), then delete them to free space; a "
                          "damaged queue can mean a failing SD card or power cuts (dmesg, the supply)",

@@ -390,6 +390,7 @@ TEXTFILE_METRICS: tuple[tuple[str, str], ...] = (
     ("last_sync_timestamp_seconds", "last_sync_at"), ("cpu_temperature_celsius", "cpu_temp_c"),
     ("throttled", "throttled"), ("disk_free_bytes", "disk_free_bytes"),
     ("clock_synchronised", "clock_synchronised"), ("resident_memory_bytes", "rss_bytes"),
+    ("set_aside", "set_aside"),
 )
 
 

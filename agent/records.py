@@ -362,11 +362,14 @@ class Heartbeat:
             (a window could not be stored at all), ``capture_lost`` (the microphone is gone;
             retrying), ``sync_failing`` (three or more sync rounds failed in a row),
             ``queue_replaced`` (a damaged queue file was moved aside and a fresh queue started
-            within the last day; the ``queue_replaced`` gap says what it held).
+            within the last day; the ``queue_replaced`` gap says what it held), ``set_aside``
+            (the queue holds rows the server refused permanently: ``set_aside``).
         evicted_unsynced: windows ever evicted from this queue before they were synced (the
             eviction policy's hard cap; recorded as gaps).
         evicted_synced: synced windows deleted since the agent started (space or retention).
         dropped_windows: windows since the agent started that could not be stored at all.
+        set_aside: rows (windows, events, heartbeats) in the queue that the server refused
+            permanently while accepting the rows beside them: kept, no longer sent.
     """
 
     heartbeat_id: str
@@ -396,6 +399,7 @@ class Heartbeat:
     evicted_unsynced: int = 0
     evicted_synced: int = 0
     dropped_windows: int = 0
+    set_aside: int = 0
 
     def __post_init__(self) -> None:
         if self.time.tzinfo is None:

@@ -201,7 +201,7 @@ class Heartbeats:
         p = self.p
         queue = await p.outbox.stats()
         pressure = await p.outbox.pressure()
-        degraded = p.degraded(pressure)
+        degraded = p.degraded(pressure) + (("set_aside",) if queue.set_aside else ())
         if degraded:
             log.warning("degraded: %s", ", ".join(degraded))
         host = await asyncio.to_thread(host_snapshot, p.outbox.path)
@@ -212,7 +212,7 @@ class Heartbeats:
             queue_depth=queue.unsynced, oldest_unsynced_start=queue.oldest_unsynced_start,
             last_sync_at=await p.outbox.last_synced_at(), model_id=model_id, model_hash=model_hash,
             agent_version=__version__, degraded=degraded, evicted_unsynced=pressure.evicted_unsynced,
-            evicted_synced=pressure.evicted_synced, **host,
+            evicted_synced=pressure.evicted_synced, set_aside=queue.set_aside, **host,
         )
         await p.outbox.put_heartbeat(beat)
         p.stats.heartbeats += 1

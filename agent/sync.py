@@ -30,7 +30,8 @@ import ssl
 import struct
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, TypedDict, cast
 
@@ -90,8 +91,8 @@ WINDOW_COLUMNS: tuple[tuple[str, str], ...] = (
     ("classifier_status", "jsonb"),
 )
 DETECTION_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("window_key", ""), ("taxonomy", ""), ("rank", ""), ("label", ""), ("label_index", ""), ("score", ""),
-    ("offset_s", ""), ("model_id", ""), ("model_hash", ""), ("model_is_scaffold", ""),
+    ("device", ""), ("window_key", ""), ("taxonomy", ""), ("rank", ""), ("label", ""), ("label_index", ""),
+    ("score", ""), ("offset_s", ""), ("model_id", ""), ("model_hash", ""), ("model_is_scaffold", ""),
 )
 HEARTBEAT_COLUMNS: tuple[tuple[str, str], ...] = (
     ("heartbeat_id", "uuid"), ("device", ""), ("time", ""), ("uptime_s", ""), ("windows", ""), ("classified", ""),
@@ -99,7 +100,7 @@ HEARTBEAT_COLUMNS: tuple[tuple[str, str], ...] = (
     ("last_sync_at", ""), ("cpu_temp_c", ""), ("throttled", ""), ("throttle_flags", "text[]"),
     ("disk_free_bytes", ""), ("disk_total_bytes", ""), ("clock_synchronised", ""), ("rss_bytes", ""),
     ("peak_rss_bytes", ""), ("model_id", ""), ("model_hash", ""), ("agent_version", ""), ("degraded", "text[]"),
-    ("evicted_unsynced", ""), ("evicted_synced", ""), ("dropped_windows", ""),
+    ("evicted_unsynced", ""), ("evicted_synced", ""), ("dropped_windows", ""), ("set_aside", ""),
 )
 GAP_COLUMNS: tuple[tuple[str, str], ...] = (
     ("event_id", "uuid"), ("device", ""), ("start_time", ""), ("end_time", ""), ("reason", ""), ("detail", ""),
@@ -624,8 +625,9 @@ def _detection_params(r: WindowResult) -> list[dict[str, Any]]:
     rows = []
     for d in r.detections:
         m = r.model_for(d.taxonomy)
-        rows.append({"window_key": r.key, "taxonomy": d.taxonomy, "rank": int(d.rank), "label": d.label,
-                     "label_index": int(d.label_index), "score": float(d.score), "offset_s": d.offset_s,
+        rows.append({"device": r.device_id, "window_key": r.key, "taxonomy": d.taxonomy, "rank": int(d.rank),
+                     "label": d.label, "label_index": int(d.label_index), "score": float(d.score),
+                     "offset_s": d.offset_s,
                      "model_id": m.model_id if m else None, "model_hash": m.model_hash if m else None,
                      "model_is_scaffold": m.is_scaffold if m else None})
     return rows
@@ -908,15 +910,54 @@ async def probe_server(cfg: SyncConfig, device_id: str) -> tuple[str, int, TlsRe
 # the syncer
 
 
-#: One kind of record :meth:`Syncer.sync_once` delivers after the windows: (fetch the pending
-#: ones, send them, mark them synced, the name of their id attribute, what they are).
-_Delivery = tuple[
-    Callable[[int], Awaitable[Sequence[Any]]],
-    Callable[[psycopg.AsyncConnection, Sequence[Any]], Awaitable[int]],
-    Callable[[Iterable[str], datetime], Awaitable[int]],
-    str,
-    str,
-]
+#: SQLSTATE classes and codes of a refusal that replaying the same rows cannot cure: data
+#: exceptions (22), integrity constraints (23: CHECK, NOT NULL, foreign key), program limits
+#: (54: e.g. an index row too large) and 42501 (row-level security, or a missing privilege:
+#: then every row is refused, and nothing is set aside). PostgreSQL, Appendix A "Error Codes".
+_PERMANENT_CLASSES = ("22", "23", "54")
+_PERMANENT_CODES = ("42501",)
+
+
+class _Refused(SyncError):
+    """The server refused rows with an error that replaying the same rows cannot cure."""
+
+
+def _permanent(err: psycopg.Error) -> bool:
+    """True if ``err`` refuses the rows themselves (see :data:`_PERMANENT_CLASSES`)."""
+    state = err.sqlstate or ""
+    return state[:2] in _PERMANENT_CLASSES or state in _PERMANENT_CODES
+
+
+@dataclass(frozen=True)
+class _Kind:
+    """One kind of queued record :meth:`Syncer.sync_once` delivers.
+
+    Attributes:
+        table: the outbox table (for :meth:`~agent.store.Outbox.set_aside`).
+        fetch: the oldest pending records, at most n.
+        send: insert records in the connection's transaction with a sync id; rows newly inserted.
+        mark: mark records synced locally with the sync id and the server's time; rows marked.
+        ident: a record's key.
+    """
+
+    table: str
+    fetch: Callable[[int], Awaitable[Sequence[Any]]]
+    send: Callable[[psycopg.AsyncConnection, Sequence[Any], str], Awaitable[int]]
+    mark: Callable[[Sequence[Any], str, datetime], Awaitable[int]]
+    ident: Callable[[Any], str]
+
+
+def _kinds(ob: Outbox) -> tuple[_Kind, _Kind, _Kind]:
+    """Windows, then events (gaps, clock steps), then heartbeats: data first."""
+    return (
+        _Kind("windows", ob.pending, send_batch,
+              lambda rs, sid, t: ob.mark_synced([r.key for r in rs], sid, t), lambda r: str(r.key)),
+        _Kind("events", ob.pending_events, lambda conn, rs, sid: send_events(conn, rs),
+              lambda rs, sid, t: ob.mark_events_synced([r.event_id for r in rs], t), lambda r: str(r.event_id)),
+        _Kind("heartbeats", ob.pending_heartbeats, lambda conn, rs, sid: send_heartbeats(conn, rs),
+              lambda rs, sid, t: ob.mark_heartbeats_synced([r.heartbeat_id for r in rs], t),
+              lambda r: str(r.heartbeat_id)),
+    )
 
 
 class Syncer:
@@ -980,16 +1021,94 @@ class Syncer:
                 # no SQLSTATE: the connection broke (reset, server gone), nothing was refused
                 raise SyncError(f"PostgreSQL {where}: the connection was lost during {what}: {text}",
                                 _connect_hint("")) from None
-            raise SyncError(f"PostgreSQL {where} refused {what}: {text}", _server_hint(err)) from None
+            kind = _Refused if _permanent(err) else SyncError
+            raise kind(f"PostgreSQL {where} refused {what}: {text}", _server_hint(err)) from None
+
+    async def _commit(self, conn: psycopg.AsyncConnection, kind: _Kind, records: Sequence[Any], bound: float,
+                      where: str, params: dict[str, str]) -> tuple[int, int]:
+        """Send ``records`` in one transaction, COMMIT, then (only then) mark them synced locally.
+
+        Returns:
+            (rows newly inserted on the server, records newly marked locally).
+
+        Raises:
+            _Refused: the server refused them for good (the transaction is rolled back).
+            SyncError, StoreError: as :meth:`sync_once`.
+        """
+        sync_id = str(uuid.uuid4())
+        try:
+            inserted, sync_time = await self._commit_bounded(
+                conn, functools.partial(kind.send, conn, records, sync_id), f"{len(records)} {kind.table}",
+                bound, where, params)
+        except _Refused:
+            await conn.rollback()
+            raise
+        marked = await kind.mark(records, sync_id, sync_time)
+        log.debug("%s %s: %d sent, %d new on the server", kind.table, sync_id, len(records), inserted)
+        return inserted, marked
+
+    async def _deliver(self, conn: psycopg.AsyncConnection, kind: _Kind, records: Sequence[Any], bound: float,
+                       where: str, params: dict[str, str]) -> tuple[int, int, int]:
+        """Deliver a batch; when the server refuses it for good, deliver what it accepts and set
+        aside the rows it refuses on their own, so that one bad row never wedges the queue.
+
+        A row is set aside only if another row of the batch was accepted: when every row is
+        refused the fault is the role or the schema, not the rows, and the batch stays pending.
+        The refused rows are found by halving (``O(k log n)`` transactions for ``k`` bad rows).
+
+        Returns:
+            (records delivered, rows newly inserted, records newly marked).
+
+        Raises:
+            SyncError: as :meth:`sync_once` (every row refused included).
+            StoreError: the outbox cannot be written.
+        """
+        try:
+            inserted, marked = await self._commit(conn, kind, records, bound, where, params)
+            return len(records), inserted, marked
+        except _Refused as first:
+            if len(records) == 1:
+                raise
+            accepted, inserted, marked, refused = await self._isolate(conn, kind, records, bound, where, params)
+            if not accepted:
+                raise first from None
+        for record, err in refused:
+            log.error("the server refused %s %s for good while accepting the rows beside it: %s; it is set aside "
+                      "in the queue (kept, counted in heartbeats and by diagnose); hint: fix the server side, then "
+                      "restart the agent, which offers it once more", kind.table.rstrip("s"), kind.ident(record),
+                      err.message)
+            await self._outbox.set_aside(kind.table, [kind.ident(record)], err.message)
+        return accepted, inserted, marked
+
+    async def _isolate(self, conn: psycopg.AsyncConnection, kind: _Kind, records: Sequence[Any], bound: float,
+                       where: str, params: dict[str, str]) -> tuple[int, int, int, list[tuple[Any, _Refused]]]:
+        """``records`` were refused together: commit each half the server accepts, halve the
+        others down to single rows. Returns (accepted, inserted, marked, [(refused row, why)])."""
+        accepted = inserted = marked = 0
+        refused: list[tuple[Any, _Refused]] = []
+        mid = len(records) // 2
+        for part in (records[:mid], records[mid:]):
+            try:
+                new, done = await self._commit(conn, kind, part, bound, where, params)
+            except _Refused as err:
+                if len(part) == 1:
+                    refused.append((part[0], err))
+                    continue
+                a, n, m, r = await self._isolate(conn, kind, part, bound, where, params)
+                accepted, inserted, marked, refused = accepted + a, inserted + n, marked + m, refused + r
+            else:
+                accepted, inserted, marked = accepted + len(part), inserted + new, marked + done
+        return accepted, inserted, marked, refused
 
     async def sync_once(self) -> int:
         """Deliver every pending window, batch after batch, over one connection.
 
         Per batch: ``outbox.pending(batch_size)`` -> :func:`send_batch` -> COMMIT ->
         ``outbox.mark_synced(keys, sync_id, server time)``. Stops when the outbox has no more
-        pending windows (a short batch ends the round). Then the pending heartbeats, the same
-        way (:func:`send_heartbeats`), after the windows and the events (gaps, clock steps:
-        :func:`send_events`): data first.
+        pending windows (a short batch ends the round). Then the pending events (gaps, clock
+        steps: :func:`send_events`) and heartbeats (:func:`send_heartbeats`) the same way: data
+        first. A row the server refuses for good while accepting the rows beside it is set
+        aside in the outbox (:meth:`_deliver`), and the round goes on.
 
         Returns:
             Number of windows delivered and marked synced in this round (replayed ones
@@ -998,8 +1117,8 @@ class Syncer:
         Raises:
             SyncError: no DSN, server unreachable or too slow (connect bound
                 ``connect_timeout_s + statement_timeout_s``; the same bound per batch),
-                unknown schema version, or the server refused a batch. Windows of a failed
-                batch stay pending; earlier batches of the round stay delivered.
+                unknown schema version, or the server refused every row of a batch. Windows of
+                a failed batch stay pending; earlier batches of the round stay delivered.
             StoreError: the outbox cannot be read or written.
         """
         if not self.enabled:
@@ -1019,32 +1138,12 @@ class Syncer:
                 except TimeoutError:
                     raise SyncError(f"PostgreSQL {where} did not answer within {bound:g} s",
                                     _connect_hint("timeout")) from None
-                while True:
-                    batch = await self._outbox.pending(batch_size)
-                    if not batch:
-                        break
-                    sync_id = str(uuid.uuid4())
-                    inserted, sync_time = await self._commit_bounded(
-                        conn, functools.partial(send_batch, conn, batch, sync_id), f"a batch of {len(batch)} windows",
-                        bound, where, params)
-                    # Only now, after the server's COMMIT returned, mark them locally.
-                    marked = await self._outbox.mark_synced([r.key for r in batch], sync_id, sync_time)
-                    delivered += len(batch)
-                    inserted_total += inserted
-                    log.debug("batch %s: %d windows sent, %d new on the server", sync_id, len(batch), inserted)
-                    if len(batch) < batch_size or marked == 0:
-                        break
-                ob = self._outbox
-                deliveries: tuple[_Delivery, _Delivery] = (
-                        (ob.pending_events, send_events, ob.mark_events_synced, "event_id", "events"),
-                        (ob.pending_heartbeats, send_heartbeats, ob.mark_heartbeats_synced, "heartbeat_id",
-                         "heartbeats"))
-                for fetch, send, mark, ident, what in deliveries:
-                    while records := await fetch(batch_size):
-                        _, sync_time = await self._commit_bounded(
-                            conn, functools.partial(send, conn, records), f"{len(records)} {what}", bound, where,
-                            params)
-                        marked = await mark([getattr(r, ident) for r in records], sync_time)
+                for kind in _kinds(self._outbox):
+                    while records := await kind.fetch(batch_size):
+                        sent, inserted, marked = await self._deliver(conn, kind, records, bound, where, params)
+                        if kind.table == "windows":
+                            delivered += sent
+                            inserted_total += inserted
                         if len(records) < batch_size or marked == 0:
                             break
             finally:

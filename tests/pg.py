@@ -22,7 +22,8 @@ import tempfile
 from pathlib import Path
 
 import psycopg
-from psycopg.conninfo import make_conninfo
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 ADMIN_USER = "admin"
 ADMIN_PASSWORD = "admin-secret-pw"
@@ -229,3 +230,33 @@ class PgServer:
 
     def __exit__(self, *exc: object) -> None:
         self.cleanup()
+
+
+# ---------------------------------------------------------------------------------------------
+# provisioning exactly as deploy/db.yml does
+
+# deploy/db.yml's soundscape_db_device_insert_tables: every table the agent inserts into
+DEVICE_INSERT_TABLES = ("windows", "detections", "heartbeats", "gaps", "clock_steps")
+
+
+def provision_device(admin_dsn: str, role: str, password: str, device: str) -> None:
+    """Create a device LOGIN role with deploy/db.yml's grants and map it to ``device``.
+
+    CONNECT and TEMPORARY revoked from PUBLIC, CONNECT to the role; USAGE on schema public;
+    INSERT on :data:`DEVICE_INSERT_TABLES`; SELECT on schema_migrations; one device_roles
+    row (role, device). Attributes as db.yml: NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT.
+
+    Raises:
+        psycopg.Error: the server refused (e.g. the role exists already).
+    """
+    db = conninfo_to_dict(admin_dsn)["dbname"]
+    with psycopg.connect(admin_dsn, autocommit=True) as con:
+        con.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION"
+                            " NOINHERIT").format(sql.Identifier(role), sql.Literal(password)))
+        con.execute(sql.SQL("REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC").format(sql.Identifier(db)))
+        con.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(db), sql.Identifier(role)))
+        con.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(sql.Identifier(role)))
+        con.execute(sql.SQL("GRANT INSERT ON {} TO {}").format(
+            sql.SQL(", ").join(map(sql.Identifier, DEVICE_INSERT_TABLES)), sql.Identifier(role)))
+        con.execute(sql.SQL("GRANT SELECT ON schema_migrations TO {}").format(sql.Identifier(role)))
+        con.execute("INSERT INTO device_roles (role_name, device) VALUES (%s, %s)", (role, device))

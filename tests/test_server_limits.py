@@ -322,16 +322,17 @@ def test_the_server_ends_a_stuck_device_session_and_db_init_goes_through(short_t
     limits = short_timeouts
     c = psycopg.connect(limits.device_dsn("lim-c"))
     died: list[BaseException] = []
+
+    def sleep() -> None:
+        try:
+            c.execute("SELECT pg_sleep(30)")
+        except psycopg.Error as err:
+            died.append(err)
+
+    sleeper = threading.Thread(target=sleep)
     try:
         c.execute(HEARTBEAT_SQL.format(extra="", values=""), ("lim-c",))
         if stuck == "in a long statement":
-            def sleep() -> None:
-                try:
-                    c.execute("SELECT pg_sleep(30)")
-                except psycopg.Error as err:
-                    died.append(err)
-
-            sleeper = threading.Thread(target=sleep)
             sleeper.start()
         t0 = time.monotonic()
         code, out, err = finish(start_migrate(limits.owner_dsn, PROBE_SQL, lock_timeout_s=1, lock_wait_s=20), 40)
@@ -344,6 +345,9 @@ def test_the_server_ends_a_stuck_device_session_and_db_init_goes_through(short_t
         with pytest.raises(psycopg.Error, match="idle-in-transaction timeout"):
             c.execute("SELECT 1")
     finally:
+        if sleeper.is_alive():  # never close a connection another thread is waiting on
+            c.cancel()
+            sleeper.join(10)
         c.close()
 
 
@@ -400,7 +404,7 @@ def test_a_device_cannot_hold_up_db_init_with_the_migration_lock(limits, probe_c
     ("windows", "model_id", WINDOW_SQL.format(extra=", model_id", values=", %s"), "m" * 10**6),
     ("windows", "window_key", WINDOW_SQL.format(extra="", values=""), None),
     ("detections", "label", "INSERT INTO detections (window_key, rank, label, label_index, score)"
-                            " VALUES (%s, 1, %s, 0, 0.5)", "l" * 10**6),
+                            " VALUES (%s, 1, %s, 0, 0.5)", "".join(uuid.uuid4().hex for _ in range(64))),
 ])
 def test_an_oversized_value_is_refused(limits, table, column, sql, value):
     """One oversized value per column a device sends (the issue's 96 MB gaps.detail first):

@@ -4,7 +4,7 @@
 -- so: lzeq_db, lzeq_series_db. For one version both names exist: the new columns are filled
 -- from the old ones, and a trigger keeps them equal on every insert, whichever name the writer
 -- used, so agents of schema 6 (writing leq_*) keep syncing and dashboards reading leq_* keep
--- working. A later version (schema 9 at the earliest) drops leq_db, leq_series_db and the trigger:
+-- working. A later version (schema 10 at the earliest) drops leq_db, leq_series_db and the trigger:
 -- move dashboards to lzeq_*.
 
 ALTER TABLE windows ADD COLUMN IF NOT EXISTS lzeq_db double precision;

@@ -34,6 +34,8 @@ class QueueStats:
             ``None`` when everything is synced.
         skipped_total: stored windows whose classification was skipped (analysis backlog).
         xruns_total: capture overruns summed over the stored windows.
+        set_aside: windows, events and heartbeats the server refused permanently, kept in the
+            queue and no longer offered to it (not counted in ``unsynced``).
     """
 
     windows_total: int
@@ -41,24 +43,35 @@ class QueueStats:
     oldest_unsynced_start: datetime | None
     skipped_total: int
     xruns_total: int
+    set_aside: int = 0
+
+
+#: The queue tables whose rows can be set aside, each with its key column.
+SET_ASIDE_TABLES = {"windows": "key", "events": "event_id", "heartbeats": "heartbeat_id"}
 
 
 def _queue_stats(conn: sqlite3.Connection) -> QueueStats:
-    """:class:`QueueStats` of an open connection (the outbox's, or a read-only one)."""
+    """:class:`QueueStats` of an open connection (the outbox's, or a read-only one of a file
+    the agent has not migrated yet: before schema 6 nothing is set aside)."""
+    has_set_aside = any(row[1] == "refused_at" for row in conn.execute("PRAGMA table_info(windows)"))
+    pending = "synced_at IS NULL AND refused_at IS NULL" if has_set_aside else "synced_at IS NULL"
     total, unsynced, oldest, skipped, xruns = conn.execute(
         "SELECT count(*),"
-        " count(*) FILTER (WHERE synced_at IS NULL),"
-        " min(start_time) FILTER (WHERE synced_at IS NULL),"
+        f" count(*) FILTER (WHERE {pending}),"
+        f" min(start_time) FILTER (WHERE {pending}),"
         " count(*) FILTER (WHERE status = 'skipped_backlog'),"
         " coalesce(sum(xruns), 0)"
         " FROM windows"
     ).fetchone()
+    set_aside = sum(conn.execute(f"SELECT count(*) FROM {table} WHERE refused_at IS NOT NULL AND synced_at IS NULL"
+                                 ).fetchone()[0] for table in SET_ASIDE_TABLES) if has_set_aside else 0
     return QueueStats(
         windows_total=int(total),
         unsynced=int(unsynced),
         oldest_unsynced_start=_from_text(oldest) if oldest is not None else None,
         skipped_total=int(skipped),
         xruns_total=int(xruns),
+        set_aside=int(set_aside),
     )
 
 

@@ -36,6 +36,7 @@ from agent.store.codec import (
 from agent.store.db import BUSY_TIMEOUT_MS, _store_error, acquire_lock, configure, damaged, in_transaction, no_room
 from agent.store.eviction import EvictionPolicy, StorePressure
 from agent.store.inspection import (
+    SET_ASIDE_TABLES,
     QueueReplacement,
     QueueStats,
     _queue_stats,
@@ -209,7 +210,22 @@ class Outbox:
             log.warning("outbox %s: eviction policy not applied at open: %s", path, err)
         if self.replaced is not None:
             self._record_replacement(conn, self.replaced)
+        self._offer_set_aside_again(conn)
         return conn
+
+    def _offer_set_aside_again(self, conn: sqlite3.Connection) -> None:
+        """Make the rows set aside by an earlier run deliverable again (one more try per start:
+        the server may have been fixed meanwhile); logged, not raised."""
+        try:
+            again = 0
+            for table in SET_ASIDE_TABLES:
+                again += conn.execute(f"UPDATE {table} SET refused_at = NULL, refused = NULL"
+                                      " WHERE refused_at IS NOT NULL AND synced_at IS NULL").rowcount
+        except sqlite3.Error as err:
+            log.warning("outbox %s: set-aside rows not offered again: %s", self._path, err)
+            return
+        if again:
+            log.warning("outbox %s: offering %d rows the server refused before once more", self._path, again)
 
     def _move_aside(self, err: BaseException) -> QueueReplacement:
         """Move the damaged queue file and its -wal/-shm/-journal aside as
@@ -430,7 +446,7 @@ class Outbox:
             conn.execute("BEGIN")  # one snapshot for both queries
             try:
                 rows = conn.execute(
-                    f"SELECT {_WINDOW_COLUMNS} FROM windows WHERE synced_at IS NULL"
+                    f"SELECT {_WINDOW_COLUMNS} FROM windows WHERE synced_at IS NULL AND refused_at IS NULL"
                     " ORDER BY start_time, key LIMIT ?",
                     (limit,),
                 ).fetchall()
@@ -438,7 +454,8 @@ class Outbox:
                 for key, taxonomy, rank, label, label_index, score, offset_s in conn.execute(
                     "SELECT window_key, taxonomy, rank, label, label_index, score, offset_s FROM detections"
                     " WHERE window_key IN"
-                    " (SELECT key FROM windows WHERE synced_at IS NULL ORDER BY start_time, key LIMIT ?)"
+                    " (SELECT key FROM windows WHERE synced_at IS NULL AND refused_at IS NULL"
+                    " ORDER BY start_time, key LIMIT ?)"
                     " ORDER BY window_key, taxonomy, rank",
                     (limit,),
                 ):
@@ -536,8 +553,8 @@ class Outbox:
             raise ValueError(f"limit must be >= 1, got {limit}")
 
         def work(conn: sqlite3.Connection) -> list[T]:
-            rows = conn.execute(f"SELECT {columns} FROM {table} WHERE synced_at IS NULL ORDER BY time, {id_column}"
-                                " LIMIT ?", (limit,)).fetchall()
+            rows = conn.execute(f"SELECT {columns} FROM {table} WHERE synced_at IS NULL AND refused_at IS NULL"
+                                f" ORDER BY time, {id_column} LIMIT ?", (limit,)).fetchall()
             return [decode(row) for row in rows]
 
         return await self._submit(work, f"read pending {table}")
@@ -553,6 +570,36 @@ class Outbox:
             return max(cur.rowcount, 0)
 
         return await self._submit(lambda conn: self._policy.write_making_room(conn, work), f"mark {table} synced")
+
+    async def set_aside(self, table: str, ids: Iterable[str], refused: str) -> int:
+        """Set rows the server refused permanently aside: kept, no longer offered by
+        :meth:`pending` / :meth:`pending_events` / :meth:`pending_heartbeats` (so the rows after
+        them flow), counted in :attr:`QueueStats.set_aside`; offered once more at the next open.
+
+        Args:
+            table: ``windows``, ``events`` or ``heartbeats``.
+            ids: their keys (``key``, ``event_id``, ``heartbeat_id``).
+            refused: the server's message, stored with each row.
+
+        Returns:
+            Rows newly set aside (unknown, synced or already set-aside ids are ignored).
+
+        Raises:
+            ValueError: ``table`` is not one of the three.
+            StoreError: the file cannot be written.
+        """
+        if table not in SET_ASIDE_TABLES:
+            raise ValueError(f"table must be one of {', '.join(SET_ASIDE_TABLES)}, got {table!r}")
+        id_column = SET_ASIDE_TABLES[table]
+        when = _to_text(datetime.now(timezone.utc))
+        params = [(when, refused, i) for i in ids]
+
+        def work(conn: sqlite3.Connection) -> int:
+            cur = conn.executemany(f"UPDATE {table} SET refused_at = ?, refused = ? WHERE {id_column} = ?"
+                                   " AND synced_at IS NULL AND refused_at IS NULL", params)
+            return max(cur.rowcount, 0)
+
+        return await self._submit(lambda conn: self._policy.write_making_room(conn, work), f"set {table} aside")
 
     async def last_synced_at(self) -> datetime | None:
         """Server time of the most recent delivery of a window or heartbeat, or ``None``.
