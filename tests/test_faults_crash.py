@@ -3,7 +3,9 @@
 The real ``soundscape-agent run`` process captures a real recording in real time (the file
 source paced like a live microphone, 1 s windows: one window a second, every one classified by
 the real model code path) into the real SQLite outbox and syncs every 0.2 s to a real
-PostgreSQL. Each cycle restarts it, waits until it is back at work (its first new window
+PostgreSQL. Each cycle restarts it (the recording replayed from its start, anchored one
+recording length after the previous run: :func:`tests.faultkit.next_anchor`, so every run's
+windows have start times of their own), waits until it is back at work (its first new window
 committed), lets it run for a random time drawn from a seeded RNG and SIGKILLs it in one of
 three ways, drawn from the same RNG:
 
@@ -44,7 +46,7 @@ import pytest
 import soundfile as sf
 
 from tests.audio import real_audio_s16
-from tests.faultkit import AgentProcess, check_delivery, local_keys, quick_check, scaled
+from tests.faultkit import AgentProcess, check_delivery, local_keys, next_anchor, quick_check, scaled
 from tests.test_run import write_config
 
 pytestmark = pytest.mark.faults
@@ -79,7 +81,8 @@ def write_field_recording(dirpath: Path, seconds: float, rate: int = RATE) -> Pa
 
     The name carries a ``YYYYMMDD_HHMMSS`` stamp (as AudioMoth files do), which the file source
     takes as the recording's start time. Each agent start replays it from its beginning, so it
-    must be longer than any one run: the source ends (and the agent exits) at its end.
+    must be longer than any one run: the source ends (and the agent exits) at its end. A test
+    that restarts the agent on it moves the stamp on first (:func:`tests.faultkit.next_anchor`).
 
     Args:
         dirpath: directory to write into.
@@ -95,9 +98,9 @@ def write_field_recording(dirpath: Path, seconds: float, rate: int = RATE) -> Pa
 
 
 def live_config(path: Path, *, recording: Path, model_dir: Path, db: Path, dsn: str, **sync: object) -> Path:
-    """A TOML config for a live-paced agent: the realtime file source, 1 s windows, the ONNX
-    scaffold model, the outbox at ``db`` and a sync every 0.2 s (``sync`` overrides keys of
-    ``[sync]``).
+    """A TOML config for a live-paced agent: the realtime file source replaying ``recording`` (a
+    file or a directory), 1 s windows, the ONNX scaffold model, the outbox at ``db`` and a sync
+    every 0.2 s (``sync`` overrides keys of ``[sync]``).
 
     Returns:
         ``path``, written.
@@ -131,7 +134,14 @@ def test_kill9_during_capture_and_sync_loses_and_duplicates_nothing(tmp_path, ti
     rng.shuffle(plan)
     print(f"crash test: {cycles} cycles, seed {seed} (set SOUNDSCAPE_FAULT_SEED={seed} to replay the draw)")
     db = tmp_path / "queue.db"
-    recording = write_field_recording(tmp_path, 120)
+    # capture.path names a directory holding the one recording, whose anchor moves on before
+    # every restart (faultkit.next_anchor): each run replays the file from its start, and at the
+    # same anchor every run would store the windows of the runs before it again under a new
+    # stream, the same device and start times under new keys, which check_delivery rightly
+    # counts as duplicates
+    recording = tmp_path / "recording"
+    recording.mkdir()
+    write_field_recording(recording, 120)
     cfg = live_config(tmp_path / "agent.toml", recording=recording, model_dir=tiny_model_dir, db=db, dsn=fault_dsn,
                       backoff_initial_s=0.5, backoff_max_s=4)
 
@@ -154,6 +164,8 @@ def test_kill9_during_capture_and_sync_loses_and_duplicates_nothing(tmp_path, ti
         try:
             for cycle in range(cycles):
                 t_cycle = time.monotonic()
+                if cycle:
+                    next_anchor(recording)
                 agent = AgentProcess(cfg, tmp_path)
                 logs.append(agent)
                 # back at work: the first window of this run committed (printed after the commit)
@@ -214,6 +226,7 @@ def test_kill9_during_capture_and_sync_loses_and_duplicates_nothing(tmp_path, ti
                       f"({len(unsynced)} unsynced, {len(unsynced & remote)} committed but not marked)", flush=True)
 
             # the final run delivers the backlog; SIGTERM ends it with a final sync
+            next_anchor(recording)
             agent = AgentProcess(cfg, tmp_path)
             logs.append(agent)
             recoveries.append(agent.wait_for(lambda agent=agent: agent.windows_printed() >= 1, 180,

@@ -727,11 +727,15 @@ def _schema_up_to(dsn: str, version: int) -> None:
 
 
 def _server_config(tmp_path: Path, prefilled, model: Path, dsn: str) -> tuple[Path, Path]:
-    """Real-time replay of three real recordings (30 s) in 1 s windows, syncing every second."""
+    """Real-time replay of three real recordings (30 s) in 1 s windows, syncing every second.
+
+    The recordings of 06:00, 09:00 and 12:00, not the pre-filled queue's (00:00 and 03:00):
+    replayed again, their first window would start where a pre-filled one does, the same
+    device and start time under a second key, a duplicate to :func:`check_delivery`."""
     db = queue_copy(prefilled, tmp_path / "state")
     cfg = write_config(
         tmp_path / "agent.toml",
-        capture={"type": "file", "path": str(RECORDINGS / "S4A03895_20190522_0[0-6]*.wav"), "realtime": True},
+        capture={"type": "file", "path": str(RECORDINGS / "S4A03895_20190522_[01][269]0000.wav"), "realtime": True},
         windows={"length_s": 1.0},
         classifier={"type": "onnx", "model": str(model)},
         store={"path": str(db)},

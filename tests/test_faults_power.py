@@ -9,9 +9,9 @@ persisted: what the Pi finds after the power comes back. The ``-wal`` and ``-shm
 no favours: unsynced, they are lost like the rest (SQLite rebuilds ``-shm``).
 
 Each cycle starts the real ``soundscape-agent run`` on the queue (a real recording replayed
-as fast as the agent stores it, 1 s windows, ~30 commits a second, synced to a real
-PostgreSQL every 0.2 s), waits until it is back at work and cuts the power in one of three
-ways, drawn from a seeded RNG:
+from its start as fast as the agent stores it, each run anchored one recording length after
+the previous one; 1 s windows, ~30 commits a second, synced to a real PostgreSQL every 0.2 s),
+waits until it is back at work and cuts the power in one of three ways, drawn from a seeded RNG:
 
 * ``random``: after a random time; in half of these cycles the disk's cache has written a
   random part of itself first (each 512-byte sector of each unsynced write, with a random
@@ -50,7 +50,7 @@ import soundfile as sf
 from agent.errors import StoreError
 from agent.store.db import UNSAFE_SYNCHRONOUS_ENV, configure
 from tests.audio import real_audio_s16
-from tests.faultkit import AgentProcess, check_delivery, local_keys, quick_check, scaled
+from tests.faultkit import AgentProcess, check_delivery, local_keys, next_anchor, quick_check, scaled
 from tests.powercut import VolatileDisk, unavailable
 from tests.test_run import write_config
 
@@ -93,9 +93,14 @@ def controls() -> dict[str, dict]:
 
 
 def agent_config(tmp_path: Path, db: Path, dsn: str) -> Path:
-    recording = tmp_path / "field_20240601_120000.wav"
+    """The agent's config: the outbox at ``db``, the recording in ``tmp_path/recording`` (the
+    directory is ``capture.path``: a test that restarts the agent moves the recording's anchor
+    on before each restart with :func:`tests.faultkit.next_anchor`), written once."""
+    recording = tmp_path / "recording"
     if not recording.exists():
-        sf.write(str(recording), real_audio_s16(RATE, RECORDING_S), RATE, subtype="PCM_16")
+        recording.mkdir()
+        sf.write(str(recording / "field_20240601_120000.wav"), real_audio_s16(RATE, RECORDING_S), RATE,
+                 subtype="PCM_16")
     return write_config(
         tmp_path / "agent.toml",
         agent={"device_id": DEVICE},
@@ -350,6 +355,11 @@ def test_power_cut_keeps_every_acknowledged_window_and_an_intact_queue(tmp_path,
     partial = 0
     try:
         for n, mode in enumerate(plan):
+            # every run replays the recording from its start: at an unchanged anchor it would
+            # store the windows of the runs before it again under a new stream, the same device
+            # and start times under new keys, which check_delivery rightly counts as duplicates
+            if n:
+                next_anchor(tmp_path / "recording")
             keep = 0.0
             if mode == "random" and partial * 2 < sum(1 for m in plan[:n + 1] if m == "random"):
                 keep, partial = rng.uniform(0.2, 0.8), partial + 1
@@ -361,6 +371,7 @@ def test_power_cut_keeps_every_acknowledged_window_and_an_intact_queue(tmp_path,
             assert not c.vanished, f"cycle {n} ({mode}, seed {seed}): {c.vanished} earlier windows vanished"
 
         # the final run delivers the backlog and stops cleanly; then the power goes once more
+        next_anchor(tmp_path / "recording")
         agent = AgentProcess(cfg, tmp_path)
         try:
             final_recovery = agent.wait_for(lambda: agent.windows_printed() >= 1, 120, "final run: first window")

@@ -382,6 +382,38 @@ def test_housekeeping_with_space_to_spare_gives_the_pages_of_old_synced_windows_
     assert deleted == 250 and after < before / 2  # auto_vacuum=INCREMENTAL gave the pages back
 
 
+@pytest.mark.parametrize("found", [0, 123_457, None, 500_000], ids=["empty", "truncated", "missing", "whole"])
+def test_a_reserve_file_cut_short_is_made_anew_at_open_when_there_is_room(tmp_path, caplog, found):
+    """``queue.db.reserve`` as a power cut may leave it (0 bytes: created, its size never on the
+    disk; or cut short), missing, or whole, when the outbox opens on a filesystem with room: after
+    the open it has exactly ``reserve_mb`` MB (``agent.store.db.MB`` = 10^6 bytes), allocated.
+    A short one is replaced (logged at INFO), a whole one kept as it is."""
+    from agent.store.db import MB
+
+    reserve = tmp_path / "queue.db.reserve"
+    if found is not None:
+        with open(reserve, "wb") as f:
+            f.write(b"\0" * found)
+    before = reserve.stat() if found is not None else None
+
+    async def main():
+        async with Outbox(StoreConfig(path=tmp_path / "queue.db", reserve_mb=0.5, min_free_mb=0)):
+            return reserve.stat()
+
+    with caplog.at_level("INFO", logger="agent.store"):
+        st = asyncio.run(main())
+    assert st.st_size == int(0.5 * MB) == 500_000
+    assert st.st_blocks * 512 >= st.st_size  # allocated, not a sparse file that would free nothing
+    short = [r for r in caplog.records if "reserve file" in r.getMessage() and "making it anew" in r.getMessage()]
+    if found is not None and found < 500_000:
+        assert len(short) == 1 and short[0].levelname == "INFO", caplog.text
+        assert f"has {found} of its 500000 bytes" in short[0].getMessage()
+    else:
+        assert not short, caplog.text
+    if found == 500_000:
+        assert (st.st_ino, st.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)  # left alone
+
+
 def test_events_round_trip_and_are_marked_synced(tmp_path):
     from agent.records import ClockStep, Gap
 

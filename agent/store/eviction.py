@@ -172,23 +172,61 @@ class EvictionPolicy:
         return st.f_bavail * st.f_frsize
 
     def ensure_reserve(self) -> None:
-        """Create the ballast file ``<path>.reserve`` (``reserve_mb``) if it is missing and the
-        filesystem can spare it (free space at least twice its size)."""
+        """Make sure the ballast file ``<path>.reserve`` holds ``reserve_mb`` MB (``reserve_mb``
+        times :data:`MB` bytes, rounded down to whole bytes; 0: no reserve, nothing done).
+
+        A file that is missing, or whose size (``st_size``) is smaller than that (e.g. 0 bytes:
+        created, but its size never reached the disk before a power cut; released, it would free
+        nothing), is made anew when the filesystem can spare it: free space for the agent's user
+        (plus the blocks a short file holds) at least twice its size plus ``min_free_mb``;
+        otherwise it is left as it is until a later call finds room. A short file is logged at
+        INFO and deleted first. The new file is allocated with ``posix_fallocate`` and fsynced,
+        then its directory, so that its name and its size survive a power cut.
+
+        Never raises: a failure (ENOSPC, EIO, a filesystem without ``posix_fallocate``, ...) is
+        logged at DEBUG and leaves no file of a wrong size behind; the next call tries again.
+        A directory that cannot be fsynced (logged at DEBUG) leaves the file in place.
+        """
         size = int(self._cfg.reserve_mb * MB)
-        if size <= 0 or self.reserve_path.exists():
+        if size <= 0:
+            return
+        path = self.reserve_path
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            st = None
+        except OSError as err:
+            log.debug("outbox %s: cannot check the reserve file %s (%s)", self._path, path, err)
+            return
+        if st is not None and st.st_size >= size:
             return
         try:
-            if self._free_bytes() < 2 * size + self._cfg.min_free_mb * MB:
+            held = 0 if st is None else st.st_blocks * 512  # freed when a short file is deleted
+            if self._free_bytes() + held < 2 * size + self._cfg.min_free_mb * MB:
                 return
-            fd = os.open(self.reserve_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            if st is not None:
+                log.info("outbox %s: the reserve file %s has %d of its %d bytes (cut short, e.g. by a power cut "
+                         "before its size reached the disk): making it anew", self._path, path, st.st_size, size)
+                path.unlink()
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
             try:
                 os.posix_fallocate(fd, 0, size)
+                os.fsync(fd)  # its size and blocks on the disk
             finally:
                 os.close(fd)
         except OSError as err:
             log.debug("outbox %s: no reserve file (%s)", self._path, err)
             with contextlib.suppress(OSError):
-                self.reserve_path.unlink()
+                path.unlink()
+            return
+        try:
+            dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.fsync(dfd)  # its name on the disk
+            finally:
+                os.close(dfd)
+        except OSError as err:
+            log.debug("outbox %s: reserve file made, but its directory could not be fsynced (%s)", self._path, err)
 
     def release_reserve(self, why: str = "disk full") -> bool:
         """Delete the ballast file; True if there was one (its space is free now).
