@@ -49,6 +49,20 @@ def scaled(ci: int, full: int) -> int:
 # results file
 
 
+def measured_on() -> dict[str, object]:
+    """Where and when a figure is measured: ``commit`` (``git rev-parse HEAD``), ``dirty`` (the
+    work tree differs from it under ``agent/`` or ``tests/``: then the figure is of no commit)
+    and ``measured_at`` (UTC, ISO 8601)."""
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+    head = git("rev-parse", "HEAD")
+    dirty = git("status", "--porcelain", "--", "agent", "tests")
+    return {"commit": head.stdout.strip() if head.returncode == 0 else None,
+            "dirty": bool(dirty.stdout.strip()) if dirty.returncode == 0 else None,
+            "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
 @dataclass
 class FaultResults:
     """What the suite did, one entry per fault, written at the end of the session."""
@@ -71,6 +85,7 @@ class FaultResults:
             extra: any other figure worth stating (JSON-serialisable).
         """
         self.entries[fault] = {
+            **measured_on(),
             "scale": SCALE, "cycles": int(cycles), "faults_injected": int(faults_injected),
             "windows_sent": int(windows_sent), "lost": int(lost), "duplicated": int(duplicated),
             "worst_recovery_s": None if worst_recovery_s is None else round(float(worst_recovery_s), 2),
@@ -95,11 +110,13 @@ class FaultResults:
 def results_markdown(doc: dict) -> str:
     """The results document as a Markdown table (one row per fault)."""
     cols = ("cycles", "faults_injected", "windows_sent", "lost", "duplicated", "worst_recovery_s")
-    lines = ["| fault | scale | " + " | ".join(c.replace("_", " ") for c in cols) + " |",
-             "|---|---|" + "---:|" * len(cols)]
+    lines = ["| fault | scale | " + " | ".join(c.replace("_", " ") for c in cols) + " | commit | measured at |",
+             "|---|---|" + "---:|" * len(cols) + "---|---|"]
     for name, e in doc["faults"].items():
         cells = ["-" if e.get(c) is None else str(e.get(c)) for c in cols]
-        lines.append(f"| {name} | {e.get('scale', '?')} | " + " | ".join(cells) + " |")
+        when = (e.get("measured_at") or "-").replace("+00:00", "Z")
+        lines.append(f"| {name} | {e.get('scale', '?')} | " + " | ".join(cells)
+                     + f" | {(e.get('commit') or '-')[:12]} | {when} |")
     return "\n".join(lines) + "\n"
 
 
