@@ -41,6 +41,9 @@ pytestmark = pytest.mark.deploy
 DB = "soundscape_limits"
 DEVICES = {"lim-a": ("sa_lim_a", "lim-a-secret-pw"), "lim-b": ("sa_lim_b", "lim-b-secret-pw")}
 SHORT = {"lim-c": ("sa_lim_c", "lim-c-secret-pw")}
+READER_PW = "reader-secret-pw"
+#: the database and the read-only role's password, for every db.yml run of this module
+DB_VARS = {"soundscape_db_name": DB, "soundscape_db_reader_password": READER_PW}
 #: db.yml's defaults for a device role (deploy/README.md, "Limits of a device role")
 ROLE_SETTINGS = {"statement_timeout=120s", "lock_timeout=60s", "idle_in_transaction_session_timeout=300s",
                  "idle_session_timeout=900s", "temp_file_limit=64MB"}
@@ -107,9 +110,9 @@ def limits(pg_server, vault, vault_file, db_overrides, tmp_path_factory) -> Limi
         admin.execute("ALTER SCHEMA public OWNER TO admin")
         admin.execute("GRANT CREATE ON SCHEMA public TO PUBLIC")
     tmp = tmp_path_factory.mktemp("limits")
-    first = run_db_yml(tmp, vault_file, db_overrides, device_hosts(DEVICES), soundscape_db_name=DB)
+    first = run_db_yml(tmp, vault_file, db_overrides, device_hosts(DEVICES), **DB_VARS)
     assert first.returncode == 0, tail(first)
-    second = run_db_yml(tmp, vault_file, db_overrides, device_hosts(DEVICES), soundscape_db_name=DB)
+    second = run_db_yml(tmp, vault_file, db_overrides, device_hosts(DEVICES), **DB_VARS)
     assert second.returncode == 0, tail(second)
     assert recap(second)["localhost"]["changed"] == 0, f"changed on the second run: {changed_tasks(second)}"
     owner = pg_server.dsn(DB, user="soundscape_owner", password=vault["vault_soundscape_db_owner_password"])
@@ -120,7 +123,7 @@ def limits(pg_server, vault, vault_file, db_overrides, tmp_path_factory) -> Limi
 def short_timeouts(limits, vault_file, db_overrides, tmp_path_factory) -> Limits:
     """lim-c, provisioned by db.yml with 2 s statement, lock and idle-in-transaction timeouts."""
     proc = run_db_yml(tmp_path_factory.mktemp("limits-short"), vault_file, db_overrides, device_hosts(SHORT),
-                      soundscape_db_name=DB, soundscape_db_device_statement_timeout="2s",
+                      **DB_VARS, soundscape_db_device_statement_timeout="2s",
                       soundscape_db_device_lock_timeout="2s", soundscape_db_device_idle_in_transaction_timeout="2s")
     assert proc.returncode == 0, tail(proc)
     return limits
@@ -545,3 +548,36 @@ def test_only_mapped_roles_may_call_the_row_level_security_functions(limits):
         assert not may_execute(mapped)
         with pytest.raises(errors.UndefinedObject, match='device_roles: role "lim_nobody" does not exist'):
             owner.execute("INSERT INTO device_roles (role_name, device) VALUES ('lim_nobody', 'lim-z')")
+
+
+def test_the_reader_role_reads_every_table_and_view_and_writes_nothing(limits):
+    """db.yml's soundscape_reader (dashboards, reports): SELECT on every table and view, rows of
+    every device; read-only sessions; INSERT, UPDATE, DELETE, CREATE refused; a table the owner
+    creates later (a new migration, partition or rollup) is readable without rerunning db.yml."""
+    reader = limits.server.dsn(DB, user="soundscape_reader", password=READER_PW)
+    with psycopg.connect(limits.device_dsn("lim-a")) as a:
+        a.execute(WINDOW_SQL.format(extra="", values=""), (f"lim-r-{uuid.uuid4().hex}", "lim-a"))
+    with psycopg.connect(reader, autocommit=True) as r:
+        for view in ("windows", "detections", "heartbeats", "gaps", "clock_steps", "detections_flat",
+                     "device_status", "noise_levels", "band_levels", "acoustic_indices"):
+            r.execute(f"SELECT count(*) FROM {view}").fetchone()
+        assert r.execute("SELECT count(*) FROM windows WHERE device = 'lim-a'").fetchone()[0] >= 1
+        assert r.execute("SHOW default_transaction_read_only").fetchone() == ("on",)
+        for statement in ("INSERT INTO device_roles (role_name, device) VALUES ('x', 'y')",
+                          "UPDATE windows SET xruns = 0", "DELETE FROM heartbeats",
+                          "CREATE TABLE reader_intruder (x int)"):
+            with pytest.raises((errors.ReadOnlySqlTransaction, errors.InsufficientPrivilege)):
+                r.execute(statement)
+            r.execute("SET default_transaction_read_only = off")  # the privileges hold on their own too
+            with pytest.raises(errors.InsufficientPrivilege):
+                r.execute(statement)
+            r.execute("RESET default_transaction_read_only")
+    with psycopg.connect(limits.owner_dsn, autocommit=True) as owner:
+        owner.execute("CREATE TABLE IF NOT EXISTS rollup_probe (device text, n int)")
+        owner.execute("INSERT INTO rollup_probe VALUES ('lim-a', 1)")
+    try:
+        with psycopg.connect(reader) as r:
+            assert r.execute("SELECT n FROM rollup_probe").fetchall() == [(1,)]
+    finally:
+        with psycopg.connect(limits.owner_dsn, autocommit=True) as owner:
+            owner.execute("DROP TABLE rollup_probe")
