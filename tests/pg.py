@@ -97,6 +97,9 @@ class PgServer:
         ssl_cert: PEM server certificate (chain) file, or None for a server without TLS.
         ssl_key: PEM private key of ``ssl_cert`` (unencrypted); required with ``ssl_cert``.
         extra_addresses: more addresses to listen on (default: 127.0.0.1 only).
+        settings: more server settings (``-c name=value``), e.g. ``{"fsync": "on",
+            "synchronous_commit": "on", "full_page_writes": "on"}`` for a production-like
+            durability (benchmarks/fleet.py); they override the defaults above.
 
     Raises:
         PgServerUnavailable: no server binaries.
@@ -105,11 +108,13 @@ class PgServer:
     """
 
     def __init__(self, bindir: Path | None = None, *, ssl_cert: Path | None = None,
-                 ssl_key: Path | None = None, extra_addresses: tuple[str, ...] = ()) -> None:
+                 ssl_key: Path | None = None, extra_addresses: tuple[str, ...] = (),
+                 settings: dict[str, str] | None = None) -> None:
         if (ssl_cert is None) != (ssl_key is None):
             raise ValueError("PgServer: give both ssl_cert and ssl_key, or neither")
         self.tls = ssl_cert is not None
         self.extra_addresses = tuple(extra_addresses)
+        self.settings = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off", **(settings or {})}
         self.bindir = bindir or find_bindir()
         self.port = free_port()
         self.base = Path(tempfile.mkdtemp(prefix="soundscape-pg-"))
@@ -186,10 +191,8 @@ class PgServer:
         if self.running:
             return
         listen = ",".join(("127.0.0.1", *self.extra_addresses))
-        opts = (
-            f"-p {self.port} -k {self.sockdir} -c listen_addresses={listen} -c fsync=off"
-            " -c synchronous_commit=off -c full_page_writes=off"
-        )
+        opts = f"-p {self.port} -k {self.sockdir} -c listen_addresses={listen}" + "".join(
+            f" -c {name}={value}" for name, value in self.settings.items())
         if self.tls:
             opts += f" -c ssl=on -c ssl_cert_file={self.ssl_cert_file} -c ssl_key_file={self.ssl_key_file}"
         self._run("pg_ctl", "-D", str(self.datadir), "-l", str(self.logfile), "-o", opts, "-w", "-t", "60", "start")

@@ -313,3 +313,19 @@ def test_readme_model_table_is_rendered_from_the_committed_results():
     assert rec["meets_target"] == (rec["rtf_3_threads_range"][1] <= estimate.RECOMMENDED_MAX_RTF)
     for variant in ("10-10", "16-16"):  # the three counts agree
         assert results["macs_per_window_by_variant"][variant]["agreement"]["agree"]
+
+
+def test_fleet_benchmark_delivers_every_queued_row_and_writes_its_figures(tmp_path):
+    """benchmarks/fleet.py at toy scale (3 devices, 6 min of windows each): every queued window,
+    detection and heartbeat reaches PostgreSQL through the real Syncer, each device with its own
+    role, and the results files hold the figures the README describes."""
+    import fleet
+
+    assert fleet.main(["--devices", "3", "--hours", "0.1", "--connections", "2", "--out", str(tmp_path)]) == 0
+    r = json.loads((tmp_path / "fleet.json").read_text())
+    assert r["complete"] and r["inserted"]["windows"] == 3 * 36 and r["inserted"]["detections"] == 3 * 36 * 3
+    assert r["inserted"]["heartbeats"] == 3 and r["delivered_windows"] == 3 * 36
+    assert r["commits"] >= 6  # windows and heartbeats of each device
+    for key in ("rows_per_s", "commit_latency_s", "server_cpu_s", "wal_bytes", "bytes_per_device_day", "fleet"):
+        assert r[key], key
+    assert (tmp_path / "fleet.md").read_text().startswith("# Fleet ingest")
