@@ -41,6 +41,8 @@ from tests.test_faults_disk import DEVICE, RATE, agent_config, diagnose, remote_
 from tests.test_run import write_config
 from tests.test_service import NotifyListener
 
+pytestmark = pytest.mark.faults  # scripts/faults.sh runs the module (damaged_queue)
+
 T_OLD = datetime(2024, 5, 1, 4, 30, tzinfo=timezone.utc)
 GARBAGE = b"this is not an SQLite database\n" * 200
 
