@@ -1,5 +1,5 @@
 """Command-line interface: ``soundscape-agent run | demo | calibrate | db init | \
-sync --once | model scaffold | model export``.
+sync --once | report | model scaffold | model export``.
 
 Every user error is an :class:`~agent.errors.AgentError`: it is printed as one message with
 a hint, and the process exits with the error's sysexits code (78 config, 69 device,
@@ -299,6 +299,31 @@ def cmd_sync(args: argparse.Namespace) -> int:
     return asyncio.run(once())
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """``report``: the HTML page (or CSV / Parquet tables) of a range, read-only from PostgreSQL
+    (:mod:`agent.report`; needs the ``report`` extra)."""
+    from agent.config import tls_refusal
+    from agent.errors import UsageError
+    from agent.report import ReportRequest, make_report, parse_time, require_extra
+
+    require_extra(args.format)  # before anything else: which extra is missing, not a traceback
+    dsn = args.dsn or os.environ.get("SOUNDSCAPE_REPORT_DSN", "")
+    if not dsn:
+        raise UsageError("no PostgreSQL DSN given",
+                         "pass --dsn (a role with SELECT, e.g. soundscape_reader) or set SOUNDSCAPE_REPORT_DSN")
+    if args.tls == "verify" and (refusal := tls_refusal(dsn)):
+        raise UsageError(refusal.replace("[sync] dsn", "report --dsn").replace('set [sync] tls = "off"',
+                                                                               "pass --tls off"))
+    request = ReportRequest(since=parse_time(args.since, args.timezone), until=parse_time(args.until, args.timezone),
+                            devices=tuple(dict.fromkeys(args.device or ())), tz=args.timezone,
+                            resolution=args.resolution, top_labels=args.top)
+    outcome = make_report(dsn, request, Path(args.out), args.format)
+    where = outcome.paths[0] if args.format == "html" else f"{Path(args.out)}/ ({len(outcome.paths)} files)"
+    print(f"report: {outcome.windows} windows of {len(outcome.devices)} device(s) ({', '.join(outcome.devices)}), "
+          f"{'hourly' if outcome.resolution == 'hour' else 'every window'}: wrote {where}")
+    return 0
+
+
 def cmd_config_example(args: argparse.Namespace) -> int:
     """``config example``: print the commented example configuration generated from the config
     models (every key, its documentation and its default), as committed in config.example.toml."""
@@ -448,6 +473,28 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--once", action="store_true", required=True, help="one round, then exit")
     sync.add_argument("--dsn", default=None)
     sync.set_defaults(func=cmd_sync)
+
+    rep = sub.add_parser(
+        "report", help="an HTML report (or CSV / Parquet tables) of a time range, read from PostgreSQL "
+                       "(read-only; needs the report extra)")
+    rep.add_argument("--dsn", default=None,
+                     help="PostgreSQL DSN of a role with SELECT (default: $SOUNDSCAPE_REPORT_DSN)")
+    rep.add_argument("--device", action="append", default=None, metavar="ID",
+                     help="report on this device (repeatable; default: every device with windows in the range)")
+    rep.add_argument("--since", required=True,
+                     help="start of the range: ISO 8601 date or date and time (without an offset: in --timezone)")
+    rep.add_argument("--until", default="now", help="end of the range, exclusive (default: now)")
+    rep.add_argument("--out", required=True,
+                     help="the HTML file (--format html), or the directory of one file per table (csv, parquet)")
+    rep.add_argument("--format", choices=("html", "csv", "parquet"), default="html", help="default html")
+    rep.add_argument("--timezone", default="UTC", metavar="TZ",
+                     help="IANA time zone of the axes, hours of day and times shown (default UTC)")
+    rep.add_argument("--resolution", choices=("auto", "hour", "window"), default="auto",
+                     help="auto (default): every window when the data span at most 48 h, else hourly aggregates")
+    rep.add_argument("--top", type=_positive_int, default=15, help="labels per classifier in heat maps (default 15)")
+    rep.add_argument("--tls", choices=("verify", "off"), default="verify",
+                     help="verify (default): a server that is not local needs sslmode=verify-full in --dsn")
+    rep.set_defaults(func=cmd_report)
 
     config = sub.add_parser("config", help="configuration utilities")
     csub = config.add_subparsers(dest="config_command", required=True, metavar="CONFIG_COMMAND", parser_class=_Parser)

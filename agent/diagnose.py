@@ -55,6 +55,7 @@ import numpy as np
 import numpy.typing as npt
 
 from agent.errors import AgentError
+from agent.records import Calibration
 
 log = logging.getLogger("agent.diagnose")
 
@@ -166,6 +167,7 @@ def check_capture(ctx: Context) -> CheckResult:
             devices = [str(d) for d in list_capture_devices()]
         except AgentError:
             devices = None
+    ctx.extras["capture_started_at"] = datetime.now(timezone.utc)
     try:
         samples, rate = asyncio.run(record(cfg.capture, seconds))
     except AgentError as err:
@@ -527,13 +529,53 @@ def check_cpu(ctx: Context) -> CheckResult:
 
 
 def spectrogram_png(samples: npt.NDArray[np.floating[Any]], sample_rate: int, path: Path, nfft: int = 512,
-                    range_db: float = 80.0) -> tuple[int, int]:
-    """Write a grayscale PNG spectrogram of a capture (time left to right, frequency bottom to
-    top, 0 Hz to Nyquist; white = the loudest cell, black = ``range_db`` below it or quieter).
+                    range_db: float = 80.0, *, device_id: str | None = None, captured_at: datetime | None = None,
+                    laeq_db: float | None = None) -> tuple[int, int]:
+    """Write the PNG spectrogram of a capture, drawn like the report's figures
+    (:func:`agent.plots.capture_spectrogram_figure`): time (s) across, frequency (kHz) up, power
+    spectral level per bin (dBFS, Hann window of ``nfft`` samples, hop ``nfft // 2``) in colour
+    from ``range_db`` below the loudest cell up to it, a dB colour bar, and the device, the
+    capture time and its LAeq in the title.
 
-    Hann window of ``nfft`` samples, hop ``nfft // 2``; power spectral level per bin in dBFS
-    (a full-scale sine's bin ~ 0 dB). PNG written with the standard library (zlib, PNG 1.2
-    specification: signature, IHDR 8-bit grayscale, IDAT, IEND).
+    Without matplotlib (the ``report`` extra, which a Pi need not have) it writes the bare
+    grayscale image instead (:func:`bare_spectrogram_png`: no axes, no scale) and logs a warning
+    naming the extra.
+
+    Args:
+        samples: float32/float64, shape (n,), full scale ±1, n >= nfft.
+        sample_rate: Hz.
+        path: the PNG file to write.
+        nfft, range_db: frame length, samples; the colour scale's span, dB.
+        device_id, captured_at, laeq_db: for the title (each left out when None).
+
+    Returns:
+        (width, height) of the PNG written, pixels.
+
+    Raises:
+        ValueError: fewer than ``nfft`` samples.
+        OSError: the file cannot be written.
+    """
+    from agent import plots
+    from agent.errors import MissingExtraError
+
+    try:
+        plots.require_matplotlib()
+    except MissingExtraError as err:
+        log.warning("%s: the spectrogram is the bare image, without axes or scale (%s)", err.message, err.hint)
+        return bare_spectrogram_png(samples, sample_rate, path, nfft, range_db)
+    fig = plots.capture_spectrogram_figure(samples, sample_rate, device_id=device_id, captured_at=captured_at,
+                                           laeq_db=laeq_db, nfft=nfft, range_db=range_db)
+    png = plots.png_bytes(fig)
+    Path(path).write_bytes(png)
+    return int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")  # IHDR width, height
+
+
+def bare_spectrogram_png(samples: npt.NDArray[np.floating[Any]], sample_rate: int, path: Path, nfft: int = 512,
+                         range_db: float = 80.0) -> tuple[int, int]:
+    """Write the bare grayscale PNG spectrogram of a capture, one pixel per frame and bin (time left
+    to right, 0 Hz to Nyquist bottom to top; white = the loudest cell, black = ``range_db`` below
+    it or quieter), with the standard library only (zlib; PNG 1.2: signature, IHDR 8-bit
+    grayscale, IDAT, IEND): what ``diagnose --spectrogram`` writes without matplotlib.
 
     Args:
         samples: float32/float64, shape (n,), full scale ±1, n >= nfft.
@@ -550,18 +592,11 @@ def spectrogram_png(samples: npt.NDArray[np.floating[Any]], sample_rate: int, pa
     import struct
     import zlib
 
-    from agent.analysis.indices import periodic_window
+    from agent.plots import stft_levels
 
-    x = np.asarray(samples, dtype=np.float64)
-    if x.size < nfft:
-        raise ValueError(f"need at least {nfft} samples for a spectrogram, got {x.size}")
-    hop = nfft // 2
-    window = periodic_window("hann", nfft)
-    frames = np.lib.stride_tricks.sliding_window_view(x, nfft)[::hop] * window
-    power = np.abs(np.fft.rfft(frames, axis=1)) ** 2 / (np.sum(window) / 2) ** 2
-    level = 10 * np.log10(np.maximum(power, 1e-30))
+    _, _, level = stft_levels(samples, sample_rate, nfft)
     top = float(level.max())
-    pixels = np.clip((level - (top - range_db)) / range_db * 255.0, 0, 255).astype(np.uint8).T[::-1]  # 0 Hz at bottom
+    pixels = np.clip((level - (top - range_db)) / range_db * 255.0, 0, 255).astype(np.uint8)[::-1]  # 0 Hz at bottom
     height, width = pixels.shape
     raw = b"".join(b"\x00" + row.tobytes() for row in pixels)  # filter type 0 per scanline
 
@@ -572,6 +607,44 @@ def spectrogram_png(samples: npt.NDArray[np.floating[Any]], sample_rate: int, pa
            + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
     Path(path).write_bytes(png)
     return width, height
+
+
+def _stored_calibration(store_path: str) -> Calibration | None:
+    """The latest calibration ``calibrate`` kept in the queue (read-only, like the sqlite check),
+    or None (no queue, none measured, unreadable)."""
+    path = Path(store_path)
+    if not path.exists():
+        return None
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=2.0)
+        try:
+            row = con.execute("SELECT measured_at, reference_db, offset_db, sensitivity_dbv, gain_db, vadc"
+                              " FROM calibrations ORDER BY measured_at DESC, id DESC LIMIT 1").fetchone()
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return None
+    if row is None:
+        return None
+    measured_at, reference_db, offset_db, sensitivity, gain, vadc = row
+    return Calibration(sensitivity_dbv=float(sensitivity), gain_db=float(gain), vadc=float(vadc),
+                       offset_db=float(offset_db),
+                       calibrated_at=datetime.fromisoformat(measured_at).astimezone(timezone.utc),
+                       reference_db=float(reference_db))
+
+
+def _capture_laeq(ctx: Context, samples: npt.NDArray[np.float32], rate: int) -> float | None:
+    """The test capture's LAeq, dB(A), with the calibration ``run`` would apply; None if it
+    cannot be computed."""
+    from agent.analysis.acoustics import choose_calibration
+    from agent.analysis.levels import compute_levels
+
+    try:
+        calibration, _ = choose_calibration(ctx.config.levels, _stored_calibration(ctx.config.store.path))
+        return float(compute_levels(samples, rate, ctx.config.levels, calibration).laeq_db)
+    except (ValueError, AttributeError) as err:
+        log.debug("no LAeq for the spectrogram's title: %s", err)
+        return None
 
 
 # ------------------------------------------------------------------------------ running
@@ -623,8 +696,8 @@ def run_checks(config_path: Path | None, names: list[str] | None = None,
     Args:
         config_path: the TOML file (None: the default path or built-in defaults).
         names: checks to run (None: all).
-        spectrogram: write a PNG spectrogram of the test capture here (:func:`spectrogram_png`),
-            when the capture check made one.
+        spectrogram: write a PNG spectrogram of the test capture here (:func:`spectrogram_png`: axes,
+            dB colour bar, device, capture time and LAeq in the title), when the capture check made one.
 
     Returns:
         (the results in run order, the config's ``device_id`` or None when the config is invalid).
@@ -642,7 +715,9 @@ def run_checks(config_path: Path | None, names: list[str] | None = None,
         results.append(_run_bounded(CHECKS[name], ctx))
     if spectrogram is not None and ctx.capture is not None:
         samples, rate = ctx.capture
-        width, height = spectrogram_png(samples, rate, spectrogram)
+        width, height = spectrogram_png(samples, rate, spectrogram, device_id=ctx.config.agent.device_id,
+                                        captured_at=ctx.extras.get("capture_started_at"),
+                                        laeq_db=_capture_laeq(ctx, samples, rate))
         log.info("spectrogram of the test capture: %s (%d x %d px, 0-%d Hz)", spectrogram, width, height, rate // 2)
     if names and "config" not in names:
         results = [r for r in results if r.name != "config" or r.status != "ok"]
@@ -675,4 +750,4 @@ def report_table(results: list[CheckResult]) -> str:
 
 
 __all__ = ["CHECKS", "Check", "CheckResult", "Context", "EXIT_CODES", "check", "overall", "report_json",
-           "report_table", "run_checks", "spectrogram_png"]
+           "report_table", "run_checks", "bare_spectrogram_png", "spectrogram_png"]

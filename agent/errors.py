@@ -15,6 +15,7 @@ EX_DATAERR = 65
 EX_NOINPUT = 66
 EX_UNAVAILABLE = 69
 EX_SOFTWARE = 70
+EX_CANTCREAT = 73
 EX_IOERR = 74
 EX_TEMPFAIL = 75
 EX_CONFIG = 78
@@ -78,3 +79,27 @@ class SyncError(AgentError):
     """The central PostgreSQL server is unreachable or refused the data (exit 75, retry later)."""
 
     exit_code = EX_TEMPFAIL
+
+
+class UsageError(AgentError):
+    """An option's value makes no sense (e.g. a report's range that ends before it starts) (exit 64)."""
+
+    exit_code = EX_USAGE
+
+
+class NoDataError(AgentError):
+    """What was asked for holds no data: a report's range without windows, an unknown device (exit 66)."""
+
+    exit_code = EX_NOINPUT
+
+
+class MissingExtraError(AgentError):
+    """A command needs an optional extra that is not installed (e.g. ``report``) (exit 69)."""
+
+    exit_code = EX_UNAVAILABLE
+
+
+class OutputError(AgentError):
+    """An output file or directory cannot be created or written (exit 73)."""
+
+    exit_code = EX_CANTCREAT

