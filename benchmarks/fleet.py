@@ -143,7 +143,8 @@ def provision(admin_dsn: str, devices: list[str]) -> dict[str, str]:
 
 
 def postgres_cpu_s() -> float:
-    """CPU seconds (user + system) of every process of the ``postgres`` OS user, from /proc."""
+    """CPU seconds (user + system) of every process of the ``postgres`` OS user and of the children they
+    have reaped (the backends of closed connections), from /proc."""
     uid = pwd.getpwnam("postgres").pw_uid
     tick = os.sysconf("SC_CLK_TCK")
     total = 0
@@ -152,7 +153,9 @@ def postgres_cpu_s() -> float:
             if os.stat(f"/proc/{pid}").st_uid != uid:
                 continue
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime (proc(5): fields 14, 15)
+            # utime, stime, cutime, cstime (proc(5): fields 14-17); cutime/cstime hold the backends
+            # the postmaster has reaped, whose own entries are gone
+            total += sum(int(f) for f in fields[11:15])
         except (OSError, IndexError, ValueError):
             continue
     return total / tick
