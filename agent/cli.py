@@ -1,4 +1,4 @@
-"""Command-line interface: ``soundscape-agent run | demo | calibrate | db init | \
+"""Command-line interface: ``soundscape-agent run | demo | calibrate | db init | db maintain | \
 sync --once | report | model scaffold | model export``.
 
 Every user error is an :class:`~agent.errors.AgentError`: it is printed as one message with
@@ -264,6 +264,26 @@ def cmd_db_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_db_maintain(args: argparse.Namespace) -> int:
+    """``db maintain``: partitions ahead, retention, hourly rollups (as the database owner)."""
+    from agent.maintain import maintain, parse_keep
+    from agent.sync import redact_dsn
+
+    keep = parse_keep(args.keep)
+    cfg = load_config(args.config)
+    if args.dsn:
+        cfg = _with_overrides(cfg, sync={"dsn": args.dsn})
+    dsn = cfg.sync.dsn
+    if not dsn:
+        raise SyncError("no PostgreSQL DSN given", "pass --dsn or set sync.dsn in the config")
+    actions = maintain(dsn, keep, connect_timeout_s=cast(float, cfg.sync.connect_timeout_s))
+    for a in actions:
+        print(f"{a.action}: {a.relation}" + (f" ({a.detail})" if a.detail else ""))
+    print(f"maintained {redact_dsn(dsn)}: {sum(a.action == 'created' for a in actions)} partitions created, "
+          f"{sum(a.action == 'dropped' for a in actions)} dropped")
+    return 0
+
+
 def cmd_diagnose(args: argparse.Namespace) -> int:
     """``diagnose [--json] [--check NAME]``: run the checks of :mod:`agent.diagnose`; exit 0 when
     all are ok, 1 when any warns, 2 when any fails (a broken config is a failed check, not a
@@ -450,6 +470,13 @@ def build_parser() -> argparse.ArgumentParser:
     init = with_config(dbsub.add_parser("init", help="create or upgrade the schema (idempotent)"))
     init.add_argument("--dsn", default=None, help="PostgreSQL DSN (default: sync.dsn)")
     init.set_defaults(func=cmd_db_init)
+    mnt = with_config(dbsub.add_parser(
+        "maintain", help="create partitions ahead, refresh the hourly rollups, drop partitions past the retention"))
+    mnt.add_argument("--dsn", default=None, help="PostgreSQL DSN of the database owner (default: sync.dsn)")
+    mnt.add_argument("--keep", action="append", default=[], metavar="TABLE=DAYS|forever",
+                     help="set a table's retention first (windows, detections, heartbeats, gaps, clock_steps); "
+                          "repeatable; kept in the database for later runs")
+    mnt.set_defaults(func=cmd_db_maintain)
 
     cal = with_config(sub.add_parser("calibrate", help="measure the calibration offset with an acoustic calibrator"))
     cal.add_argument("--reference-db", type=float, required=True,

@@ -93,7 +93,11 @@ WINDOW_COLUMNS: tuple[tuple[str, str], ...] = (
 DETECTION_COLUMNS: tuple[tuple[str, str], ...] = (
     ("device", ""), ("window_key", ""), ("taxonomy", ""), ("rank", ""), ("label", ""), ("label_index", ""),
     ("score", ""), ("offset_s", ""), ("model_id", ""), ("model_hash", ""), ("model_is_scaffold", ""),
+    ("start_time", ""),
 )
+#: The oldest server schema this agent writes to: 9 (detections without start_time, the
+#: partition key of schema 10), so that the fleet can be upgraded before the database.
+OLDEST_SERVER_SCHEMA = 9
 HEARTBEAT_COLUMNS: tuple[tuple[str, str], ...] = (
     ("heartbeat_id", "uuid"), ("device", ""), ("time", ""), ("uptime_s", ""), ("windows", ""), ("classified", ""),
     ("skipped", ""), ("failed", ""), ("xruns", ""), ("queue_depth", ""), ("oldest_unsynced_start", ""),
@@ -126,6 +130,7 @@ def insert_statement(table: str, columns: Sequence[tuple[str, str]]) -> str:
 
 _INSERT_WINDOW = insert_statement("windows", WINDOW_COLUMNS)
 _INSERT_DETECTION = insert_statement("detections", DETECTION_COLUMNS)
+_INSERT_DETECTION_9 = insert_statement("detections", [c for c in DETECTION_COLUMNS if c[0] != "start_time"])
 _INSERT_HEARTBEAT = insert_statement("heartbeats", HEARTBEAT_COLUMNS)
 _INSERT_GAP = insert_statement("gaps", GAP_COLUMNS)
 _INSERT_CLOCK_STEP = insert_statement("clock_steps", CLOCK_STEP_COLUMNS)
@@ -625,7 +630,8 @@ def _detection_params(r: WindowResult) -> list[dict[str, Any]]:
     rows = []
     for d in r.detections:
         m = r.model_for(d.taxonomy)
-        rows.append({"device": r.device_id, "window_key": r.key, "taxonomy": d.taxonomy, "rank": int(d.rank),
+        rows.append({"device": r.device_id, "window_key": r.key, "start_time": r.start_time,
+                     "taxonomy": d.taxonomy, "rank": int(d.rank),
                      "label": d.label, "label_index": int(d.label_index), "score": float(d.score),
                      "offset_s": d.offset_s,
                      "model_id": m.model_id if m else None, "model_hash": m.model_hash if m else None,
@@ -641,7 +647,8 @@ def _heartbeat_params(h: Heartbeat) -> dict[str, Any]:
     return row
 
 
-async def send_batch(conn: psycopg.AsyncConnection, results: Sequence[WindowResult], sync_id: str) -> int:
+async def send_batch(conn: psycopg.AsyncConnection, results: Sequence[WindowResult], sync_id: str,
+                     server_schema: int | None = None) -> int:
     """Insert a batch of windows and their detections in the connection's current transaction.
 
     Nothing is committed here: the caller commits (``await conn.commit()``), then marks the
@@ -654,6 +661,8 @@ async def send_batch(conn: psycopg.AsyncConnection, results: Sequence[WindowResu
         conn: an open connection NOT in autocommit mode (the batch must be one transaction).
         results: the windows, any order, at most a few thousand (one round trip per pipeline).
         sync_id: UUID text identifying this batch; stored in every new window row.
+        server_schema: the server's schema version (``_check_schema``); None: this agent's.
+            Below 10, detections are sent without ``start_time``.
 
     Returns:
         Number of window rows newly inserted (0 for a replayed batch).
@@ -669,7 +678,11 @@ async def send_batch(conn: psycopg.AsyncConnection, results: Sequence[WindowResu
     windows = [_window_params(r, sid) for r in results]
     detections = [row for r in results for row in _detection_params(r)]
     inserted = await _insert_rows(conn, "a batch", [(_INSERT_WINDOW, windows)])
-    await _insert_rows(conn, "a batch", [(_INSERT_DETECTION, detections)])
+    legacy = server_schema is not None and server_schema < 10
+    if legacy:
+        for row in detections:
+            del row["start_time"]
+    await _insert_rows(conn, "a batch", [(_INSERT_DETECTION_9 if legacy else _INSERT_DETECTION, detections)])
     return inserted
 
 
@@ -804,7 +817,8 @@ async def _connect(cfg: SyncConfig, params: dict[str, str], where: str,
 async def _check_schema(conn: psycopg.AsyncConnection, params: dict[str, str], where: str) -> int:
     """The server's schema version; SyncError unless this agent can write to it.
 
-    Accepted: the version this agent knows, or a newer one whose every unknown migration
+    Accepted: the version this agent knows or an older one down to :data:`OLDEST_SERVER_SCHEMA`
+    (the fleet is upgraded before the database), or a newer one whose every unknown migration
     declares a compatibility floor (``schema_migrations.compatible_from``) at or below it
     (additive migrations: ``db.yml`` may run before the fleet is upgraded). Refused: an older
     schema, or a newer one that is incompatible; the hint names both versions.
@@ -837,9 +851,9 @@ async def _check_schema(conn: psycopg.AsyncConnection, params: dict[str, str], w
     except psycopg.Error as err:
         text = _scrub(str(err), params)
         raise SyncError(f"PostgreSQL {where}: reading the schema version failed: {text}", _server_hint(err)) from None
-    if version < known:
+    if version < OLDEST_SERVER_SCHEMA:
         raise SyncError(
-            f"PostgreSQL {where} has schema version {version}, this agent needs {known}",
+            f"PostgreSQL {where} has schema version {version}, this agent needs {OLDEST_SERVER_SCHEMA} or newer",
             "run 'soundscape-agent db init' against this database as its owner",
         )
     if floor > known:
@@ -947,10 +961,10 @@ class _Kind:
     ident: Callable[[Any], str]
 
 
-def _kinds(ob: Outbox) -> tuple[_Kind, _Kind, _Kind]:
+def _kinds(ob: Outbox, server_schema: int) -> tuple[_Kind, _Kind, _Kind]:
     """Windows, then events (gaps, clock steps), then heartbeats: data first."""
     return (
-        _Kind("windows", ob.pending, send_batch,
+        _Kind("windows", ob.pending, lambda conn, rs, sid: send_batch(conn, rs, sid, server_schema),
               lambda rs, sid, t: ob.mark_synced([r.key for r in rs], sid, t), lambda r: str(r.key)),
         _Kind("events", ob.pending_events, lambda conn, rs, sid: send_events(conn, rs),
               lambda rs, sid, t: ob.mark_events_synced([r.event_id for r in rs], t), lambda r: str(r.event_id)),
@@ -1134,11 +1148,11 @@ class Syncer:
             delivered = inserted_total = 0
             try:
                 try:
-                    await asyncio.wait_for(_check_schema(conn, params, where), timeout=bound)
+                    version = await asyncio.wait_for(_check_schema(conn, params, where), timeout=bound)
                 except TimeoutError:
                     raise SyncError(f"PostgreSQL {where} did not answer within {bound:g} s",
                                     _connect_hint("timeout")) from None
-                for kind in _kinds(self._outbox):
+                for kind in _kinds(self._outbox, version):
                     while records := await kind.fetch(batch_size):
                         sent, inserted, marked = await self._deliver(conn, kind, records, bound, where, params)
                         if kind.table == "windows":
@@ -1238,6 +1252,6 @@ class Syncer:
         return 0
 
 
-__all__ = ["MIGRATION_LOCK_KEY", "Syncer", "TlsReport", "certificate_not_after", "compatible_from",
-           "known_schema_version", "migrate", "redact_dsn",
+__all__ = ["MIGRATION_LOCK_KEY", "OLDEST_SERVER_SCHEMA", "Syncer", "TlsReport", "certificate_not_after",
+           "compatible_from", "known_schema_version", "migrate", "redact_dsn",
            "send_batch", "send_events", "send_heartbeats"]

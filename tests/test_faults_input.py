@@ -59,7 +59,7 @@ from agent.config import (
     parse_config,
 )
 from agent.errors import ConfigError
-from agent.sync import known_schema_version
+from agent.sync import OLDEST_SERVER_SCHEMA, known_schema_version
 from tests.audio import RECORDINGS
 from tests.faultkit import AgentProcess, check_delivery, quick_check, unsynced_count
 from tests.test_run import agent, write_config
@@ -779,8 +779,9 @@ def _db_init(dsn: str) -> None:
 
 SCHEMAS = {
     "newer_schema": (True, _newer, ("newer than this agent", "upgrade soundscape-agent"), _fix_newer),
-    "older_schema": (False, lambda dsn: _schema_up_to(dsn, known_schema_version() - 1),
-                     (f"this agent needs {known_schema_version()}", "run 'soundscape-agent db init'"), _db_init),
+    "older_schema": (False, lambda dsn: _schema_up_to(dsn, OLDEST_SERVER_SCHEMA - 1),
+                     (f"this agent needs {OLDEST_SERVER_SCHEMA} or newer", "run 'soundscape-agent db init'"),
+                     _db_init),
     "no_schema": (False, lambda dsn: None, ("no soundscape schema", "run 'soundscape-agent db init'"), _db_init),
 }
 

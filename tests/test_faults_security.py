@@ -306,7 +306,8 @@ def test_a_device_role_writes_only_its_own_rows_and_reads_nothing(fault_dsn, fau
         # an upsert over B's window
         assert attempt(a, "INSERT INTO windows (window_key, device, window_index, start_time, duration_s, sample_rate,"
                           " clock_synchronised, status, sync_id) VALUES (%s, %s, 0, now(), 10, 48000, true,"
-                          " 'disabled', gen_random_uuid()) ON CONFLICT (device, window_key) DO UPDATE SET leq_db = 0",
+                          " 'disabled', gen_random_uuid())"
+                          " ON CONFLICT (device, window_key, start_time) DO UPDATE SET leq_db = 0",
                        (b_key, dev_b)) == PRIVILEGE_REFUSAL.format("windows")
         # reading: B's rows, and its own
         assert attempt(a, "SELECT * FROM windows WHERE device = %s", (dev_b,)) == PRIVILEGE_REFUSAL.format("windows")

@@ -115,9 +115,12 @@ def test_migrate_twice_gives_same_version_and_creates_tables_and_view(pg_dsn):
             " WHERE n.nspname = 'public'"
         ).fetchall())
     assert applied_1 == applied_2 and [v for v, _ in applied_2] == list(range(1, v1 + 1))
-    assert rels["windows"] == "r" and rels["detections"] == "r" and rels["schema_migrations"] == "r"
-    assert rels["detections_flat"] == "v"
-    assert "windows_device_start_idx" in rels
+    # schema 10: the result tables are partitioned by time, with a default partition each
+    for table in ("windows", "detections", "heartbeats", "gaps", "clock_steps"):
+        assert rels[table] == "p" and rels[f"{table}_default"] == "r", table
+    assert rels["schema_migrations"] == "r" and rels["rollup_hourly"] == "r"
+    assert rels["detections_flat"] == "v" and rels["noise_levels_hourly"] == "v"
+    assert "windows_device_start" in rels
 
 
 def test_concurrent_db_init_runs_are_safe(pg_dsn):
