@@ -5,19 +5,23 @@ in a ``READ ONLY`` transaction that is rolled back) and writes either one self-c
 page (figures embedded as base64 PNG; tables of the numbers) or the same tables as CSV or
 Parquet files. Docs: docs/reports.md.
 
-Data flow: :func:`hourly_rollup` (**the one place** where SQL aggregates: windows, bands and
-detections per device and UTC hour; a later server-side rollup view replaces its body only) →
-:func:`fetch_windows` (the raw windows, when the data span at most :data:`RAW_MAX_SPAN`) and
+Data flow: :func:`hourly_rollup` (levels, bands, indices and detections per device and UTC hour:
+the rows of the server's hourly rollups, schema 10, with the hours not rolled up yet computed by
+the server's own rollup functions; the report aggregates nothing else in SQL) →
+:func:`fetch_windows` (the raw windows, when the data span at most :data:`RAW_MAX_SPAN` and are
+still on the server) and
 :func:`fetch_health` (heartbeats, gaps, clock steps) → :func:`build_tables` (pandas, every
 table the page shows and the exports hold) → :func:`agent.report_page.render_html` (figures from
 :mod:`agent.plots`) or :func:`write_tables`.
 
-Aggregation (docs/reports.md#aggregation): levels and band levels are energy means weighted by
-window duration, ``10·lg(Σ tᵢ·10^(Lᵢ/10) / Σ tᵢ)`` (the time-average, or equivalent continuous,
-sound level of IEC 61672-1:2013, 3.9, as ISO 1996-1:2016 and ISO 1996-2:2017 use it); LA90 of an
-hour is the arithmetic mean of its windows' LA90; LAFmax the maximum; acoustic indices the
-arithmetic mean; detections are counted (rows) with the highest score, per classifier
-(taxonomy) and label.
+Aggregation (docs/reports.md#aggregation; the server's definitions, agent/sql/0010_partitions.sql):
+levels and band levels are energy means weighted by window duration,
+``10·lg(Σ tᵢ·10^(Lᵢ/10) / Σ tᵢ)`` (the time-average, or equivalent continuous, sound level of
+IEC 61672-1:2013, 3.9, as ISO 1996-1:2016 and ISO 1996-2:2017 use it); LA90 of an hour is the
+10th percentile of the hour's short-interval LAeq series (of a range: the mean of its hours',
+weighted by their windows); LAFmax the maximum; acoustic indices the arithmetic mean;
+detections are counted (rows) with the highest score, per classifier (taxonomy) and label.
+Windows are reported by whole UTC hours: every hour overlapping the requested range.
 
 pandas and matplotlib (the ``report`` extra) are imported inside the functions only.
 """
@@ -66,8 +70,9 @@ class ReportRequest:
     """What to report on.
 
     Attributes:
-        since, until: the range, timezone-aware; a window belongs to it when its start time is
-            in ``[since, until)``.
+        since, until: the range, timezone-aware: the windows of every UTC hour overlapping
+            ``[since, until)`` (whole hours: the server's rollups are hourly); heartbeats and
+            clock steps in it, gaps overlapping it.
         devices: device ids (``[agent] device_id``); empty: every device with windows in the range.
         tz: IANA time zone of the page's time axes, hours of day and table times (default UTC).
         resolution: ``auto`` (every window when the data span at most :data:`RAW_MAX_SPAN`,
@@ -175,8 +180,9 @@ def _scrubbed(err: BaseException, dsn: str) -> str:
 @contextmanager
 def read_only_connection(dsn: str, connect_timeout_s: float = 10.0,
                          statement_timeout_s: float = 300.0) -> Iterator[psycopg.Connection[Any]]:
-    """A connection whose every statement runs in a ``READ ONLY`` transaction (rolled back at
-    the end), with the session time zone UTC and a statement timeout. Nothing is written.
+    """A connection whose every statement runs in one ``READ ONLY``, ``REPEATABLE READ``
+    transaction (one snapshot; rolled back at the end), with the session time zone UTC and a
+    statement timeout. Nothing is written.
 
     Raises:
         SyncError: the server cannot be reached or refuses the connection (the message names
@@ -193,6 +199,7 @@ def read_only_connection(dsn: str, connect_timeout_s: float = 10.0,
                         "check --dsn (host, database, user, password, sslmode) and that the server runs") from None
     try:
         conn.read_only = True
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ  # one snapshot for every query
         conn.execute("SET TIME ZONE 'UTC'")
         conn.execute(f"SET statement_timeout = {int(statement_timeout_s * 1000)}")
         yield conn
@@ -243,20 +250,66 @@ def _params(devices: Sequence[str], since: datetime, until: datetime) -> dict[st
     return {"devices": list(devices), "since": since, "until": until}
 
 
+#: The oldest central schema whose hourly rollups the report reads (agent/sql/0010_partitions.sql).
+ROLLUP_SCHEMA = 10
+
+
+def whole_hours(since: datetime, until: datetime) -> tuple[datetime, datetime]:
+    """``[since, until)`` widened to whole UTC hours: the start of the UTC hour holding ``since``
+    and the end of the one holding the last instant before ``until`` (the report's windows are
+    those of every UTC hour overlapping the range; the server's rollups are by whole hours)."""
+    first = since.astimezone(timezone.utc).replace(minute=0, second=0, microsecond=0)
+    last = until.astimezone(timezone.utc)
+    floor = last.replace(minute=0, second=0, microsecond=0)
+    return first, floor if floor == last else floor + timedelta(hours=1)
+
+
+def _require_rollups(conn: psycopg.Connection[Any]) -> None:
+    """SyncError unless the server's schema (``max(version)`` of ``schema_migrations``) has the
+    hourly rollups (:data:`ROLLUP_SCHEMA` or newer)."""
+    import pandas as pd
+
+    version = _frame(conn, "SELECT max(version) AS version FROM schema_migrations", {})["version"].iloc[0]
+    if pd.isna(version) or int(version) < ROLLUP_SCHEMA:
+        have = "no migration" if pd.isna(version) else f"schema version {int(version)}"
+        raise SyncError(f"the server has {have}: the report reads the hourly rollups of schema version "
+                        f"{ROLLUP_SCHEMA} or newer",
+                        "run 'soundscape-agent db init' against it as the database owner (after upgrading the "
+                        "fleet's agents: deploy/README.md, \"Partitions, retention and rollups\")")
+
+
+def _device_hours(table: str, function: str, devices: Sequence[str]) -> str:
+    """SQL of the rows of ``table`` (``rollup_hourly`` or ``rollup_detections_hourly``) for the
+    devices and the hours in ``[%(first_hour)s, %(until)s)``, except the device-hours not rolled up
+    (yet, or not since new windows came: the pairs ``%(unrolled_device)s``, ``%(unrolled_hour)s``
+    of ``soundscape_unrolled_hours()``), which ``function`` (the server's ``soundscape_rollup_of``
+    / ``soundscape_detections_of``, what the rollup refresh stores) computes from the raw rows."""
+    return f"""
+        WITH unrolled AS MATERIALIZED (
+            SELECT * FROM unnest(%(unrolled_device)s::text[], %(unrolled_hour)s::timestamptz[]) AS u (device, hour))
+        SELECT r.* FROM {table} AS r
+        WHERE {_device_filter(devices, "r.device")} AND r.hour >= %(first_hour)s AND r.hour < %(until)s
+          AND NOT EXISTS (SELECT 1 FROM unrolled AS u WHERE u.device = r.device AND u.hour = r.hour)
+        UNION ALL
+        SELECT x.* FROM unrolled AS u, LATERAL {function}(u.device, u.hour) AS x"""
+
+
 @dataclass(frozen=True)
 class Rollup:
-    """Per device and UTC hour, as :func:`hourly_rollup` returns it (pandas DataFrames).
+    """Per device and UTC hour, as :func:`hourly_rollup` returns it (pandas DataFrames): the rows
+    of the server's rollups (``rollup_hourly``, ``rollup_detections_hourly``, schema 10).
 
     Attributes:
         levels: one row per (device, hour) with windows: ``device`` str, ``hour`` datetime64[us, UTC]
-            (start of the UTC hour), ``windows`` int, ``seconds`` float (audio, s), ``first_start``
-            and ``last_end`` datetime64[us, UTC] (the first window's start, the last one's end),
-            ``laeq_db`` float (energy mean, dB(A)), ``laeq_s`` float (seconds of windows with an
-            LAeq: the weight to combine hours), ``la90_db`` float (mean), ``la90_n`` int,
-            ``lafmax_db`` float (max), ``aci``, ``adi``, ``ndsi``, ``bi`` float (means) with
-            ``aci_n``, ``adi_n``, ``ndsi_n``, ``bi_n`` int (windows averaged).
+            (start of the UTC hour), ``windows`` int (the weight of the hour's means), ``seconds``
+            float (audio, s), ``first_start`` and ``last_end`` datetime64[us, UTC] (the first
+            window's start, the last one's end), ``laeq_db`` float (energy mean, dB(A)), ``laeq_s``
+            float (seconds of windows with an LAeq: the weight to combine hours' LAeq),
+            ``la90_db`` float (10th percentile of the hour's short-interval LAeq series),
+            ``lafmax_db`` float (max), ``aci``, ``adi``, ``aei``, ``bi``, ``ndsi``, ``hf``, ``ht``
+            float (means over the windows with a value).
         bands: one row per (device, hour, band): ``device``, ``hour``, ``band_hz`` float (nominal
-            centre), ``leq_db`` float (energy mean, dB re 20 µPa), ``seconds`` float.
+            centre), ``leq_db`` float (energy mean, dB re 20 µPa).
         detections: one row per (device, hour, taxonomy, label): ``device``, ``hour``,
             ``taxonomy`` str, ``label`` str, ``detections`` int (rows), ``max_score`` float,
             ``scaffold`` bool (any from a random-weight scaffold model).
@@ -269,71 +322,64 @@ class Rollup:
 
 def hourly_rollup(conn: psycopg.Connection[Any], devices: Sequence[str], since: datetime, until: datetime
                   ) -> Rollup:
-    """The hourly aggregates of the range: **every SQL aggregation of the report is here**.
-
-    A later server-side rollup (views ``rollup_hourly``, ``rollup_detections_hourly``) replaces
-    this function's body only: the columns of :class:`Rollup` are the contract.
+    """The hourly aggregates of the range, as the server defines them: the rows of its rollup
+    tables ``rollup_hourly`` and ``rollup_detections_hourly`` (schema 10), except for the
+    device-hours that received windows since the last rollup refresh
+    (``soundscape_unrolled_hours()``), which the server's own ``soundscape_rollup_of`` /
+    ``soundscape_detections_of`` compute from the raw rows. The report is thus exact whether or
+    not ``db maintain`` ran lately, and covers hours whose raw rows retention dropped. The report
+    aggregates nothing else in SQL; the columns of :class:`Rollup` are the contract.
 
     Args:
         conn: a (read-only) connection, session time zone UTC.
         devices: device ids; empty: all.
-        since, until: windows whose ``start_time`` is in ``[since, until)``.
+        since, until: every UTC hour overlapping ``[since, until)``, whole (:func:`whole_hours`).
 
     Returns:
-        A :class:`Rollup`, rows sorted by device and hour.
+        A :class:`Rollup`, rows sorted by device and hour (and band, taxonomy, label).
 
     Raises:
-        SyncError: the server refused a query.
+        SyncError: the server refused a query, or its schema is older than :data:`ROLLUP_SCHEMA`
+            (the hint: ``soundscape-agent db init``).
     """
-    params = _params(devices, since, until)
-    where = f"{_device_filter(devices)} AND start_time >= %(since)s AND start_time < %(until)s"
-    levels = _frame(conn, f"""
-        SELECT device,
-               date_trunc('hour', start_time, 'UTC') AS hour,
-               count(*) AS windows,
-               sum(duration_s) AS seconds,
-               min(start_time) AS first_start,
-               max(start_time + duration_s * interval '1 second') AS last_end,
-               10 * log10(sum(duration_s * power(10, laeq_db / 10))
-                          / sum(duration_s) FILTER (WHERE laeq_db IS NOT NULL)) AS laeq_db,
-               coalesce(sum(duration_s) FILTER (WHERE laeq_db IS NOT NULL), 0) AS laeq_s,
-               avg(la90_db) AS la90_db, count(la90_db) AS la90_n,
-               max(lafmax_db) AS lafmax_db,
-               avg(aci) AS aci, count(aci) AS aci_n, avg(adi) AS adi, count(adi) AS adi_n,
-               avg(ndsi) AS ndsi, count(ndsi) AS ndsi_n, avg(bi) AS bi, count(bi) AS bi_n
-        FROM windows
-        WHERE {where}
-        GROUP BY 1, 2
-        ORDER BY 1, 2""", params, times=("hour", "first_start", "last_end"))
-    bands = _frame(conn, f"""
-        SELECT device,
-               date_trunc('hour', start_time, 'UTC') AS hour,
-               band_hz::float8 AS band_hz,
-               10 * log10(sum(duration_s * power(10, leq_db::float8 / 10)) / sum(duration_s)) AS leq_db,
-               sum(duration_s) AS seconds
-        FROM band_levels
-        WHERE {where} AND leq_db < 'Infinity'::real AND leq_db > '-Infinity'::real
-        GROUP BY 1, 2, 3
-        ORDER BY 1, 2, 3""", params, times=("hour",))
+    import pandas as pd
+
+    _require_rollups(conn)
+    first_hour, _ = whole_hours(since, until)
+    params: dict[str, Any] = {**_params(devices, since, until), "first_hour": first_hour}
+    # once for both queries: the function reads the range's windows delivered since the last refresh
+    unrolled = _frame(conn, f"""
+        SELECT u.device, u.hour FROM soundscape_unrolled_hours(%(first_hour)s, %(until)s) AS u
+        WHERE {_device_filter(devices, "u.device")}""", params)
+    params.update(unrolled_device=[str(d) for d in unrolled["device"]],
+                  unrolled_hour=[pd.Timestamp(t).to_pydatetime() for t in unrolled["hour"]])
+    hours = _frame(conn, f"""
+        SELECT h.device, h.hour, h.windows, h.duration_s AS seconds, h.first_start, h.last_end, h.laeq_db,
+               h.laeq_s, h.la90_db, h.lafmax_db, h.aci, h.adi, h.aei, h.bi, h.ndsi, h.hf, h.ht,
+               h.band_centres_hz::float8[] AS band_hz, h.band_leq_db::float8[] AS leq_db
+        FROM ({_device_hours("rollup_hourly", "soundscape_rollup_of", devices)}) AS h
+        ORDER BY h.device, h.hour""", params, times=("hour", "first_start", "last_end"))
+    floats = ["seconds", "laeq_db", "laeq_s", "la90_db", "lafmax_db", "aci", "adi", "aei", "bi", "ndsi", "hf", "ht"]
+    levels = hours.drop(columns=["band_hz", "leq_db"]).astype({name: float for name in floats})
+    with_bands = hours.loc[hours["band_hz"].notna(), ["device", "hour", "band_hz", "leq_db"]]
+    bands = (with_bands.explode(["band_hz", "leq_db"], ignore_index=True) if len(with_bands)
+             else pd.DataFrame({"device": pd.Series(dtype=str), "hour": pd.Series(dtype="datetime64[us, UTC]"),
+                                "band_hz": pd.Series(dtype=float), "leq_db": pd.Series(dtype=float)}))
+    bands = bands.astype({"band_hz": float, "leq_db": float})
+    bands = bands[np.isfinite(bands["leq_db"])].sort_values(["device", "hour", "band_hz"], ignore_index=True)
     detections = _frame(conn, f"""
-        SELECT device,
-               date_trunc('hour', start_time, 'UTC') AS hour,
-               taxonomy, label,
-               count(*) AS detections,
-               max(score)::float8 AS max_score,
-               bool_or(coalesce(model_is_scaffold, false)) AS scaffold
-        FROM detections_flat
-        WHERE {where}
-        GROUP BY 1, 2, 3, 4
+        SELECT d.device, d.hour, d.taxonomy, d.label, d.detections, d.max_score::float8 AS max_score, d.scaffold
+        FROM ({_device_hours("rollup_detections_hourly", "soundscape_detections_of", devices)}) AS d
         ORDER BY 1, 2, 3, 4""", params, times=("hour",))
     return Rollup(levels=levels, bands=bands, detections=detections)
 
 
 def fetch_windows(conn: psycopg.Connection[Any], devices: Sequence[str], since: datetime, until: datetime
                   ) -> pd.DataFrame:
-    """Every window of the range (for short spans): ``device``, ``start_time`` datetime64[us, UTC],
-    ``duration_s``, ``laeq_db``, ``la90_db``, ``lafmax_db`` float, ``band_centres_hz`` and
-    ``band_leq_db`` (lists of float, or None), sorted by device and time.
+    """Every window of the range (for short spans), from the raw ``windows`` (none where retention
+    dropped them): ``device``, ``start_time`` datetime64[us, UTC], ``duration_s``, ``laeq_db``,
+    ``la90_db``, ``lafmax_db`` float, ``band_centres_hz`` and ``band_leq_db`` (lists of float, or
+    None), sorted by device and time.
 
     Raises:
         SyncError: the server refused the query.
@@ -387,15 +433,26 @@ def fetch_health(conn: psycopg.Connection[Any], devices: Sequence[str], since: d
 
 
 def device_inventory(conn: psycopg.Connection[Any]) -> pd.DataFrame:
-    """Every device with windows on the server: ``device``, ``windows``, ``first_start``,
-    ``last_start`` (for error messages: what exists).
+    """Every device with windows on the server, also those whose raw windows retention dropped
+    (their hours are in ``rollup_hourly``): ``device``, ``windows``, ``first_start``, ``last_end``
+    (for error messages: what exists). Counted from the rollup rows, and from the raw windows
+    for the device-hours not rolled up (``soundscape_unrolled_hours()``).
 
     Raises:
         SyncError: the server refused the query.
     """
     return _frame(conn, """
-        SELECT device, count(*) AS windows, min(start_time) AS first_start, max(start_time) AS last_start
-        FROM windows GROUP BY device ORDER BY device""", {}, times=("first_start", "last_start"))
+        WITH unrolled AS MATERIALIZED (SELECT u.device, u.hour FROM soundscape_unrolled_hours() AS u)
+        SELECT h.device, sum(h.windows)::bigint AS windows, min(h.first_start) AS first_start,
+               max(h.last_end) AS last_end
+        FROM (SELECT r.device, r.windows, r.first_start, r.last_end FROM rollup_hourly AS r
+              WHERE NOT EXISTS (SELECT 1 FROM unrolled AS u WHERE u.device = r.device AND u.hour = r.hour)
+              UNION ALL
+              SELECT w.device, 1, w.start_time, w.start_time + w.duration_s * interval '1 second'
+              FROM unrolled AS u
+              JOIN windows AS w ON w.device = u.device AND w.start_time >= u.hour
+                               AND w.start_time < u.hour + interval '1 hour') AS h
+        GROUP BY h.device ORDER BY h.device""", {}, times=("first_start", "last_end"))
 
 
 # ------------------------------------------------------------------------------ loading
@@ -433,7 +490,7 @@ def _what_exists(inventory: pd.DataFrame, tz: str) -> str:
     if inventory.empty:
         return "the database holds no windows at all"
     return "the database holds: " + "; ".join(
-        f"{r.device}: {r.windows} windows from {format_time(r.first_start, tz)} to {format_time(r.last_start, tz)}"
+        f"{r.device}: {r.windows} windows from {format_time(r.first_start, tz)} to {format_time(r.last_end, tz)}"
         for r in inventory.itertuples())
 
 
@@ -468,10 +525,15 @@ def choose_resolution(request: ReportRequest, levels: pd.DataFrame) -> Resolutio
 
 
 def load_report(dsn: str, request: ReportRequest, *, connect_timeout_s: float = 10.0) -> ReportData:
-    """Read what the report shows, in one read-only transaction.
+    """Read what the report shows, in one read-only transaction (one snapshot).
+
+    The windows are those of every UTC hour overlapping the range, whole (:func:`whole_hours`).
+    With ``resolution="auto"`` the report is hourly also when the range's raw windows were
+    dropped by retention (only the hourly rollups remain).
 
     Raises:
-        NoDataError: no windows in the range (of a requested device), or an unknown device.
+        NoDataError: no windows in the range (of a requested device), an unknown device, or
+            ``resolution="window"`` where retention dropped raw windows of the range.
         SyncError: the server cannot be reached or refused a query.
         MissingExtraError: pandas is not installed.
     """
@@ -484,7 +546,17 @@ def load_report(dsn: str, request: ReportRequest, *, connect_timeout_s: float = 
         _check_selection(conn, request, found)
         devices = tuple(found)
         resolution = choose_resolution(request, rollup.levels)
-        windows = fetch_windows(conn, devices, request.since, request.until) if resolution == "window" else None
+        windows = None
+        if resolution == "window":
+            windows = fetch_windows(conn, devices, *whole_hours(request.since, request.until))
+            rolled = int(rollup.levels["windows"].sum())
+            if len(windows) < rolled:  # raw windows dropped by retention: only the hourly rollups remain
+                if request.resolution == "window":
+                    raise NoDataError(
+                        f"only {len(windows)} of the {rolled} windows of the range are still on the server: "
+                        "retention dropped the others (soundscape_partition_policy), their hourly rollups remain",
+                        "use --resolution hour (or auto)")
+                resolution, windows = "hour", None
         health = fetch_health(conn, devices, request.since, request.until)
     return ReportData(request=request, resolution=resolution, devices=devices, rollup=rollup, windows=windows,
                       health=health, source=redact_dsn(dsn))
@@ -519,8 +591,9 @@ def weighted_mean(values: npt.ArrayLike, counts: npt.ArrayLike) -> float:
 
 def _summary(data: ReportData) -> pd.DataFrame:
     """One row per device: the range's windows, audio hours, first and last window, LAeq (energy
-    mean), LA90 (mean of the windows'), LAFmax (max), detections per classifier, gaps, clock steps,
-    heartbeats, the largest queue depth and CPU temperature."""
+    mean of the hours, weighted by their seconds with an LAeq: exactly the windows' energy mean),
+    LA90 (mean of the hours' LA90, weighted by their windows), LAFmax (max), detections per
+    classifier, gaps, clock steps, heartbeats, the largest queue depth and CPU temperature."""
     import pandas as pd
 
     lv, det, h = data.rollup.levels, data.rollup.detections, data.health
@@ -535,7 +608,7 @@ def _summary(data: ReportData) -> pd.DataFrame:
         row: dict[str, Any] = {
             "device": device, "windows": int(d["windows"].sum()), "audio_h": float(d["seconds"].sum()) / 3600,
             "first_window": d["first_start"].min(), "last_window_end": d["last_end"].max(),
-            "laeq_db": energy_mean(d["laeq_db"], d["laeq_s"]), "la90_db": weighted_mean(d["la90_db"], d["la90_n"]),
+            "laeq_db": energy_mean(d["laeq_db"], d["laeq_s"]), "la90_db": weighted_mean(d["la90_db"], d["windows"]),
             "lafmax_db": float(d["lafmax_db"].max()),
         }
         for taxonomy, _ in TAXONOMIES:
@@ -583,8 +656,9 @@ def _bands(data: ReportData) -> pd.DataFrame:
 
 def _indices_by_hour(data: ReportData) -> pd.DataFrame:
     """Per device and hour of day (in the report's time zone): ``windows`` and, per index of
-    :data:`agent.plots.INDICES` (aci, adi, ndsi, bi), the mean of every window (``<index>``) and the
-    lowest and highest hourly mean (``<index>_low``, ``<index>_high``)."""
+    :data:`agent.plots.INDICES` (aci, adi, ndsi, bi), the mean of the hourly means weighted by
+    their windows (``<index>``) and the lowest and highest hourly mean (``<index>_low``,
+    ``<index>_high``)."""
     import pandas as pd
 
     lv = data.rollup.levels.copy()
@@ -594,7 +668,7 @@ def _indices_by_hour(data: ReportData) -> pd.DataFrame:
         row: dict[str, Any] = {"device": device, "hour_of_day": int(hour), "windows": int(g["windows"].sum())}
         for name in ("aci", "adi", "ndsi", "bi"):
             x = g[name].astype(float)
-            row[name] = weighted_mean(x, g[f"{name}_n"])
+            row[name] = weighted_mean(x, g["windows"])
             row[f"{name}_low"], row[f"{name}_high"] = float(x.min()), float(x.max())
         rows.append(row)
     return pd.DataFrame(rows)
@@ -769,8 +843,8 @@ def make_report(dsn: str, request: ReportRequest, out: Path, fmt: Format = "html
     return ReportOutcome(write_tables(tables, out, fmt), data.devices, data.resolution, windows)
 
 
-__all__ = ["EXTRA_HINT", "FORMATS", "Health", "RAW_MAX_SPAN", "ReportData", "ReportOutcome",
+__all__ = ["EXTRA_HINT", "FORMATS", "Health", "RAW_MAX_SPAN", "ROLLUP_SCHEMA", "ReportData", "ReportOutcome",
            "ReportRequest", "Rollup", "TABLES", "TAXONOMIES", "build_tables", "check_output", "choose_resolution",
            "device_inventory", "energy_mean", "fetch_health", "fetch_windows", "format_time", "hourly_rollup",
            "load_report", "make_report", "parse_time", "read_only_connection", "require_extra",
-           "weighted_mean", "write_tables", "zone"]
+           "weighted_mean", "whole_hours", "write_tables", "zone"]

@@ -130,8 +130,8 @@ def _device_figures(data: ReportData, tables: dict[str, pd.DataFrame], device: s
                                                   "LAeq": lv["laeq_db"].to_numpy(float),
                                                   "LA90": lv["la90_db"].to_numpy(float)})],
         tz=tz, title=f"{device}: LAeq, LA90 and LAFmax ({res})", max_step=max_step, xlim=_xlim(data))
-    out.append(PageFigure("levels", f"{device}: LAeq (energy mean), LA90 (mean of the windows') and LAFmax "
-                                    f"(maximum), {res}.", plots.png_bytes(fig)))
+    out.append(PageFigure("levels", f"{device}: LAeq (energy mean), LA90 (10th percentile of the hour's "
+                                    f"LAeq series) and LAFmax (maximum), {res}.", plots.png_bytes(fig)))
     bands = tables["bands"][tables["bands"]["device"] == device]
     if bands.empty:
         out.append(f"{device}: no one-third-octave band levels in the range (windows of an agent before schema 2).")
@@ -323,9 +323,10 @@ def _method_html(data: ReportData) -> str:
             f"shown in {html.escape(data.request.tz)}.</li>"
             "<li>LAeq and band levels of an hour or of the range: energy mean weighted by window duration, "
             "10·lg(Σ tᵢ·10<sup>Lᵢ/10</sup> / Σ tᵢ) (the equivalent continuous level, IEC 61672-1 / ISO 1996-1).</li>"
-            "<li>LA90 of an hour or of the range: arithmetic mean of the windows' LA90 (an estimate of the "
-            "background level; the exact LA90 of an hour needs the hour's level distribution, which is not stored)."
-            "</li><li>LAFmax: the maximum. Acoustic indices: arithmetic mean of the windows.</li>"
+            "<li>LA90 of an hour: the level exceeded 90 % of the hour, the 10th percentile of its windows' "
+            "short-interval LAeq series (the server's rollup, soundscape_rollup_of); of the range: the hours' LA90 "
+            "averaged, weighted by their windows. At window resolution: each window's own LA90.</li>"
+            "<li>LAFmax: the maximum. Acoustic indices: arithmetic mean of the windows.</li>"
             "<li>Detections: stored detections (each classifier's top-k per window above its threshold) counted "
             "per hour, classifier and label, with the highest score.</li></ul>")
 

@@ -19,7 +19,7 @@ STAGES: list[tuple[str, ...]] = [
     ("agent.sync",),
     ("agent.supervise",),
     ("agent.pipeline",),
-    ("agent.cli", "agent.diagnose", "agent.report", "agent.report_page", "agent.plots"),  # tools on top
+    ("agent.cli", "agent.diagnose", "agent.maintain", "agent.report", "agent.report_page", "agent.plots"),  # tools
 ]
 
 

@@ -182,6 +182,19 @@ def test_db_maintain_rolls_up_each_hour_and_drops_whole_partitions_past_the_rete
     assert day not in partitions(migrated_dsn, "windows")
     assert server_rows(migrated_dsn, "SELECT count(*) FROM windows") == [(0,)]
     assert server_rows(migrated_dsn, "SELECT count(*) FROM noise_levels_hourly WHERE device = %s", device) == [(2,)]
+    # a late window of that hour (its raw rows are gone): the hour's rollup is not replaced by it
+    late = make_result(29, device=device, stream="late", k=1, start=recent + timedelta(seconds=295))
+
+    async def deliver_late():
+        async with Outbox(StoreConfig(path=tmp_path / "late.db")) as ob:
+            await ob.put(late)
+            return await Syncer(sync_cfg(dsn), ob).sync_once()
+
+    assert asyncio.run(deliver_late()) == 1
+    out = agent("db", "maintain", "--config", "/dev/null", "--dsn", migrated_dsn)
+    assert out.returncode == 0 and "deleted: windows_default (1 rows older than 2 days)" in out.stdout, out.stdout
+    assert server_rows(migrated_dsn, "SELECT windows FROM noise_levels_hourly WHERE device = %s AND hour = %s",
+                       device, hour) == [(30,)]
     # partitions ahead: today and the 7 days after it, for every table
     for table in ("windows", "detections", "heartbeats", "gaps", "clock_steps"):
         names = partitions(migrated_dsn, table)

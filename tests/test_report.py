@@ -3,13 +3,18 @@
 Three days of a duty-cycled fleet (two devices, one 10 s window every 10 minutes, AST and BirdNET
 detections, heartbeats, gaps and clock steps) are delivered with the agent's own
 ``agent.sync.send_batch`` / ``send_heartbeats`` / ``send_events`` into a schema made by
-``agent.sync.migrate``; the report then reads it through a role that has SELECT only. The page is
-opened in headless Chromium (Debian's ``chromium``; scripts/bootstrap.sh installs it): every
-figure must be decoded and laid out by the browser and be drawn in its screenshot; the numbers
-in its tables must equal SQL computed here from the raw windows; the CSV and Parquet exports
-must hold as many rows as SQL counts. Errors (empty range, unknown device, missing extra) give
-one clear message, their exit code and no file. ``diagnose --spectrogram`` draws axes and a dB
-colour bar (the CLI path is in tests/test_diagnose.py).
+``agent.sync.migrate``, with a rollup refresh (``soundscape_maintain()``) between two deliveries:
+days 1 and 3 are read from the server's hourly rollups, day 2's hours (sent windows after the
+refresh) are computed by the server's rollup functions. The report reads it through a role that
+has SELECT only. The page is opened in headless Chromium (Debian's ``chromium``;
+scripts/bootstrap.sh installs it): every figure must be decoded and laid out by the browser and
+be drawn in its screenshot; the numbers in its tables and exports (LAeq as an energy mean, LA90
+as the 10th percentile of the hour's LAeq series, LAFmax, bands, detections) must equal numpy
+computed here from the delivered windows; the CSV and Parquet exports must hold as many rows as
+SQL counts. A second database of the same fleet whose raw rows retention dropped is reported
+from the rollups alone. Errors (empty range, unknown device, missing extra, a schema without
+rollups) give one clear message, their exit code and no file. ``diagnose --spectrogram`` draws
+axes and a dB colour bar (the CLI path is in tests/test_diagnose.py).
 """
 
 from __future__ import annotations
@@ -166,24 +171,43 @@ def fleet_events() -> list[Gap | ClockStep]:
     return events
 
 
-async def _deliver(dsn: str) -> None:
-    """Through the agent's own sync functions, in batches of 200 windows as a device would."""
+async def _deliver(dsn: str, results: list[WindowResult], *, health: bool = True) -> None:
+    """Through the agent's own sync functions, in batches of 200 windows as a device would (and,
+    with ``health``, the fleet's heartbeats, gaps and clock steps)."""
     from agent.sync import send_batch, send_events, send_heartbeats
 
-    results = fleet_results()
     async with await psycopg.AsyncConnection.connect(dsn) as conn:
         for i in range(0, len(results), 200):
             await send_batch(conn, results[i:i + 200], str(uuid.uuid4()))
             await conn.commit()
-        await send_heartbeats(conn, fleet_heartbeats())
-        await send_events(conn, fleet_events())
-        await conn.commit()
+        if health:
+            await send_heartbeats(conn, fleet_heartbeats())
+            await send_events(conn, fleet_events())
+            await conn.commit()
+
+
+#: Delivered after the rollup refresh: every other window of this day (its hours then hold rolled
+#: up rows that miss windows: the report must compute them from the raw rows instead).
+LATE_DAY = datetime(2024, 5, 2, tzinfo=timezone.utc)
+
+
+def _late(r: WindowResult) -> bool:
+    return LATE_DAY <= r.start_time < LATE_DAY + timedelta(days=1) and r.index % 2 == 1
+
+
+def _maintain(admin_dsn: str, keep: str | None = None) -> None:
+    """``soundscape_maintain()`` as the owner (``db maintain``), after setting every table's
+    retention to ``keep`` if given."""
+    with psycopg.connect(admin_dsn) as con:
+        if keep:
+            con.execute("UPDATE soundscape_partition_policy SET keep = %s::interval", (keep,))
+        con.execute("SELECT count(*) FROM soundscape_maintain()")
 
 
 def _reader_dsn(admin_dsn: str) -> str:
     """A LOGIN role with SELECT only (what a ``soundscape_reader`` has)."""
-    role, password = f"report_reader_{os.getpid()}", "reader-secret-pw"
     db = conninfo_to_dict(admin_dsn)["dbname"]
+    role, password = f"report_reader_{db}", "reader-secret-pw"  # roles are the cluster's: one per database
     with psycopg.connect(admin_dsn, autocommit=True) as con:
         con.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} NOSUPERUSER NOCREATEDB NOCREATEROLE").format(
             sql.Identifier(role), sql.Literal(password)))
@@ -201,12 +225,112 @@ class Fleet:
 
 @pytest.fixture(scope="module")
 def fleet(pg_server) -> Fleet:
+    """The fleet's database in the state a server is in between two rollup refreshes: days 1 and
+    3 rolled up (``rollup_hourly``), day 2 rolled up and then sent more windows (its hours listed
+    by ``soundscape_unrolled_hours()``, their rolled-up rows stale)."""
     from agent.sync import migrate
 
     admin = pg_server.create_database()
     migrate(admin)
-    asyncio.run(_deliver(admin))
+    with psycopg.connect(admin, autocommit=True) as con:  # no lag: what was delivered before a refresh is rolled up
+        con.execute(sql.SQL("ALTER DATABASE {} SET soundscape.rollup_lag = '0'").format(
+            sql.Identifier(conninfo_to_dict(admin)["dbname"])))
+    results = fleet_results()
+    asyncio.run(_deliver(admin, [r for r in results if not _late(r)]))
+    _maintain(admin)
+    asyncio.run(_deliver(admin, [r for r in results if _late(r)], health=False))
     return Fleet(admin=admin, reader=_reader_dsn(admin))
+
+
+@pytest.fixture(scope="module")
+def retained(pg_server) -> Fleet:
+    """The same fleet after ``db maintain`` with a retention of one day: every raw row (dated
+    2024) dropped, the hourly rollups kept."""
+    from agent.sync import migrate
+
+    admin = pg_server.create_database()
+    migrate(admin)
+    asyncio.run(_deliver(admin, fleet_results()))
+    _maintain(admin, keep="1 day")
+    return Fleet(admin=admin, reader=_reader_dsn(admin))
+
+
+# ------------------------------------------------------------------------------ expected, from the seeded rows
+
+
+@dataclass(frozen=True)
+class Hour:
+    """One device-hour computed here with numpy from the WindowResults the fleet delivered."""
+
+    windows: int
+    seconds: float
+    laeq_db: float     # energy mean weighted by duration
+    la90_db: float     # 10th percentile (linear interpolation, as percentile_cont) of the LAeq series
+    lafmax_db: float
+    aci: float
+    bands: dict[float, float]                           # band centre -> energy mean (stored as real)
+    detections: dict[tuple[str, str], tuple[int, float]]  # (taxonomy, label) -> (rows, max score)
+
+
+def _energy(levels, weights) -> float:
+    lv, w = np.asarray(levels, dtype=np.float64), np.asarray(weights, dtype=np.float64)
+    return float(10 * np.log10(np.sum(w * 10 ** (lv / 10)) / np.sum(w)))
+
+
+def expected_hours(results: list[WindowResult]) -> dict[tuple[str, datetime], Hour]:
+    groups: dict[tuple[str, datetime], list[WindowResult]] = {}
+    for r in results:
+        groups.setdefault((r.device_id, r.start_time.replace(minute=0, second=0, microsecond=0)), []).append(r)
+    out = {}
+    for key, ws in groups.items():
+        durations = [w.duration_s for w in ws]
+        bands = {}
+        for b, centre in enumerate(BANDS_HZ):  # stored as real: float32 values
+            bands[centre] = _energy([np.float32(w.levels.band_leq_db[b]) for w in ws], durations)
+        dets: dict[tuple[str, str], tuple[int, float]] = {}
+        for w in ws:
+            for d in w.detections:
+                n, top = dets.get((d.taxonomy, d.label), (0, 0.0))
+                dets[(d.taxonomy, d.label)] = (n + 1, max(top, float(np.float32(d.score))))
+        out[key] = Hour(windows=len(ws), seconds=float(sum(durations)),
+                        laeq_db=_energy([w.levels.laeq_db for w in ws], durations),
+                        la90_db=float(np.percentile(np.concatenate([w.levels.laeq_series_db for w in ws]), 10)),
+                        lafmax_db=max(w.levels.lafmax_db for w in ws),
+                        aci=float(np.mean([w.indices.aci for w in ws])), bands=bands, detections=dets)
+    return out
+
+
+def _in_range(results: list[WindowResult], since: datetime, until: datetime, device: str | None = None
+              ) -> list[WindowResult]:
+    return [r for r in results if since <= r.start_time < until and device in (None, r.device_id)]
+
+
+def assert_hourly_tables_equal(out_dir: Path, fmt: str, hours: dict[tuple[str, datetime], Hour]) -> None:
+    """The exported hourly tables (levels, bands, detections_hourly) hold exactly ``hours``."""
+    import pandas as pd
+
+    def read(table: str) -> pd.DataFrame:
+        path = out_dir / f"{table}.{fmt}"
+        df = pd.read_parquet(path) if fmt == "parquet" else pd.read_csv(path, parse_dates=["time"])
+        return df.assign(time=[t.to_pydatetime() for t in pd.to_datetime(df["time"], utc=True)])
+
+    levels = read("levels")
+    assert sorted(zip(levels["device"], levels["time"], strict=True)) == sorted(hours)
+    for row in levels.itertuples():
+        want = hours[(row.device, row.time)]
+        assert (row.windows, row.seconds) == (want.windows, want.seconds), (row.device, row.time)
+        assert row.laeq_db == pytest.approx(want.laeq_db, abs=1e-9)
+        assert row.la90_db == pytest.approx(want.la90_db, abs=1e-9)
+        assert row.lafmax_db == pytest.approx(want.lafmax_db, abs=1e-9)
+    bands = read("bands")
+    assert len(bands) == sum(len(h.bands) for h in hours.values())
+    for row in bands.itertuples():
+        assert row.leq_db == pytest.approx(hours[(row.device, row.time)].bands[row.band_hz], abs=1e-4)
+    det = read("detections_hourly")
+    assert len(det) == sum(len(h.detections) for h in hours.values())
+    for row in det.itertuples():
+        n, top = hours[(row.device, row.time)].detections[(row.taxonomy, row.label)]
+        assert (row.detections, row.max_score) == (n, pytest.approx(top, abs=1e-6))
 
 
 def _sql(dsn: str, query: str, *params) -> list[tuple]:
@@ -354,27 +478,24 @@ def test_html_report_of_three_days_two_devices(tmp_path, fleet):
     with pytest.raises(AssertionError, match="looks blank"):
         assert_drawn(plots.png_bytes(blank), "control: axes without data")
 
-    # the numbers: SQL over the raw windows, computed here
+    # the numbers: computed here with numpy from the windows the fleet delivered
     since, until = (datetime.fromisoformat(t).replace(tzinfo=timezone.utc) for t in RANGE)
-    expected = {row[0]: row[1:] for row in _sql(fleet.admin, """
-        SELECT device, count(*), 10 * log10(sum(duration_s * power(10, laeq_db / 10)) / sum(duration_s)),
-               avg(la90_db), max(lafmax_db), avg(laeq_db)
-        FROM noise_levels WHERE start_time >= %s AND start_time < %s GROUP BY device""", since, until)}
     summary = {row["device"]: row for row in page.tables["summary"]}
     assert sorted(summary) == list(DEVICES)
-    for device, (n, laeq, la90, lafmax, arithmetic) in expected.items():
-        row = summary[device]
-        assert int(row["windows"]) == n
-        assert float(row["laeq_db"]) == pytest.approx(laeq, abs=0.051)
-        assert float(row["la90_db"]) == pytest.approx(la90, abs=0.051)
-        assert float(row["lafmax_db"]) == pytest.approx(lafmax, abs=0.051)
-        assert abs(arithmetic - laeq) > 0.3  # so the energy mean is really what is checked
-    detections = {(d, t): n for d, t, n in _sql(fleet.admin, """
-        SELECT device, taxonomy, count(*) FROM detections_flat WHERE start_time >= %s AND start_time < %s
-        GROUP BY 1, 2""", since, until)}
     for device in DEVICES:
+        ws = _in_range(fleet_results(), since, until, device)
+        hours = [h for (d, _), h in expected_hours(ws).items() if d == device]
+        laeq = [w.levels.laeq_db for w in ws]
+        row = summary[device]
+        assert int(row["windows"]) == len(ws)
+        assert float(row["laeq_db"]) == pytest.approx(_energy(laeq, [w.duration_s for w in ws]), abs=0.051)
+        assert abs(float(np.mean(laeq)) - _energy(laeq, [w.duration_s for w in ws])) > 0.3  # the energy mean is checked
+        la90 = np.average([h.la90_db for h in hours], weights=[h.windows for h in hours])
+        assert float(row["la90_db"]) == pytest.approx(la90, abs=0.051)
+        assert float(row["lafmax_db"]) == pytest.approx(max(w.levels.lafmax_db for w in ws), abs=0.051)
         for taxonomy in ("audioset", "birdnet"):
-            assert int(summary[device][f"detections_{taxonomy}"]) == detections[(device, taxonomy)] > 0
+            n = sum(d.taxonomy == taxonomy for w in ws for d in w.detections)
+            assert int(row[f"detections_{taxonomy}"]) == n > 0
 
     # the browser decodes and lays out every figure, and draws it in its screenshot
     layout, height = browser_layout(tmp_path, out)
@@ -468,19 +589,40 @@ def test_csv_and_parquet_exports_hold_the_rows_sql_counts(tmp_path, fleet):
         csv = pd.read_csv(tmp_path / "csv" / f"{table}.csv")
         parquet = pd.read_parquet(tmp_path / "parquet" / f"{table}.parquet")
         assert len(csv) == len(parquet) == want[table], table
+    assert str(pd.read_parquet(tmp_path / "parquet" / "levels.parquet")["time"].dtype) == "datetime64[us, UTC]"
+    # the hourly levels, bands and detections: computed here with numpy from the delivered windows
+    hours = expected_hours(_in_range(fleet_results(), since, until))
+    for fmt in ("csv", "parquet"):
+        assert_hourly_tables_equal(tmp_path / fmt, fmt, hours)
     # the hourly LAeq is the energy mean of the hour's windows, not their arithmetic mean
     hourly = pd.read_parquet(tmp_path / "parquet" / "levels.parquet")
-    assert str(hourly["time"].dtype) == "datetime64[us, UTC]"
-    sql_hours = {(d, pd.Timestamp(h)): (e, a) for d, h, e, a in _sql(fleet.admin, """
-        SELECT device, date_trunc('hour', start_time), 10 * log10(avg(power(10, laeq_db / 10))), avg(laeq_db)
-        FROM windows GROUP BY 1, 2""")}
-    assert len(sql_hours) == len(hourly)
-    differs = 0
-    for row in hourly.itertuples():
-        energy, arithmetic = sql_hours[(row.device, row.time)]
-        assert row.laeq_db == pytest.approx(energy, abs=1e-9)
-        differs += abs(energy - arithmetic) > 0.1
-    assert differs > len(hourly) // 2
+    arithmetic = {(d, pd.Timestamp(h)): a for d, h, a in _sql(fleet.admin, """
+        SELECT device, date_trunc('hour', start_time), avg(laeq_db) FROM windows GROUP BY 1, 2""")}
+    assert sum(abs(row.laeq_db - arithmetic[(row.device, row.time)]) > 0.1 for row in hourly.itertuples()
+               ) > len(hourly) // 2
+
+
+def test_hours_rolled_up_come_from_the_rollups_and_hours_sent_windows_since_are_recomputed(tmp_path, fleet):
+    """The fixture's server: days 1 and 3 rolled up, day 2 rolled up with half its windows and
+    sent the other half since (stale rows in rollup_hourly). The report equals numpy either way."""
+    hours = expected_hours(fleet_results())
+    rolled = {(d, h): (n, la90) for d, h, n, la90 in _sql(fleet.admin,
+                                                          "SELECT device, hour, windows, la90_db FROM rollup_hourly")}
+    unrolled = set(_sql(fleet.admin, "SELECT device, hour FROM soundscape_unrolled_hours()"))
+    late = set(expected_hours([r for r in fleet_results() if _late(r)]))
+    assert unrolled == late and len(late) > 40 and set(rolled) == set(hours)
+    for key, h in hours.items():
+        n, la90 = rolled[key]
+        if key in late:
+            assert n < h.windows  # stale: reading it would miss the late windows
+        else:
+            assert n == h.windows and la90 == pytest.approx(h.la90_db, abs=1e-9)
+    # a range that starts and ends within hours: those hours whole
+    r = report(fleet, "--since", "2024-05-01T22:30", "--until", "2024-05-02T01:10", "--resolution", "hour",
+               "--out", str(tmp_path / "csv"), "--format", "csv")
+    assert r.returncode == 0, r.stderr
+    first, last = datetime(2024, 5, 1, 22, tzinfo=timezone.utc), datetime(2024, 5, 2, 2, tzinfo=timezone.utc)
+    assert_hourly_tables_equal(tmp_path / "csv", "csv", {k: h for k, h in hours.items() if first <= k[1] < last})
 
 
 def test_empty_range_and_unknown_device_fail_clearly(tmp_path, fleet):
@@ -501,6 +643,60 @@ def test_empty_range_and_unknown_device_fail_clearly(tmp_path, fleet):
     r = report(fleet, "--since", RANGE[0], "--out", str(tmp_path / "no-such-dir" / "report.html"))
     assert r.returncode == 73 and "does not exist" in r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no page, no directory, no temporary file
+
+
+def test_a_range_whose_raw_rows_retention_dropped_is_reported_from_the_rollups(tmp_path, retained):
+    results = fleet_results()
+    assert _sql(retained.admin, "SELECT (SELECT count(*) FROM windows), (SELECT count(*) FROM detections),"
+                                " (SELECT count(*) FROM heartbeats), (SELECT count(*) FROM rollup_hourly)")[0] == (
+        0, 0, 0, len(expected_hours(results)))
+    since, until = (datetime.fromisoformat(t).replace(tzinfo=timezone.utc) for t in RANGE)
+    r = report(retained, "--since", RANGE[0], "--until", RANGE[1], "--out", str(tmp_path / "csv"), "--format", "csv")
+    assert r.returncode == 0 and "), hourly: wrote" in r.stdout, r.stdout + r.stderr
+    assert_hourly_tables_equal(tmp_path / "csv", "csv", expected_hours(_in_range(results, since, until)))
+
+    out = tmp_path / "report.html"
+    r = report(retained, "--since", RANGE[0], "--until", RANGE[1], "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    page = Page(out.read_text(encoding="utf-8"))
+    summary = {row["device"]: row for row in page.tables["summary"]}
+    for device in DEVICES:
+        ws = _in_range(results, since, until, device)
+        assert int(summary[device]["windows"]) == len(ws)
+        assert float(summary[device]["laeq_db"]) == pytest.approx(
+            _energy([w.levels.laeq_db for w in ws], [w.duration_s for w in ws]), abs=0.051)
+        assert int(summary[device]["detections_birdnet"]) == sum(d.taxonomy == "birdnet" for w in ws
+                                                                 for d in w.detections) > 0
+    assert [(s, k) for s, k, _ in page.figures] == [
+        ("fleet", "fleet-levels"), ("fleet", "fleet-labels"),
+        *[(d, k) for d in DEVICES for k in DEVICE_FIGURES if k != "health"]]  # the heartbeats are gone too
+    for scope, key, png in page.figures:
+        assert_drawn(png, f"{scope}/{key}")
+
+    # a short range is hourly when its raw windows are gone; every window is refused, saying why
+    short = ("--device", "moth-a", "--since", "2024-05-02T04:00", "--until", "2024-05-02T10:00")
+    r = report(retained, *short, "--out", str(tmp_path / "short"), "--format", "csv")
+    assert r.returncode == 0 and "), hourly: wrote" in r.stdout, r.stdout + r.stderr
+    r = report(retained, *short, "--resolution", "window", "--out", str(tmp_path / "short.html"))
+    assert r.returncode == 66 and "only 0 of the 36 windows" in r.stderr and "retention" in r.stderr, r.stderr
+    # what the database holds, for the error messages: from the rollups
+    r = report(retained, "--since", "2023-01-01", "--until", "2023-01-02", "--out", str(tmp_path / "empty.html"))
+    n = sum(w.device_id == "moth-a" for w in results)
+    assert r.returncode == 66 and f"moth-a: {n} windows from 2024-05-01 00:00 UTC to 2024-05-03 23:50 UTC" in r.stderr
+    r = report(retained, "--device", "moth-z", "--since", RANGE[0], "--out", str(tmp_path / "z.html"))
+    assert r.returncode == 66 and "known devices: moth-a, moth-b" in r.stderr, r.stderr
+
+
+def test_a_server_without_rollups_is_told_to_run_db_init(tmp_path, pg_server, monkeypatch):
+    import agent.sync as sync_module
+
+    admin = pg_server.create_database()
+    real = sync_module._migrations()
+    monkeypatch.setattr(sync_module, "_migrations", lambda: tuple(m for m in real if m[0] <= 9))
+    assert sync_module.migrate(admin) == 9
+    r = agent("report", "--dsn", admin, "--since", RANGE[0], "--until", RANGE[1], "--out", str(tmp_path / "r.html"))
+    assert r.returncode == 75 and "schema version 9" in r.stderr and "soundscape-agent db init" in r.stderr, r.stderr
+    assert not (tmp_path / "r.html").exists()
 
 
 def test_report_role_can_only_read_and_a_role_without_select_is_told_what_to_grant(tmp_path, fleet):

@@ -256,7 +256,7 @@ JOIN heartbeats AS h ON h.device = l.device AND h.heartbeat_id = l.heartbeat_id 
 --   la90_db     level exceeded 90 % of the hour: 10th percentile of the windows' LAeq series
 --               (their short-interval LAeq; a window without a series counts with its LAeq)
 --   lafmax_db   maximum of the windows' LAFmax
---   band_leq_db energy mean per one-third-octave band, as laeq_db
+--   band_leq_db energy mean per one-third-octave band (by nominal centre), as laeq_db
 --   indices     arithmetic mean (ACI, ADI, AEI, BI, NDSI, H)
 CREATE TABLE IF NOT EXISTS rollup_hourly (
     device           text NOT NULL,
@@ -299,11 +299,11 @@ COMMENT ON TABLE rollup_detections_hourly IS
 CREATE INDEX IF NOT EXISTS rollup_detections_hourly_hour ON rollup_detections_hourly (hour, taxonomy);
 
 CREATE TABLE IF NOT EXISTS rollup_state (
-    name       text PRIMARY KEY,
-    watermark  timestamptz NOT NULL
+    name          text PRIMARY KEY,
+    rolled_until  timestamptz NOT NULL
 );
 COMMENT ON TABLE rollup_state IS
-    'Windows delivered (sync_time) before watermark minus soundscape.rollup_lag (default 15 min, for transactions that commit late) are rolled up.';
+    'Windows delivered (sync_time) up to rolled_until are rolled up: the last refresh''s start minus soundscape.rollup_lag (default 15 min, for transactions that committed late), as the refreshing session had it.';
 
 CREATE OR REPLACE FUNCTION soundscape_hour(t timestamptz) RETURNS timestamptz
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
@@ -331,13 +331,13 @@ LANGUAGE sql STABLE AS $$
         WHERE w.device = dev AND w.start_time >= h AND w.start_time < h + interval '1 hour'
           AND s.v > '-Infinity'::float8 AND s.v < 'Infinity'::float8) AS p,
     LATERAL (
-        SELECT array_agg(g.centre ORDER BY g.i) AS centres, array_agg(g.leq ORDER BY g.i) AS leq
-        FROM (SELECT u.i, min(u.c) AS centre,
+        SELECT array_agg(g.centre ORDER BY g.centre) AS centres, array_agg(g.leq ORDER BY g.centre) AS leq
+        FROM (SELECT u.c AS centre,
                      (10 * log(sum(w.duration_s * power(10::double precision, u.v / 10)) / sum(w.duration_s)))::real AS leq
-              FROM public.windows AS w, unnest(w.band_centres_hz, w.band_leq_db) WITH ORDINALITY AS u (c, v, i)
+              FROM public.windows AS w, unnest(w.band_centres_hz, w.band_leq_db) AS u (c, v)
               WHERE w.device = dev AND w.start_time >= h AND w.start_time < h + interval '1 hour'
-                AND u.v > '-Infinity'::real AND u.v < 'Infinity'::real
-              GROUP BY u.i) AS g) AS b
+                AND u.c IS NOT NULL AND u.v > '-Infinity'::real AND u.v < 'Infinity'::real
+              GROUP BY u.c) AS g) AS b
     WHERE a.windows > 0
 $$;
 
@@ -350,16 +350,29 @@ LANGUAGE sql STABLE AS $$
     GROUP BY d.taxonomy, d.label
 $$;
 
--- The device-hours with windows delivered since the last refresh (minus the lag): what
--- soundscape_refresh_rollups recomputes, and what a report computes itself meanwhile.
-CREATE OR REPLACE FUNCTION soundscape_unrolled_hours() RETURNS TABLE (device text, hour timestamptz)
+-- The device-hours overlapping [since, until) with windows delivered after the last refresh's cutoff:
+-- what soundscape_refresh_rollups recomputes, and what a report computes itself meanwhile
+-- (pass the report's range: the partitions outside it are not read). An hour older than the
+-- windows' retention that already has its rollup row is not listed: its raw rows are gone,
+-- so a late or replayed window of it would replace the hour's figures with its own; such a
+-- window is kept raw until its partition or the default partition's retention removes it
+-- (a device offline for longer than the retention: its hours have no row yet and are rolled up).
+CREATE OR REPLACE FUNCTION soundscape_unrolled_hours(since timestamptz DEFAULT '-infinity',
+                                                     until timestamptz DEFAULT 'infinity')
+RETURNS TABLE (device text, hour timestamptz)
 LANGUAGE sql STABLE AS $$
     SELECT DISTINCT w.device, soundscape_hour(w.start_time)
     FROM public.windows AS w
-    WHERE w.sync_time > coalesce(
-        (SELECT s.watermark FROM public.rollup_state AS s WHERE s.name = 'hourly')
-            - coalesce(nullif(current_setting('soundscape.rollup_lag', true), ''), '15 minutes')::interval,
-        '-infinity')
+    WHERE w.start_time >= soundscape_hour(since)
+      AND w.start_time < CASE WHEN until = soundscape_hour(until) THEN until
+                              ELSE soundscape_hour(until) + interval '1 hour' END
+      AND w.sync_time > coalesce((SELECT s.rolled_until FROM public.rollup_state AS s WHERE s.name = 'hourly'),
+                                 '-infinity')
+      AND NOT (soundscape_hour(w.start_time) + interval '1 hour'
+                   <= coalesce((SELECT now() - p.keep FROM public.soundscape_partition_policy AS p
+                                WHERE p.table_name = 'windows'), '-infinity')
+               AND EXISTS (SELECT 1 FROM public.rollup_hourly AS r
+                           WHERE r.device = w.device AND r.hour = soundscape_hour(w.start_time)))
 $$;
 
 CREATE OR REPLACE VIEW noise_levels_hourly AS
@@ -377,7 +390,8 @@ SELECT device, hour, taxonomy, label, detections, max_score, scaffold FROM rollu
 CREATE OR REPLACE FUNCTION soundscape_refresh_rollups() RETURNS bigint
 LANGUAGE plpgsql AS $$
 DECLARE
-    mark timestamptz := clock_timestamp();
+    mark timestamptz := clock_timestamp()
+        - coalesce(nullif(current_setting('soundscape.rollup_lag', true), ''), '15 minutes')::interval;
     n bigint;
 BEGIN
     CREATE TEMP TABLE soundscape_touched ON COMMIT DROP AS SELECT * FROM soundscape_unrolled_hours();
@@ -389,8 +403,8 @@ BEGIN
     WHERE r.device = t.device AND r.hour = t.hour;
     INSERT INTO rollup_detections_hourly
     SELECT d.* FROM soundscape_touched AS t, soundscape_detections_of(t.device, t.hour) AS d;
-    INSERT INTO rollup_state (name, watermark) VALUES ('hourly', mark)
-    ON CONFLICT (name) DO UPDATE SET watermark = EXCLUDED.watermark;
+    INSERT INTO rollup_state (name, rolled_until) VALUES ('hourly', mark)
+    ON CONFLICT (name) DO UPDATE SET rolled_until = EXCLUDED.rolled_until;
     DROP TABLE soundscape_touched;
     RETURN n;
 END
