@@ -258,12 +258,17 @@ def test_each_device_role_gets_its_limits_and_the_agent_still_syncs(limits, tmp_
     assert asyncio.run(agent_timeout()) == "30s"
 
 
-def test_an_agent_of_schema_7_keeps_syncing_after_migration_8(limits, tmp_path, monkeypatch):
-    """Migration 0008 declares itself compatible with older agents: one that knows schema 7 syncs."""
+def test_an_agent_of_schema_9_is_told_to_upgrade_by_schema_10(limits, tmp_path, monkeypatch):
+    """Migration 0008 declared itself compatible with agents of schema 6 and 7; 0010 (partitions:
+    detections carry their window's start time) is compatible from 10 only: an agent that knows
+    schema 9 is refused with the release to install, and sends nothing."""
     import agent.sync
+    from agent.errors import SyncError
 
-    monkeypatch.setattr(agent.sync, "known_schema_version", lambda: 7)
-    assert agent_sync(limits, "lim-b", tmp_path, windows_of("lim-b"), [heartbeat("lim-b")]) == 2
+    monkeypatch.setattr(agent.sync, "known_schema_version", lambda: 9)
+    with pytest.raises(SyncError) as refused:
+        agent_sync(limits, "lim-b", tmp_path, windows_of("lim-b"), [heartbeat("lim-b")])
+    assert "agents of schema 10 or newer only" in refused.value.message, refused.value
 
 
 # ------------------------------------------------------------------------ item 4: exhaustion
@@ -406,8 +411,9 @@ def test_a_device_cannot_hold_up_db_init_with_the_migration_lock(limits, probe_c
      '{"audioset": "' + "c" * 10**6 + '"}'),
     ("windows", "model_id", WINDOW_SQL.format(extra=", model_id", values=", %s"), "m" * 10**6),
     ("windows", "window_key", WINDOW_SQL.format(extra="", values=""), None),
-    ("detections", "label", "INSERT INTO detections (window_key, rank, label, label_index, score)"
-                            " VALUES (%s, 1, %s, 0, 0.5)", "".join(uuid.uuid4().hex for _ in range(64))),
+    ("detections", "label", "INSERT INTO detections (device, window_key, start_time, rank, label, label_index, score)"
+                            " VALUES ('lim-a', %s, now(), 1, %s, 0, 0.5)",
+     "".join(uuid.uuid4().hex for _ in range(64))),
 ])
 def test_an_oversized_value_is_refused(limits, table, column, sql, value):
     """One oversized value per column a device sends (the issue's 96 MB gaps.detail first):
