@@ -318,7 +318,8 @@ def test_readme_model_table_is_rendered_from_the_committed_results():
 def test_fleet_benchmark_delivers_every_queued_row_and_writes_its_figures(tmp_path):
     """benchmarks/fleet.py at toy scale (3 devices, 6 min of windows each): every queued window,
     detection and heartbeat reaches PostgreSQL through the real Syncer, each device with its own
-    role, and the results files hold the figures the README describes."""
+    role, and the results files hold the figures the README describes; then its query phase
+    (``--queries``) at toy scale, whose results join the same files."""
     import fleet
 
     assert fleet.main(["--devices", "3", "--hours", "0.1", "--connections", "2", "--out", str(tmp_path)]) == 0
@@ -329,3 +330,35 @@ def test_fleet_benchmark_delivers_every_queued_row_and_writes_its_figures(tmp_pa
     for key in ("rows_per_s", "commit_latency_s", "server_cpu_s", "wal_bytes", "bytes_per_device_day", "fleet"):
         assert r[key], key
     assert (tmp_path / "fleet.md").read_text().startswith("# Fleet ingest")
+
+    # the query phase at toy scale (3 devices x 2 days, day against week partitions): it keeps the
+    # ingest keys, generates what it says, its rollups equal the server's functions, every query ran
+    assert fleet.main(["--queries", "--query-devices", "3", "--query-days", "2", "--query-raw-hours", "2",
+                       "--query-repeats", "2", "--query-raw-repeats", "1", "--query-ingest-devices", "2",
+                       "--query-ingest-hours", "0.05", "--connections", "2", "--out", str(tmp_path)]) == 0
+    r = json.loads((tmp_path / "fleet.json").read_text())
+    assert r["complete"] and r["inserted"]["windows"] == 3 * 36  # the ingest run's keys are kept
+    q = r["queries"]
+    for key in ("commit", "measured_at", "parameters", "data_set", "queries", "maintain_hourly_run", "rollup_check",
+                "dashboard_queries_meet_target"):
+        assert key in q, key
+    rows = q["data_set"]["rows"]
+    assert rows["heartbeats"] >= 3 * 2 * 288 and rows["rollup_hourly"] == 3 * 2 * 24 and rows["device_latest"] == 3
+    assert 2 * 3 * 360 <= rows["windows"] <= 3 * 3 * 360 and rows["detections"] >= 3 * rows["windows"]
+    assert q["data_set"]["tables"]["windows"]["bytes"] > 0 and q["data_set"]["tables"]["rollup_hourly"]["bytes"] > 0
+    assert q["rollup_check"]["match"], q["rollup_check"]
+    assert set(q["queries"]) == {"laeq_24h_per_device/rollup", "laeq_24h_per_device/raw",
+                                 "top_species_per_hour_24h/rollup", "top_species_per_hour_24h/raw",
+                                 "device_status/device_latest + heartbeats", "device_month_hourly/rollup",
+                                 "report_hourly_rollup_7d/rollup"}
+    for name, x in q["queries"].items():
+        if not x.get("skipped"):  # the report may be mid-change elsewhere: a skip says why
+            assert x["repeats"] >= 1 and x["p95_s"] >= x["p50_s"] > 0 and x["rows"] > 0, name
+    assert q["queries"]["device_status/device_latest + heartbeats"]["rows"] == 3
+    w = r["partition_width"]
+    assert set(w["widths"]) == {"day", "week"} and "comparison" in w
+    assert w["widths"]["week"]["partitions"]["windows"] < w["widths"]["day"]["partitions"]["windows"]
+    for x in w["widths"].values():
+        assert x["ingest"]["complete"] and x["retention_drop"]["heartbeats"]["rows"] > 0
+    md = (tmp_path / "fleet.md").read_text()
+    assert "## Dashboard queries" in md and "## Partition width" in md
