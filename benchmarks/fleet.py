@@ -1,4 +1,4 @@
-"""Fleet ingest benchmark: many devices deliver their queues to one PostgreSQL through the agent's
+"""Fleet benchmark: many devices deliver their queues to one PostgreSQL through the agent's
 real ``Syncer`` and its real batches; the server's throughput, commit latency, CPU, WAL and
 storage per device-day, measured in one run and written to ``benchmarks/results/fleet.json``
 and ``fleet.md``.
@@ -23,10 +23,31 @@ out) at p50/p95/p99, the server's CPU seconds (every process of the ``postgres``
 /proc), WAL bytes (``pg_wal_lsn_diff``), table + index bytes per device-day, and what a fleet of
 ``--fleet`` devices needs at its steady rate against what was reached.
 
+The queues end when the run starts and the day partitions of their days exist (schema 10:
+nothing lands in a default partition).
+
+With ``--queries`` (docs: benchmarks/README.md, "Fleet queries"), the query-latency phase instead:
+
+1. A month of a fleet (``--query-devices`` x ``--query-days``) bulk-generated with COPY as the
+   owner into the partitioned schema, after ``soundscape_maintain()`` and the past days'
+   ``soundscape_create_partition``: raw windows and detections for the last ``--query-raw-hours``
+   (a month of raw windows, 259 M rows for 1,000 devices, does not fit this machine), heartbeats
+   every 5 min and the hourly rollups for the whole month (computed from the same values as the
+   raw rows, checked against the server's ``soundscape_rollup_of`` / ``soundscape_detections_of``).
+2. The dashboard's queries timed as a read-only role (p50/p95 over varied parameters) on the
+   rollups and, for comparison, on the raw rows; ``device_status``; the report's
+   ``hourly_rollup``; the hourly ``soundscape_maintain()``.
+3. Partition width: the raw rows and heartbeats again in week partitions; the queries on
+   partitioned tables, the maintenance, a short ingest and a retention drop in both layouts.
+
+Results: the ``queries`` and ``partition_width`` sections of fleet.json (a run replaces only its
+own part of the file; ``--store-as full_fleet`` keeps an ingest run beside the default one).
+
 Usage (from the repository root, main virtualenv):
 
     .venv/bin/python benchmarks/fleet.py                          # 1,000 devices, 1 h each
-    .venv/bin/python benchmarks/fleet.py --devices 10000 --hours 0.25
+    .venv/bin/python benchmarks/fleet.py --devices 10000 --hours 0.1 --k 5 --store-as full_fleet
+    .venv/bin/python benchmarks/fleet.py --queries                # 1,000 devices x 30 days, day and week
 """
 
 from __future__ import annotations
@@ -730,6 +751,9 @@ def queries(clock: Clock, devices: list[str], repeats: int, raw_repeats: int) ->
         {"name": "device_status", "source": "device_latest + heartbeats", "partitioned": True,
          "what": "(c) SELECT * FROM device_status (every device)",
          "sql": "SELECT * FROM device_status", "params": [{}] * repeats},
+        {"name": "device_status", "source": "device_latest + heartbeats, jit off", "partitioned": True, "jit": False,
+         "what": "(c) the same, in a session with jit = off",
+         "sql": "SELECT * FROM device_status", "params": [{}] * repeats},
         {"name": "device_month_hourly", "source": "rollup", "partitioned": False,
          "what": "(d) one device's month of hourly levels (noise_levels_hourly)",
          "sql": "SELECT * FROM noise_levels_hourly WHERE device = %(device)s AND hour >= %(since)s"
@@ -738,21 +762,31 @@ def queries(clock: Clock, devices: list[str], repeats: int, raw_repeats: int) ->
 
 
 def time_query(con: psycopg.Connection[Any], q: dict[str, Any]) -> dict[str, Any]:
-    """Run ``q`` once untimed (caches), then once per parameter set; figures in seconds."""
-    con.execute(q["sql"], q["params"][0]).fetchall()
-    took, rows = [], 0
-    for p in q["params"]:
-        t0 = time.perf_counter()
-        rows = len(con.execute(q["sql"], p).fetchall())
-        took.append(time.perf_counter() - t0)
-    plan = "\n".join(r[0] for r in con.execute("EXPLAIN (SUMMARY ON) " + q["sql"], q["params"][0]).fetchall())
+    """Run ``q`` once untimed (caches), then once per parameter set; figures in seconds. Also its
+    planning time and whether the plan is JIT-compiled (the server's default ``jit = on``
+    compiles a plan whose estimated cost exceeds ``jit_above_cost``, 100,000: ~0.1 s here)."""
+    if q.get("jit") is False:
+        con.execute("SET jit = off")
+    try:
+        con.execute(q["sql"], q["params"][0]).fetchall()
+        took, rows = [], 0
+        for p in q["params"]:
+            t0 = time.perf_counter()
+            rows = len(con.execute(q["sql"], p).fetchall())
+            took.append(time.perf_counter() - t0)
+        plan = "\n".join(r[0] for r in con.execute("EXPLAIN (ANALYZE, SUMMARY ON) " + q["sql"],
+                                                    q["params"][0]).fetchall())
+    finally:
+        con.execute("RESET jit")
     m = re.search(r"Planning Time: ([\d.]+) ms", plan)
+    cost = re.search(r"\(cost=[\d.]+\.\.([\d.]+) ", plan)
     return {"repeats": len(took), "rows": rows, "p50_s": round(percentile(took, 50) or 0, 4),
             "p95_s": round(percentile(took, 95) or 0, 4), "max_s": round(max(took), 4),
-            "planning_ms": float(m.group(1)) if m else None}
+            "planning_ms": float(m.group(1)) if m else None, "estimated_cost": float(cost.group(1)) if cost else None,
+            "jit": "JIT:" in plan}
 
 
-def time_report(dsn: str, clock: Clock, devices: list[str], repeats: int) -> dict[str, Any]:
+def time_report(dsn: str, clock: Clock, devices: list[str], repeats: int, jit: bool = True) -> dict[str, Any]:
     """(e) the report's own query (agent/report.py ``hourly_rollup``) for one device over 7 days,
     through its own read-only connection; skipped with the reason when it fails."""
     rng = random.Random(11)
@@ -760,7 +794,8 @@ def time_report(dsn: str, clock: Clock, devices: list[str], repeats: int) -> dic
         from agent import report
 
         took, rows = [], 0
-        with report.read_only_connection(dsn) as con:
+        with report.read_only_connection(dsn if jit else psycopg.conninfo.make_conninfo(dsn, options="-c jit=off")
+                                          ) as con:
             report.hourly_rollup(con, [devices[0]], clock.end - timedelta(days=7), clock.end)
             for _ in range(repeats):
                 t0 = time.perf_counter()
@@ -899,6 +934,9 @@ def run_queries(args: argparse.Namespace) -> dict[str, Any]:
             timed["report_hourly_rollup_7d/rollup"] = {
                 "what": "(e) agent/report.py hourly_rollup, one device, 7 days", "source": "rollup + unrolled raw",
                 **time_report(reader, clock, devices, args.query_repeats)}
+            timed["report_hourly_rollup_7d/rollup, jit off"] = {
+                "what": "(e) the same, in a session with jit = off", "source": "rollup + unrolled raw, jit off",
+                **time_report(reader, clock, devices, args.query_repeats, jit=False)}
             fig["queries"] = timed
             ingest_devices = [f"ingest-{width}-{i:04d}" for i in range(args.query_ingest_devices)]
             t0 = time.perf_counter()
@@ -931,7 +969,7 @@ def summarise_queries(args: argparse.Namespace, clock: Clock, devices: list[str]
     per_query = {}
     for key, q in first["queries"].items():
         entry = {k: q.get(k) for k in ("what", "source", "repeats", "rows", "p50_s", "p95_s", "max_s",
-                                       "planning_ms", "skipped")
+                                       "planning_ms", "estimated_cost", "jit", "skipped")
                  if q.get(k) is not None}
         if "p95_s" in q:
             entry["meets_target"] = q["p95_s"] < TARGET_S
@@ -976,7 +1014,8 @@ def summarise_queries(args: argparse.Namespace, clock: Clock, devices: list[str]
             "partitions_created": fig["partitions_created"],
             "largest_partition": fig["largest_partition"],
             "index_bytes": {t: fig["tables"][t]["index_bytes"] for t in ("windows", "detections", "heartbeats")},
-            "queries": {k: {x: q.get(x) for x in ("p50_s", "p95_s", "planning_ms", "skipped") if q.get(x) is not None}
+            "queries": {k: {x: q.get(x) for x in ("p50_s", "p95_s", "planning_ms", "estimated_cost", "jit", "skipped")
+                            if q.get(x) is not None}
                         for k, q in fig["queries"].items()
                         if k.endswith("/raw") or k.startswith(("device_status", "report"))},
             "maintain_hourly_run": fig["maintain"],
@@ -989,25 +1028,52 @@ def summarise_queries(args: argparse.Namespace, clock: Clock, devices: list[str]
     return {"queries": queries_section, "partition_width": width_section}
 
 
+TIE = 0.15  # day and week within 15 % of each other: a tie (repeated runs vary about that much)
+
+
+def better(day: float | None, week: float | None, lower: bool = True) -> str | None:
+    """"day", "week" or "tie" for a figure measured in both layouts (lower is better unless not ``lower``)."""
+    if not day or not week:
+        return None
+    if abs(week - day) <= TIE * min(day, week):
+        return "tie"
+    return ("day" if day < week else "week") if lower else ("day" if day > week else "week")
+
+
 def compare_widths(w: dict[str, Any], windows: int) -> dict[str, Any]:
-    """Day against week, query by query (p95 ratio week/day), ingest p95, and the size a hot
-    partition reaches at a fleet's steady state (what must stay in memory while it is written)."""
+    """Day against week: each raw-table query's p95 (and planning time, JIT), the hourly
+    maintenance, the short ingest, the partitions' sizes, and which layout did better on each."""
+    d, k = w["day"], w["week"]
     ratio = {}
-    for k, q in w["day"]["queries"].items():
-        other = w["week"]["queries"].get(k, {})
+    for name, q in d["queries"].items():
+        other = k["queries"].get(name, {})
         if q.get("p95_s") and other.get("p95_s"):
-            ratio[k] = {"p95_day_s": q["p95_s"], "p95_week_s": other["p95_s"],
-                        "week_over_day": round(other["p95_s"] / q["p95_s"], 2),
-                        "planning_ms_day": q.get("planning_ms"), "planning_ms_week": other.get("planning_ms")}
+            ratio[name] = {"p95_day_s": q["p95_s"], "p95_week_s": other["p95_s"],
+                           "week_over_day": round(other["p95_s"] / q["p95_s"], 2),
+                           "planning_ms_day": q.get("planning_ms"), "planning_ms_week": other.get("planning_ms"),
+                           "jit_day": q.get("jit"), "jit_week": other.get("jit"),
+                           "better": better(q["p95_s"], other["p95_s"])}
     # index bytes per device-day of raw windows + detections, from the day layout's raw rows
-    idx = sum(w["day"]["index_bytes"][t] for t in ("windows", "detections"))
+    idx = sum(d["index_bytes"][t] for t in ("windows", "detections"))
     per_device_day = idx / (windows / SLOTS)
+    ingest = {x: w[x]["ingest"] for x in ("day", "week")}
     return {
         "queries": ratio,
-        "ingest_commit_p95_s": {x: w[x]["ingest"]["commit_latency_s"]["p95"] for x in ("day", "week")},
-        "hot_partition_index_bytes_10000_devices": {"day": round(per_device_day * 10_000),
-                                                    "week": round(per_device_day * 10_000 * 7)},
+        "maintain_hourly_run_s": {"day": d["maintain_hourly_run"]["seconds"],
+                                  "week": k["maintain_hourly_run"]["seconds"],
+                                  "better": better(d["maintain_hourly_run"]["seconds"],
+                                                   k["maintain_hourly_run"]["seconds"])},
+        "ingest_commit_p95_s": {"day": ingest["day"]["commit_latency_s"]["p95"],
+                                "week": ingest["week"]["commit_latency_s"]["p95"],
+                                "better": better(ingest["day"]["commit_latency_s"]["p95"],
+                                                 ingest["week"]["commit_latency_s"]["p95"])},
+        "ingest_rows_per_s": {"day": ingest["day"]["rows_per_s"], "week": ingest["week"]["rows_per_s"],
+                              "better": better(ingest["day"]["rows_per_s"], ingest["week"]["rows_per_s"], lower=False)},
+        # what one partition of windows + detections holds at 10,000 devices: its indexes' size
+        "partition_index_bytes_10000_devices": {"day": round(per_device_day * 10_000),
+                                                "week": round(per_device_day * 10_000 * 7)},
         "retention_granularity_days": {"day": 1, "week": 7},
+        "tie_band": TIE,
     }
 
 
@@ -1057,14 +1123,15 @@ def query_lines(q: dict[str, Any]) -> list[str]:
               f"{'match' if (q.get('rollup_check') or {}).get('match') else 'MISMATCH'}. Hourly "
               f"`soundscape_maintain()`: {q['maintain_hourly_run']['seconds']} s "
               f"({q['maintain_hourly_run']['rolled_up']}).", "",
-              f"| query | source | p50 | p95 | max | rows | < {q['target_p95_s']:g} s at p95 |",
-              "|---|---|---:|---:|---:|---:|---|"]
+              f"| query | source | p50 | p95 | max | rows | JIT | < {q['target_p95_s']:g} s at p95 |",
+              "|---|---|---:|---:|---:|---:|---|---|"]
     for x in q["queries"].values():
         if x.get("skipped"):
-            lines.append(f"| {x['what']} | {x['source']} | skipped: {x['skipped']} | | | | |")
+            lines.append(f"| {x['what']} | {x['source']} | skipped: {x['skipped']} | | | | | |")
             continue
         lines.append(f"| {x['what']} | {x['source']} | {fmt_s(x['p50_s'])} | {fmt_s(x['p95_s'])} "
-                     f"| {fmt_s(x['max_s'])} | {x['rows']} | {'yes' if x['meets_target'] else 'no'} |")
+                     f"| {fmt_s(x['max_s'])} | {x['rows']} | {({True: 'yes', False: 'no'}).get(x.get('jit'), '-')} "
+                     f"| {'yes' if x['meets_target'] else 'no'} |")
     lines += ["", "Every dashboard query (rollups, device_status, the report) under the target at p95: "
               f"{'yes' if q['dashboard_queries_meet_target'] else 'no'}.", ""]
     return lines
@@ -1099,12 +1166,13 @@ def width_lines(w: dict[str, Any]) -> list[str]:
     lines.append("")
     c = w.get("comparison")
     if c:
-        hot = c["hot_partition_index_bytes_10000_devices"]
-        lines += [f"At 10,000 devices the partition being written holds {hot['day'] / 1e9:.1f} GB of windows and "
-                  f"detections indexes when a day wide, {hot['week'] / 1e9:.1f} GB when a week wide (at the end of "
-                  "its week).", ""]
-    if w.get("choice"):
-        lines += [f"Choice: **{w['choice']}**. {w.get('reason', '')}", ""]
+        hot = c["partition_index_bytes_10000_devices"]
+        lines += [f"At 10,000 devices one partition of windows and detections holds {hot['day'] / 1e9:.1f} GB of "
+                  f"indexes when a day wide, {hot['week'] / 1e9:.1f} GB when a week wide (once its week is full).", "",
+                  "Better (p95, within " f"{c['tie_band']:.0%} a tie): "
+                  + "; ".join(f"{name} {x['better']}" for name, x in c["queries"].items())
+                  + f"; hourly maintenance {c['maintain_hourly_run_s']['better']}; ingest commit p95 "
+                  f"{c['ingest_commit_p95_s']['better']}; ingest rows/s {c['ingest_rows_per_s']['better']}.", ""]
     return lines
 
 
@@ -1143,8 +1211,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--query-repeats", type=int, default=20, help="timed runs of each query (default 20)")
     p.add_argument("--query-raw-repeats", type=int, default=5,
                    help="timed runs of each query on the raw rows (default 5)")
-    p.add_argument("--query-ingest-devices", type=int, default=100,
-                   help="devices of the short ingest into each layout (default 100)")
+    p.add_argument("--query-ingest-devices", type=int, default=200,
+                   help="devices of the short ingest into each layout (default 200)")
     p.add_argument("--query-ingest-hours", type=float, default=0.25,
                    help="hours queued per device in that ingest (default 0.25)")
     p.add_argument("--widths", default="day,week", help="partition widths compared (default day,week)")

@@ -349,14 +349,17 @@ def test_fleet_benchmark_delivers_every_queued_row_and_writes_its_figures(tmp_pa
     assert q["rollup_check"]["match"], q["rollup_check"]
     assert set(q["queries"]) == {"laeq_24h_per_device/rollup", "laeq_24h_per_device/raw",
                                  "top_species_per_hour_24h/rollup", "top_species_per_hour_24h/raw",
-                                 "device_status/device_latest + heartbeats", "device_month_hourly/rollup",
-                                 "report_hourly_rollup_7d/rollup"}
+                                 "device_status/device_latest + heartbeats",
+                                 "device_status/device_latest + heartbeats, jit off", "device_month_hourly/rollup",
+                                 "report_hourly_rollup_7d/rollup", "report_hourly_rollup_7d/rollup, jit off"}
     for name, x in q["queries"].items():
         if not x.get("skipped"):  # the report may be mid-change elsewhere: a skip says why
             assert x["repeats"] >= 1 and x["p95_s"] >= x["p50_s"] > 0 and x["rows"] > 0, name
     assert q["queries"]["device_status/device_latest + heartbeats"]["rows"] == 3
+    assert q["queries"]["device_status/device_latest + heartbeats, jit off"]["jit"] is False
     w = r["partition_width"]
     assert set(w["widths"]) == {"day", "week"} and "comparison" in w
+    assert w["comparison"]["queries"] and w["comparison"]["maintain_hourly_run_s"]["better"] in ("day", "week", "tie")
     assert w["widths"]["week"]["partitions"]["windows"] < w["widths"]["day"]["partitions"]["windows"]
     for x in w["widths"].values():
         assert x["ingest"]["complete"] and x["retention_drop"]["heartbeats"]["rows"] > 0
