@@ -249,17 +249,23 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return asyncio.run(go())
 
 
+def _db_target(args: argparse.Namespace) -> tuple[str, float]:
+    """The DSN of ``db init`` / ``db maintain`` (``--dsn``, else ``sync.dsn``) and the connect
+    timeout in s; SyncError when neither gives a DSN."""
+    cfg = load_config(args.config)
+    if args.dsn:  # validated like the file's (the TLS rule of [sync] tls included)
+        cfg = _with_overrides(cfg, sync={"dsn": args.dsn})
+    if not cfg.sync.dsn:
+        raise SyncError("no PostgreSQL DSN given", "pass --dsn or set sync.dsn in the config")
+    return cfg.sync.dsn, cast(float, cfg.sync.connect_timeout_s)  # set by SyncConfig's validator
+
+
 def cmd_db_init(args: argparse.Namespace) -> int:
     """``db init``: create or upgrade the PostgreSQL schema (idempotent)."""
     from agent.sync import migrate, redact_dsn
 
-    cfg = load_config(args.config)
-    if args.dsn:  # validated like the file's (the TLS rule of [sync] tls included)
-        cfg = _with_overrides(cfg, sync={"dsn": args.dsn})
-    dsn = cfg.sync.dsn
-    if not dsn:
-        raise SyncError("no PostgreSQL DSN given", "pass --dsn or set sync.dsn in the config")
-    version = migrate(dsn, cast(float, cfg.sync.connect_timeout_s))  # set by SyncConfig's validator
+    dsn, connect_timeout_s = _db_target(args)
+    version = migrate(dsn, connect_timeout_s)
     print(f"schema at version {version} on {redact_dsn(dsn)}")
     return 0
 
@@ -270,13 +276,8 @@ def cmd_db_maintain(args: argparse.Namespace) -> int:
     from agent.sync import redact_dsn
 
     keep = parse_keep(args.keep)
-    cfg = load_config(args.config)
-    if args.dsn:
-        cfg = _with_overrides(cfg, sync={"dsn": args.dsn})
-    dsn = cfg.sync.dsn
-    if not dsn:
-        raise SyncError("no PostgreSQL DSN given", "pass --dsn or set sync.dsn in the config")
-    actions = maintain(dsn, keep, connect_timeout_s=cast(float, cfg.sync.connect_timeout_s))
+    dsn, connect_timeout_s = _db_target(args)
+    actions = maintain(dsn, keep, connect_timeout_s=connect_timeout_s)
     for a in actions:
         print(f"{a.action}: {a.relation}" + (f" ({a.detail})" if a.detail else ""))
     print(f"maintained {redact_dsn(dsn)}: {sum(a.action == 'created' for a in actions)} partitions created, "
