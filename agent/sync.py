@@ -98,6 +98,8 @@ DETECTION_COLUMNS: tuple[tuple[str, str], ...] = (
 #: The oldest server schema this agent writes to: 9 (detections without start_time, the
 #: partition key of schema 10), so that the fleet can be upgraded before the database.
 OLDEST_SERVER_SCHEMA = 9
+#: The first server schema whose detections carry ``start_time`` (0010_partitions.sql).
+DETECTION_START_TIME_SCHEMA = 10
 HEARTBEAT_COLUMNS: tuple[tuple[str, str], ...] = (
     ("heartbeat_id", "uuid"), ("device", ""), ("time", ""), ("uptime_s", ""), ("windows", ""), ("classified", ""),
     ("skipped", ""), ("failed", ""), ("xruns", ""), ("queue_depth", ""), ("oldest_unsynced_start", ""),
@@ -130,6 +132,7 @@ def insert_statement(table: str, columns: Sequence[tuple[str, str]]) -> str:
 
 _INSERT_WINDOW = insert_statement("windows", WINDOW_COLUMNS)
 _INSERT_DETECTION = insert_statement("detections", DETECTION_COLUMNS)
+# schema 9: the same rows; psycopg binds only the named parameters a statement uses
 _INSERT_DETECTION_9 = insert_statement("detections", [c for c in DETECTION_COLUMNS if c[0] != "start_time"])
 _INSERT_HEARTBEAT = insert_statement("heartbeats", HEARTBEAT_COLUMNS)
 _INSERT_GAP = insert_statement("gaps", GAP_COLUMNS)
@@ -662,7 +665,7 @@ async def send_batch(conn: psycopg.AsyncConnection, results: Sequence[WindowResu
         results: the windows, any order, at most a few thousand (one round trip per pipeline).
         sync_id: UUID text identifying this batch; stored in every new window row.
         server_schema: the server's schema version (``_check_schema``); None: this agent's.
-            Below 10, detections are sent without ``start_time``.
+            Below :data:`DETECTION_START_TIME_SCHEMA`, detections are sent without ``start_time``.
 
     Returns:
         Number of window rows newly inserted (0 for a replayed batch).
@@ -678,10 +681,7 @@ async def send_batch(conn: psycopg.AsyncConnection, results: Sequence[WindowResu
     windows = [_window_params(r, sid) for r in results]
     detections = [row for r in results for row in _detection_params(r)]
     inserted = await _insert_rows(conn, "a batch", [(_INSERT_WINDOW, windows)])
-    legacy = server_schema is not None and server_schema < 10
-    if legacy:
-        for row in detections:
-            del row["start_time"]
+    legacy = server_schema is not None and server_schema < DETECTION_START_TIME_SCHEMA
     await _insert_rows(conn, "a batch", [(_INSERT_DETECTION_9 if legacy else _INSERT_DETECTION, detections)])
     return inserted
 
@@ -820,8 +820,9 @@ async def _check_schema(conn: psycopg.AsyncConnection, params: dict[str, str], w
     Accepted: the version this agent knows or an older one down to :data:`OLDEST_SERVER_SCHEMA`
     (the fleet is upgraded before the database), or a newer one whose every unknown migration
     declares a compatibility floor (``schema_migrations.compatible_from``) at or below it
-    (additive migrations: ``db.yml`` may run before the fleet is upgraded). Refused: an older
-    schema, or a newer one that is incompatible; the hint names both versions.
+    (additive migrations: ``db.yml`` may run before the fleet is upgraded). Refused: a schema
+    older than :data:`OLDEST_SERVER_SCHEMA`, or a newer one that is incompatible; the hint names
+    both versions.
     """
     known = known_schema_version()
     try:
