@@ -26,6 +26,9 @@ out) at p50/p95/p99, the server's CPU seconds (every process of the ``postgres``
 The queues end when the run starts and the day partitions of their days exist (schema 10:
 nothing lands in a default partition).
 
+With ``--steady`` (benchmarks/fleet_steady.py; docs: benchmarks/README.md, "Fleet steady load"), a
+fleet at its steady rate instead: every device syncs once per sync interval in real time, open loop.
+
 With ``--queries`` (docs: benchmarks/README.md, "Fleet queries"), the query-latency phase instead:
 
 1. A month of a fleet (``--query-devices`` x ``--query-days``) bulk-generated with COPY as the
@@ -47,6 +50,7 @@ Usage (from the repository root, main virtualenv):
 
     .venv/bin/python benchmarks/fleet.py                          # 1,000 devices, 1 h each
     .venv/bin/python benchmarks/fleet.py --devices 10000 --hours 0.1 --k 5 --store-as full_fleet
+    .venv/bin/python benchmarks/fleet.py --steady 300,30 --devices 10000 --connections 64
     .venv/bin/python benchmarks/fleet.py --queries                # 1,000 devices x 30 days, day and week
 """
 
@@ -58,7 +62,6 @@ import contextlib
 import json
 import os
 import platform
-import pwd
 import random
 import re
 import shutil
@@ -168,20 +171,19 @@ def provision(admin_dsn: str, devices: list[str]) -> dict[str, str]:
     return roles
 
 
-def postgres_cpu_s() -> float:
-    """CPU seconds (user + system) of every process of the ``postgres`` OS user and of the children they
-    have reaped (the backends of closed connections), from /proc."""
-    uid = pwd.getpwnam("postgres").pw_uid
+def postgres_cpu_s(server: PgServer) -> float:
+    """CPU seconds (user + system) of ``server``'s cluster: its postmaster, the children it has
+    reaped (the backends of closed connections) and its living children, from /proc (other
+    clusters of the ``postgres`` user, e.g. a test suite's, are not counted)."""
+    postmaster = int((server.datadir / "postmaster.pid").read_text().split()[0])
     tick = os.sysconf("SC_CLK_TCK")
     total = 0
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            if os.stat(f"/proc/{pid}").st_uid != uid:
-                continue
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            # utime, stime, cutime, cstime (proc(5): fields 14-17); cutime/cstime hold the backends
-            # the postmaster has reaped, whose own entries are gone
-            total += sum(int(f) for f in fields[11:15])
+            # proc(5): field 4 ppid, fields 14-17 utime, stime, cutime, cstime (after the name: 1, 11..14)
+            if int(pid) == postmaster or int(fields[1]) == postmaster:
+                total += sum(int(f) for f in fields[11:15])
         except (OSError, IndexError, ValueError):
             continue
     return total / tick
@@ -274,10 +276,10 @@ def ingest_run(server: PgServer, dbname: str, admin: str, devices: list[str], *,
         queues[d] = work / f"{d}.db"
         device_queue(template, queues[d], d)
     before = server_figures(admin)
-    cpu0, client0, t0 = postgres_cpu_s(), time.process_time(), time.perf_counter()
+    cpu0, client0, t0 = postgres_cpu_s(server), time.process_time(), time.perf_counter()
     latencies, delivered = asyncio.run(sync_fleet(server, dbname, queues, roles, connections, batch_size))
     wall = time.perf_counter() - t0
-    cpu1, client1 = postgres_cpu_s(), time.process_time()
+    cpu1, client1 = postgres_cpu_s(server), time.process_time()
     after = server_figures(admin)
     for q in (template, *queues.values()):
         q.unlink(missing_ok=True)
@@ -1077,7 +1079,7 @@ def compare_widths(w: dict[str, Any], windows: int) -> dict[str, Any]:
     }
 
 
-SECTIONS = ("full_fleet", "queries", "partition_width")  # fleet.json's keys besides the default ingest run's
+SECTIONS = ("full_fleet", "steady", "queries", "partition_width")  # fleet.json's keys besides the default ingest run's
 
 
 def ingest_lines(r: dict[str, Any]) -> list[str]:
@@ -1183,6 +1185,10 @@ def markdown(r: dict[str, Any]) -> str:
         lines += ["## Ingest", "", *ingest_lines(r)]
     if "full_fleet" in r:
         lines += ["## Ingest, the full fleet", "", *ingest_lines(r["full_fleet"])]
+    if "steady" in r:
+        from fleet_steady import steady_lines
+
+        lines += ["## Steady load", "", *steady_lines(r["steady"])]
     if "queries" in r:
         lines += ["## Dashboard queries", "", *query_lines(r["queries"])]
     if "partition_width" in r:
@@ -1201,6 +1207,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--store-as", choices=["full_fleet"], default=None,
                    help="keep this ingest run under that key of fleet.json (the 10,000-device run) instead of\n"
                         "the top-level keys")
+    p.add_argument("--steady", metavar="INTERVALS", default=None,
+                   help="the steady-load phase instead of the ingest: --devices syncing every INTERVAL s\n"
+                        "(comma-separated list, e.g. 300,30), in real time, open loop (benchmarks/fleet_steady.py)")
+    p.add_argument("--steady-seconds", type=float, default=300.0,
+                   help="longest observed span of a steady run (default 300 s; the run lasts one interval)")
     p.add_argument("--queries", action="store_true",
                    help="the query-latency phase instead of the ingest: a month of a fleet bulk-generated\n"
                         "(COPY), the dashboard's queries timed, day against week partitions")
@@ -1222,7 +1233,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     path = args.out / "fleet.json"
     existing = json.loads(path.read_text()) if path.exists() else {}
-    if args.queries:
+    if args.steady:
+        from fleet_steady import run_steady
+
+        part = run_steady(args)
+        result = {**existing, **part}
+        ok = all(s["complete"] for s in part["steady"]["runs"])
+    elif args.queries:
         part = run_queries(args)
         result = {**existing, **part}
         ok = all(x["ingest"]["complete"] for x in part["partition_width"]["widths"].values())

@@ -365,3 +365,34 @@ def test_fleet_benchmark_delivers_every_queued_row_and_writes_its_figures(tmp_pa
         assert x["ingest"]["complete"] and x["retention_drop"]["heartbeats"]["rows"] > 0
     md = (tmp_path / "fleet.md").read_text()
     assert "## Dashboard queries" in md and "## Partition width" in md
+
+
+def test_fleet_steady_load_delivers_every_round_and_detects_a_fleet_it_cannot_keep_up_with(tmp_path):
+    """benchmarks/fleet.py --steady at toy scale: every device's round of one interval (its windows,
+    detections and heartbeats) reaches PostgreSQL through the real Syncer, open loop, and the run is
+    judged sustained; then a fleet too fast for one connection (100 rounds/s) is judged not
+    sustained: its rounds start later and later and the rounds outstanding grow."""
+    import fleet
+
+    assert fleet.main(["--steady", "20,5", "--devices", "12", "--connections", "3", "--steady-seconds", "6",
+                       "--out", str(tmp_path)]) == 0
+    st = json.loads((tmp_path / "fleet.json").read_text())["steady"]
+    assert st["commit"] and [r["parameters"]["interval_s"] for r in st["runs"]] == [20.0, 5.0]
+    slow, fast = st["runs"]
+    assert slow["devices_synced"] == 4 and slow["per_round"]["windows"] == 2 and slow["per_round"]["detections"] == 6
+    assert slow["inserted"]["windows"] == 4 * 2 and slow["inserted"]["detections"] == 4 * 6
+    assert fast["devices_synced"] == 12 and fast["inserted"]["windows"] == 12  # a 5 s round: one window
+    for r in st["runs"]:
+        # a 5-minute heartbeat falls in interval / 300 of the rounds
+        assert r["inserted"]["heartbeats"] == int(r["devices_synced"] * r["parameters"]["interval_s"] / 300)
+        assert r["complete"] and r["sustained"], r
+        assert r["commit_latency_s"]["p95"] > 0 and r["server_cpu_ms_per_round"] > 0
+    assert "## Steady load" in (tmp_path / "fleet.md").read_text()
+
+    assert fleet.main(["--steady", "2", "--devices", "200", "--connections", "1", "--out", str(tmp_path)]) == 0
+    over = json.loads((tmp_path / "fleet.json").read_text())["steady"]["runs"][0]
+    assert over["complete"] and over["rounds_per_s_reached"] < over["rounds_per_s_needed"] == 100
+    late = over["start_lateness_s"]
+    assert late["last_quarter"]["p95"] > late["first_quarter"]["p95"] + 0.5
+    assert over["outstanding_rounds"]["last_third_mean"] > over["outstanding_rounds"]["first_third_mean"]
+    assert not over["sustained"]
