@@ -89,7 +89,7 @@ from agent.records import Heartbeat  # noqa: E402
 from agent.store import Outbox  # noqa: E402
 from agent.sync import Syncer, migrate  # noqa: E402
 from tests.factories import make_result  # noqa: E402
-from tests.pg import DEVICE_INSERT_TABLES, PgServer  # noqa: E402
+from tests.pg import DEVICE_GROUP_ROLE, PgServer, grant_device_group  # noqa: E402
 
 WINDOW_S = 10.0  # the agent's default window
 HEARTBEAT_S = 300.0  # [ops] heartbeat_interval_s default
@@ -151,21 +151,17 @@ def device_queue(template: Path, path: Path, device: str) -> None:
 
 
 def provision(admin_dsn: str, devices: list[str]) -> dict[str, str]:
-    """One LOGIN role per device with deploy/db.yml's grants (tests.pg.provision_device, in one
-    session); returns device -> role."""
+    """One LOGIN role per device as deploy/db.yml makes it (tests.pg.provision_device, in one
+    session): a member of the device group role, which holds the grants; returns device -> role."""
     db = psycopg.conninfo.conninfo_to_dict(admin_dsn)["dbname"]
     roles = {}
     with psycopg.connect(admin_dsn, autocommit=True) as con:
-        con.execute(sql.SQL("REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC").format(sql.Identifier(db)))
+        grant_device_group(con, db)
         for device in devices:
             role = "sa_" + device.replace("-", "_")
-            con.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} NOINHERIT").format(
-                sql.Identifier(role), sql.Literal(PASSWORD)))
-            con.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(db), sql.Identifier(role)))
-            con.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(sql.Identifier(role)))
-            con.execute(sql.SQL("GRANT INSERT ON {} TO {}").format(
-                sql.SQL(", ").join(map(sql.Identifier, DEVICE_INSERT_TABLES)), sql.Identifier(role)))
-            con.execute(sql.SQL("GRANT SELECT ON schema_migrations TO {}").format(sql.Identifier(role)))
+            con.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION"
+                                " INHERIT").format(sql.Identifier(role), sql.Literal(PASSWORD)))
+            con.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(DEVICE_GROUP_ROLE), sql.Identifier(role)))
             con.execute("INSERT INTO device_roles (role_name, device) VALUES (%s, %s)", (role, device))
             roles[device] = role
     return roles

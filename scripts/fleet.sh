@@ -14,6 +14,8 @@ if [ -n "$(git -C "$ROOT" status --porcelain -- agent benchmarks/fleet.py benchm
 fi
 PY="$ROOT/.venv/bin/python"
 cd "$ROOT"
+# a full run writes every section afresh: no section of an older run (or older code) is kept
+rm -f benchmarks/results/fleet.json benchmarks/results/fleet.md
 "$PY" benchmarks/fleet.py                                                   # 1,000 devices x 1 h, k 3
 "$PY" benchmarks/fleet.py --devices 10000 --hours 0.1 --k 5 --store-as full_fleet
 "$PY" benchmarks/fleet.py --steady 300,60 --devices 10000 --k 5 --connections 64

@@ -242,12 +242,32 @@ class PgServer:
 DEVICE_INSERT_TABLES = ("windows", "detections", "heartbeats", "gaps", "clock_steps")
 
 
-def provision_device(admin_dsn: str, role: str, password: str, device: str) -> None:
-    """Create a device LOGIN role with deploy/db.yml's grants and map it to ``device``.
+#: deploy/db.yml's soundscape_db_device_group_role default: the NOLOGIN role holding the devices' grants
+DEVICE_GROUP_ROLE = "soundscape_device"
 
-    CONNECT and TEMPORARY revoked from PUBLIC, CONNECT to the role; USAGE on schema public;
-    INSERT on :data:`DEVICE_INSERT_TABLES`; SELECT on schema_migrations; one device_roles
-    row (role, device). Attributes as db.yml: NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT.
+
+def grant_device_group(con: psycopg.Connection, db: str) -> None:
+    """The device group role (created if the cluster has none) and its grants in database ``db``, as
+    deploy/db.yml gives them: CONNECT and TEMPORARY revoked from PUBLIC, CONNECT to the group;
+    USAGE on schema public; INSERT on :data:`DEVICE_INSERT_TABLES`; SELECT on schema_migrations.
+    ``con``: the database's owner or a superuser, autocommit."""
+    group = sql.Identifier(DEVICE_GROUP_ROLE)
+    con.execute(sql.SQL("DO $$ BEGIN CREATE ROLE {} NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION "
+                        "NOINHERIT; EXCEPTION WHEN duplicate_object THEN NULL; END $$").format(group))
+    con.execute(sql.SQL("REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC").format(sql.Identifier(db)))
+    con.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(db), group))
+    con.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(group))
+    con.execute(sql.SQL("GRANT INSERT ON {} TO {}").format(
+        sql.SQL(", ").join(map(sql.Identifier, DEVICE_INSERT_TABLES)), group))
+    con.execute(sql.SQL("GRANT SELECT ON schema_migrations TO {}").format(group))
+
+
+def provision_device(admin_dsn: str, role: str, password: str, device: str) -> None:
+    """Create a device LOGIN role as deploy/db.yml does and map it to ``device``.
+
+    The group role's grants (:func:`grant_device_group`), the role a member of it; one
+    device_roles row (role, device). Attributes as db.yml: NOSUPERUSER NOCREATEDB NOCREATEROLE
+    INHERIT (it holds the group's privileges; current_user stays the device's role).
 
     Raises:
         psycopg.Error: the server refused (e.g. the role exists already).
@@ -255,11 +275,7 @@ def provision_device(admin_dsn: str, role: str, password: str, device: str) -> N
     db = conninfo_to_dict(admin_dsn)["dbname"]
     with psycopg.connect(admin_dsn, autocommit=True) as con:
         con.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION"
-                            " NOINHERIT").format(sql.Identifier(role), sql.Literal(password)))
-        con.execute(sql.SQL("REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC").format(sql.Identifier(db)))
-        con.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(db), sql.Identifier(role)))
-        con.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(sql.Identifier(role)))
-        con.execute(sql.SQL("GRANT INSERT ON {} TO {}").format(
-            sql.SQL(", ").join(map(sql.Identifier, DEVICE_INSERT_TABLES)), sql.Identifier(role)))
-        con.execute(sql.SQL("GRANT SELECT ON schema_migrations TO {}").format(sql.Identifier(role)))
+                            " INHERIT").format(sql.Identifier(role), sql.Literal(password)))
+        grant_device_group(con, db)
+        con.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(DEVICE_GROUP_ROLE), sql.Identifier(role)))
         con.execute("INSERT INTO device_roles (role_name, device) VALUES (%s, %s)", (role, device))

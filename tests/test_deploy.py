@@ -208,6 +208,10 @@ def test_every_example_host_gets_a_valid_config(vault_file, tmp_path):
     assert "user=sa_audiomoth_eth_01" in configs["pi-eth-01"].sync.dsn
     assert configs["pi-eth-01"].sync.link == "ethernet" and configs["pi-eth-01"].ops.heartbeat_interval_s == 300
     assert configs["pi-eth-02"].capture.pcm == "plughw:CARD=AudioMoth,DEV=0"
+    # the sync interval: the link profile's unless the inventory sets one
+    assert configs["pi-eth-02"].sync.interval_s == 300 and raw["pi-eth-02"]["sync"]["interval_s"] == 300
+    assert configs["pi-eth-01"].sync.interval_s == 30 and "interval_s" not in raw["pi-eth-01"]["sync"]
+    assert configs["pi-gsm-01"].sync.interval_s == 3600
     assert configs["pi-gsm-01"].sync.link == "gsm" and configs["pi-gsm-01"].ops.heartbeat_interval_s == 900
     assert "calibration_offset_db" not in raw["pi-gsm-01"].get("levels", {})  # undefined: key left out
 
@@ -289,6 +293,66 @@ def test_device_role_has_exactly_the_agent_privileges(provisioned_db, pg_server,
     assert proc.returncode == 0, tail(proc)
     report = json.loads(proc.stdout)
     assert [c["status"] for c in report["checks"] if c["name"] == "postgres"] == ["ok"], report
+
+
+def _device_acl_entries(con) -> int:
+    """ACL entries naming a mapped device role on the database, schema public and its relations."""
+    return con.execute("""
+        SELECT count(*) FROM (
+            SELECT (aclexplode(relacl)).grantee FROM pg_class
+             WHERE relnamespace = 'public'::regnamespace AND relacl IS NOT NULL
+            UNION ALL SELECT (aclexplode(datacl)).grantee FROM pg_database WHERE datname = current_database()
+            UNION ALL SELECT (aclexplode(nspacl)).grantee FROM pg_namespace WHERE nspname = 'public') AS a
+        JOIN pg_roles AS r ON r.oid = a.grantee
+        JOIN device_roles AS d ON d.role_name = r.rolname""").fetchone()[0]
+
+
+def test_device_privileges_are_one_group_grant_and_an_older_layout_moves_over(
+        provisioned_db, pg_server, db_overrides, vault_file, vault, tmp_path):
+    """The device roles hold their privileges through the group role soundscape_device: one ACL
+    entry per object whatever the fleet's size (one per device role stopped a fleet of a few
+    thousand: an object's ACL lives in its catalogue row, which cannot grow past a page). A database
+    an older db.yml provisioned (grants to each device role) is moved over by the next run, and its
+    devices deliver throughout."""
+    import psycopg
+
+    from agent.sync import send_batch
+    from tests.factories import make_results
+
+    _require(provisioned_db)
+    roles = ["sa_audiomoth_eth_01", "sa_audiomoth_eth_02", "sa_audiomoth_gsm_01"]
+    with psycopg.connect(pg_server.dsn("soundscape"), autocommit=True) as admin:
+        assert _device_acl_entries(admin) == 0
+        members = admin.execute(
+            "SELECT r.rolname, r.rolinherit, r.rolcanlogin FROM pg_auth_members AS m"
+            " JOIN pg_roles AS g ON g.oid = m.roleid JOIN pg_roles AS r ON r.oid = m.member"
+            " WHERE g.rolname = 'soundscape_device' ORDER BY 1").fetchall()
+        assert members == [(r, True, True) for r in roles]
+        group = admin.execute("SELECT rolcanlogin FROM pg_roles WHERE rolname = 'soundscape_device'").fetchone()
+        assert group == (False,)
+        # what an older db.yml did: every grant to the device role itself
+        admin.execute("GRANT CONNECT ON DATABASE soundscape TO sa_audiomoth_eth_01")
+        admin.execute("GRANT USAGE ON SCHEMA public TO sa_audiomoth_eth_01")
+        admin.execute("GRANT INSERT ON windows, detections, heartbeats, gaps, clock_steps TO sa_audiomoth_eth_01")
+        admin.execute("GRANT SELECT ON schema_migrations TO sa_audiomoth_eth_01")
+        assert _device_acl_entries(admin) == 8
+
+    extra = write_yaml(tmp_path / "overrides.yml", db_overrides)
+    proc = playbook("db.yml", "-i", EXAMPLE / "hosts.yml", "--vault-password-file", vault_file, "-e", f"@{extra}",
+                    log=tmp_path / "db.log", timeout=600)
+    assert proc.returncode == 0, tail(proc)
+    with psycopg.connect(pg_server.dsn("soundscape"), autocommit=True) as admin:
+        assert _device_acl_entries(admin) == 0
+
+    async def deliver() -> int:
+        dsn = pg_server.dsn("soundscape", user=roles[0], password=vault["vault_soundscape_pg_passwords"][DEVICE])
+        async with await psycopg.AsyncConnection.connect(dsn) as conn:
+            batch = make_results(2, device="audiomoth-eth-01", stream=f"group-{uuid.uuid4().hex[:8]}")
+            n = await send_batch(conn, batch, str(uuid.uuid4()))
+            await conn.commit()
+            return n
+
+    assert asyncio.run(deliver()) == 2
 
 
 # ------------------------------------------------------------------------- the device (chroot)
