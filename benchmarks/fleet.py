@@ -89,7 +89,7 @@ from agent.records import Heartbeat  # noqa: E402
 from agent.store import Outbox  # noqa: E402
 from agent.sync import Syncer, migrate  # noqa: E402
 from tests.factories import make_result  # noqa: E402
-from tests.pg import DEVICE_GROUP_ROLE, PgServer, grant_device_group  # noqa: E402
+from tests.pg import DEVICE_GROUP_ROLE, PgServer, grant_device_group, take_rls_execute  # noqa: E402
 
 WINDOW_S = 10.0  # the agent's default window
 HEARTBEAT_S = 300.0  # [ops] heartbeat_interval_s default
@@ -163,6 +163,7 @@ def provision(admin_dsn: str, devices: list[str]) -> dict[str, str]:
                                 " INHERIT").format(sql.Identifier(role), sql.Literal(PASSWORD)))
             con.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(DEVICE_GROUP_ROLE), sql.Identifier(role)))
             con.execute("INSERT INTO device_roles (role_name, device) VALUES (%s, %s)", (role, device))
+            take_rls_execute(con, role)
             roles[device] = role
     return roles
 

@@ -249,7 +249,8 @@ DEVICE_GROUP_ROLE = "soundscape_device"
 def grant_device_group(con: psycopg.Connection, db: str) -> None:
     """The device group role (created if the cluster has none) and its grants in database ``db``, as
     deploy/db.yml gives them: CONNECT and TEMPORARY revoked from PUBLIC, CONNECT to the group;
-    USAGE on schema public; INSERT on :data:`DEVICE_INSERT_TABLES`; SELECT on schema_migrations.
+    USAGE on schema public; INSERT on :data:`DEVICE_INSERT_TABLES`; SELECT on schema_migrations;
+    EXECUTE on the row-level security functions.
     ``con``: the database's owner or a superuser, autocommit."""
     group = sql.Identifier(DEVICE_GROUP_ROLE)
     con.execute(sql.SQL("DO $$ BEGIN CREATE ROLE {} NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION "
@@ -260,13 +261,25 @@ def grant_device_group(con: psycopg.Connection, db: str) -> None:
     con.execute(sql.SQL("GRANT INSERT ON {} TO {}").format(
         sql.SQL(", ").join(map(sql.Identifier, DEVICE_INSERT_TABLES)), group))
     con.execute(sql.SQL("GRANT SELECT ON schema_migrations TO {}").format(group))
+    _rls_execute(con, "GRANT", "TO", DEVICE_GROUP_ROLE)
+
+
+def _rls_execute(con: psycopg.Connection, verb: str, word: str, role: str) -> None:
+    """GRANT/REVOKE EXECUTE on the row-level security functions the schema has (0008, 0009)."""
+    rows = con.execute("SELECT p.oid::regprocedure::text FROM pg_proc AS p WHERE p.pronamespace = "
+                       "'public'::regnamespace AND p.proname IN ('soundscape_may_write', "
+                       "'soundscape_may_write_window', 'soundscape_window_device')").fetchall()
+    if rows:
+        con.execute(sql.SQL("{} EXECUTE ON FUNCTION {} {} {}").format(
+            sql.SQL(verb), sql.SQL(", ").join(sql.SQL(r[0]) for r in rows), sql.SQL(word), sql.Identifier(role)))
 
 
 def provision_device(admin_dsn: str, role: str, password: str, device: str) -> None:
     """Create a device LOGIN role as deploy/db.yml does and map it to ``device``.
 
     The group role's grants (:func:`grant_device_group`), the role a member of it; one
-    device_roles row (role, device). Attributes as db.yml: NOSUPERUSER NOCREATEDB NOCREATEROLE
+    device_roles row (role, device), whose EXECUTE grant on the row-level security functions is
+    moved to the group (:func:`take_rls_execute`). Attributes as db.yml: NOSUPERUSER NOCREATEDB NOCREATEROLE
     INHERIT (it holds the group's privileges; current_user stays the device's role).
 
     Raises:
@@ -279,3 +292,10 @@ def provision_device(admin_dsn: str, role: str, password: str, device: str) -> N
         grant_device_group(con, db)
         con.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(DEVICE_GROUP_ROLE), sql.Identifier(role)))
         con.execute("INSERT INTO device_roles (role_name, device) VALUES (%s, %s)", (role, device))
+        take_rls_execute(con, role)
+
+
+def take_rls_execute(con: psycopg.Connection, role: str) -> None:
+    """Take from ``role`` the EXECUTE on the row-level security functions a new device_roles row
+    gave it (a trigger, agent/sql 0008): it holds it through the group, as db.yml leaves it."""
+    _rls_execute(con, "REVOKE", "FROM", role)
