@@ -89,7 +89,7 @@ from agent.records import Heartbeat  # noqa: E402
 from agent.store import Outbox  # noqa: E402
 from agent.sync import Syncer, migrate  # noqa: E402
 from tests.factories import make_result  # noqa: E402
-from tests.pg import DEVICE_GROUP_ROLE, PgServer, grant_device_group, take_rls_execute  # noqa: E402
+from tests.pg import PgServer, grant_device_group, provision_role  # noqa: E402
 
 WINDOW_S = 10.0  # the agent's default window
 HEARTBEAT_S = 300.0  # [ops] heartbeat_interval_s default
@@ -121,18 +121,17 @@ def heartbeat(device: str, t: datetime, depth: int) -> Heartbeat:
                      model_hash="9f" * 32, agent_version="0.1.0")
 
 
-async def fill_template(path: Path, hours: float, k: int, start: datetime) -> tuple[int, int, int]:
-    """A queue of ``hours`` of windows (and heartbeats) for device ``TEMPLATE``; returns
+async def fill_template(path: Path, windows: int, heartbeats: int, k: int, start: datetime) -> tuple[int, int, int]:
+    """A queue for device ``TEMPLATE``: ``windows`` windows of ``k`` detections from ``start``
+    (one every WINDOW_S) and ``heartbeats`` heartbeats (one every HEARTBEAT_S); returns
     (windows, detections, heartbeats)."""
-    n = int(hours * 3600 / WINDOW_S)
-    beats = int(hours * 3600 / HEARTBEAT_S)
     async with Outbox(StoreConfig(path=path, reserve_mb=0)) as ob:
-        for i in range(n):
+        for i in range(windows):
             await ob.put(make_result(i, device="TEMPLATE", stream="s1", k=k,
                                      start=start + timedelta(seconds=WINDOW_S * i)))
-        for j in range(beats):
-            await ob.put_heartbeat(heartbeat("TEMPLATE", start + timedelta(seconds=HEARTBEAT_S * (j + 1)), n))
-    return n, n * k, beats
+        for j in range(heartbeats):
+            await ob.put_heartbeat(heartbeat("TEMPLATE", start + timedelta(seconds=HEARTBEAT_S * (j + 1)), windows))
+    return windows, windows * k, heartbeats
 
 
 def device_queue(template: Path, path: Path, device: str) -> None:
@@ -151,20 +150,15 @@ def device_queue(template: Path, path: Path, device: str) -> None:
 
 
 def provision(admin_dsn: str, devices: list[str]) -> dict[str, str]:
-    """One LOGIN role per device as deploy/db.yml makes it (tests.pg.provision_device, in one
+    """One LOGIN role per device as deploy/db.yml makes it (tests.pg.provision_role, in one
     session): a member of the device group role, which holds the grants; returns device -> role."""
     db = psycopg.conninfo.conninfo_to_dict(admin_dsn)["dbname"]
     roles = {}
     with psycopg.connect(admin_dsn, autocommit=True) as con:
         grant_device_group(con, db)
         for device in devices:
-            role = "sa_" + device.replace("-", "_")
-            con.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION"
-                                " INHERIT").format(sql.Identifier(role), sql.Literal(PASSWORD)))
-            con.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(DEVICE_GROUP_ROLE), sql.Identifier(role)))
-            con.execute("INSERT INTO device_roles (role_name, device) VALUES (%s, %s)", (role, device))
-            take_rls_execute(con, role)
-            roles[device] = role
+            roles[device] = "sa_" + device.replace("-", "_")
+            provision_role(con, roles[device], PASSWORD, device)
     return roles
 
 
@@ -267,7 +261,8 @@ def ingest_run(server: PgServer, dbname: str, admin: str, devices: list[str], *,
     start = start.replace(microsecond=0) - timedelta(seconds=start.second % int(WINDOW_S))
     create_day_partitions(admin, start, now)
     template = work / f"template-{dbname}.db"
-    windows, detections, beats = asyncio.run(fill_template(template, hours, k, start))
+    windows, detections, beats = asyncio.run(fill_template(
+        template, int(hours * 3600 / WINDOW_S), int(hours * 3600 / HEARTBEAT_S), k, start))
     queues = {}
     for d in devices:
         queues[d] = work / f"{d}.db"

@@ -33,22 +33,10 @@ import fleet as base
 
 from agent.config import StoreConfig, SyncConfig
 from agent.store import Outbox
-from tests.factories import make_result
 from tests.pg import PgServer
 
 #: a round counts as on time when it starts within this many seconds of its schedule
 ON_TIME_S = 1.0
-
-
-async def _fill(path: Path, windows: int, heartbeats: int, k: int, start: datetime) -> None:
-    """A template queue: ``windows`` windows from ``start`` and ``heartbeats`` heartbeats."""
-    async with Outbox(StoreConfig(path=path, reserve_mb=0)) as ob:
-        for i in range(windows):
-            await ob.put(make_result(i, device="TEMPLATE", stream="s1", k=k,
-                                     start=start + timedelta(seconds=base.WINDOW_S * i)))
-        for j in range(heartbeats):
-            await ob.put_heartbeat(base.heartbeat("TEMPLATE", start + timedelta(seconds=base.HEARTBEAT_S * (j + 1)),
-                                                  windows))
 
 
 def _heartbeats_per_round(interval: float, index: int) -> int:
@@ -107,10 +95,6 @@ async def _rounds(server: PgServer, dbname: str, queues: dict[str, Path], roles:
     return {"rounds": rounds, "latencies": latencies, "outstanding": outstanding, "failures": failures}
 
 
-def _quantiles(values: list[float]) -> dict[str, float | None]:
-    return base.latency_quantiles(values)
-
-
 def steady_run(server: PgServer, dbname: str, admin: str, *, devices: int, interval: float, seconds: float,
                k: int, connections: int, batch_size: int, work: Path) -> dict[str, Any]:
     """One steady round of a fleet of ``devices`` syncing every ``interval`` s, observed for
@@ -134,7 +118,7 @@ def steady_run(server: PgServer, dbname: str, admin: str, *, devices: int, inter
         beats_total += beats
         if beats not in templates:
             templates[beats] = work / f"steady-template-{int(interval)}-{beats}.db"
-            asyncio.run(_fill(templates[beats], windows, beats, k, start))
+            asyncio.run(base.fill_template(templates[beats], windows, beats, k, start))
         queues[dev] = work / f"{dev}.db"
         base.device_queue(templates[beats], queues[dev], dev)
     before = base.server_figures(admin)
@@ -167,9 +151,10 @@ def steady_run(server: PgServer, dbname: str, admin: str, *, devices: int, inter
         "complete": (inserted["windows"], inserted["detections"], inserted["heartbeats"])
         == (windows * n, windows * k * n, beats_total) and not r["failures"],
         "failures": len(r["failures"]), "failure_examples": r["failures"][:3],
-        "commit_latency_s": _quantiles(window_lat),
-        "round_s": _quantiles(took),
-        "start_lateness_s": {"first_quarter": _quantiles(late[:quarter]), "last_quarter": _quantiles(late[-quarter:]),
+        "commit_latency_s": base.latency_quantiles(window_lat),
+        "round_s": base.latency_quantiles(took),
+        "start_lateness_s": {"first_quarter": base.latency_quantiles(late[:quarter]),
+                             "last_quarter": base.latency_quantiles(late[-quarter:]),
                              "max": round(max(late), 3) if late else None},
         "on_time_share": round(sum(x <= ON_TIME_S for x in late) / len(late), 4) if late else None,
         "outstanding_rounds": {"first_third_mean": round(statistics.fmean(c for _, c in outstanding[:third]), 1),

@@ -275,27 +275,30 @@ def _rls_execute(con: psycopg.Connection, verb: str, word: str, role: str) -> No
 
 
 def provision_device(admin_dsn: str, role: str, password: str, device: str) -> None:
-    """Create a device LOGIN role as deploy/db.yml does and map it to ``device``.
-
-    The group role's grants (:func:`grant_device_group`), the role a member of it; one
-    device_roles row (role, device), whose EXECUTE grant on the row-level security functions is
-    moved to the group (:func:`take_rls_execute`). Attributes as db.yml: NOSUPERUSER NOCREATEDB NOCREATEROLE
-    INHERIT (it holds the group's privileges; current_user stays the device's role).
+    """Create a device LOGIN role as deploy/db.yml does and map it to ``device``: the group role's
+    grants (:func:`grant_device_group`), then :func:`provision_role`.
 
     Raises:
         psycopg.Error: the server refused (e.g. the role exists already).
     """
     db = conninfo_to_dict(admin_dsn)["dbname"]
     with psycopg.connect(admin_dsn, autocommit=True) as con:
-        con.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION"
-                            " INHERIT").format(sql.Identifier(role), sql.Literal(password)))
         grant_device_group(con, db)
-        con.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(DEVICE_GROUP_ROLE), sql.Identifier(role)))
-        con.execute("INSERT INTO device_roles (role_name, device) VALUES (%s, %s)", (role, device))
-        take_rls_execute(con, role)
+        provision_role(con, role, password, device)
 
 
-def take_rls_execute(con: psycopg.Connection, role: str) -> None:
-    """Take from ``role`` the EXECUTE on the row-level security functions a new device_roles row
-    gave it (a trigger, agent/sql 0008): it holds it through the group, as db.yml leaves it."""
-    _rls_execute(con, "REVOKE", "FROM", role)
+def provision_role(con: psycopg.Connection, role: str, password: str, device: str) -> None:
+    """One device LOGIN role as deploy/db.yml makes it, in a database whose group grants are given
+    (:func:`grant_device_group`): NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION INHERIT, a
+    member of the group (it holds the group's privileges; current_user stays the device's role),
+    and one device_roles row (role, device). The group holds EXECUTE on the row-level security
+    functions, so the device_roles trigger grants the role nothing of its own (agent/sql 0011).
+    ``con``: the database's owner or a superuser, autocommit.
+
+    Raises:
+        psycopg.Error: the server refused (e.g. the role exists already).
+    """
+    con.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION"
+                        " INHERIT").format(sql.Identifier(role), sql.Literal(password)))
+    con.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(DEVICE_GROUP_ROLE), sql.Identifier(role)))
+    con.execute("INSERT INTO device_roles (role_name, device) VALUES (%s, %s)", (role, device))

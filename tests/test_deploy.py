@@ -340,7 +340,9 @@ def test_device_privileges_are_one_group_grant_and_an_older_layout_moves_over(
         admin.execute("GRANT USAGE ON SCHEMA public TO sa_audiomoth_eth_01")
         admin.execute("GRANT INSERT ON windows, detections, heartbeats, gaps, clock_steps TO sa_audiomoth_eth_01")
         admin.execute("GRANT SELECT ON schema_migrations TO sa_audiomoth_eth_01")
-        assert _device_acl_entries(admin) == 8
+        admin.execute("GRANT EXECUTE ON FUNCTION soundscape_may_write(name, text), soundscape_may_write_window("
+                      "name, text), soundscape_window_device(name, text) TO sa_audiomoth_eth_01")
+        assert _device_acl_entries(admin) == 11
 
     extra = write_yaml(tmp_path / "overrides.yml", db_overrides)
     proc = playbook("db.yml", "-i", EXAMPLE / "hosts.yml", "--vault-password-file", vault_file, "-e", f"@{extra}",

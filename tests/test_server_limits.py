@@ -545,6 +545,7 @@ def test_only_mapped_roles_may_call_the_row_level_security_functions(limits):
 
     with psycopg.connect(limits.owner_dsn, autocommit=True) as owner:
         assert may_execute("sa_lim_a") and not may_execute(mapped)
+        assert _own_execute_entries(owner, "sa_lim_a") == 0  # db.yml: through the group role
         owner.execute("INSERT INTO device_roles (role_name, device) VALUES (%s, 'lim-x'), (%s, 'lim-y')",
                       (mapped, mapped))
         assert may_execute(mapped)
@@ -554,6 +555,65 @@ def test_only_mapped_roles_may_call_the_row_level_security_functions(limits):
         assert not may_execute(mapped)
         with pytest.raises(errors.UndefinedObject, match='device_roles: role "lim_nobody" does not exist'):
             owner.execute("INSERT INTO device_roles (role_name, device) VALUES ('lim_nobody', 'lim-z')")
+
+
+def _own_execute_entries(con: psycopg.Connection, role: str) -> int:
+    """ACL entries naming ``role`` itself on the row-level security functions."""
+    return con.execute("SELECT count(*) FROM pg_proc AS f, aclexplode(f.proacl) AS a, pg_roles AS r"
+                       " WHERE f.proname IN ('soundscape_may_write', 'soundscape_may_write_window',"
+                       " 'soundscape_window_device') AND a.grantee = r.oid AND r.rolname = %s", (role,)).fetchone()[0]
+
+
+def test_a_device_role_in_the_group_holds_execute_through_it_and_schema_11_moves_older_grants(pg_server, pg_dsn,
+                                                                                               monkeypatch):
+    """Each ACL entry on the row-level security functions is checked for every row a device
+    inserts (at 10,000 device roles one entry each doubled a batch's server CPU,
+    docs/performance.md). At schema 10 the device_roles trigger granted EXECUTE to every mapped
+    role; migration 0011 takes that grant from each role that holds EXECUTE through the group
+    (db.yml's layout) and keeps it for a role that has no other way to it, and from then on the
+    trigger grants a group member nothing of its own. The devices sync before and after."""
+    from agent.sync import _migrations, migrate, send_batch
+    from tests.factories import make_results
+    from tests.pg import grant_device_group, provision_role
+
+    real = _migrations()
+    monkeypatch.setattr("agent.sync._migrations", lambda: tuple(m for m in real if m[0] <= 10))
+    assert migrate(pg_dsn) == 10
+    db = psycopg.conninfo.conninfo_to_dict(pg_dsn)["dbname"]
+    tag = uuid.uuid4().hex[:6]
+    member, alone, later = f"sa_member_{tag}", f"sa_alone_{tag}", f"sa_later_{tag}"
+    with psycopg.connect(pg_dsn, autocommit=True) as admin:
+        grant_device_group(admin, db)
+        provision_role(admin, member, "pw", f"dev-member-{tag}")
+        # a role mapped by hand, not in the group: it needs its own grant
+        admin.execute(f"CREATE ROLE {alone} LOGIN PASSWORD 'pw' INHERIT")
+        admin.execute(f"GRANT CONNECT ON DATABASE {db} TO {alone}")
+        admin.execute(f"GRANT USAGE ON SCHEMA public TO {alone}")
+        admin.execute(f"GRANT INSERT ON windows, detections, heartbeats, gaps, clock_steps TO {alone}")
+        admin.execute(f"GRANT SELECT ON schema_migrations TO {alone}")
+        admin.execute("INSERT INTO device_roles (role_name, device) VALUES (%s, %s)", (alone, f"dev-alone-{tag}"))
+        assert _own_execute_entries(admin, member) == 3  # the schema-10 trigger granted it anyway
+        assert _own_execute_entries(admin, alone) == 3
+
+    def deliver(role: str, device: str) -> int:
+        async def go() -> int:
+            async with await psycopg.AsyncConnection.connect(pg_server.dsn(db, user=role, password="pw")) as conn:
+                n = await send_batch(conn, make_results(2, device=device, stream=uuid.uuid4().hex[:8]),
+                                     str(uuid.uuid4()))
+                await conn.commit()
+                return n
+        return asyncio.run(go())
+
+    assert deliver(member, f"dev-member-{tag}") == 2
+    monkeypatch.setattr("agent.sync._migrations", lambda: real)
+    assert migrate(pg_dsn) == 11
+    with psycopg.connect(pg_dsn, autocommit=True) as admin:
+        assert _own_execute_entries(admin, member) == 0
+        assert _own_execute_entries(admin, alone) == 3
+        provision_role(admin, later, "pw", f"dev-later-{tag}")
+        assert _own_execute_entries(admin, later) == 0
+    for role, device in ((member, "member"), (alone, "alone"), (later, "later")):
+        assert deliver(role, f"dev-{device}-{tag}") == 2, role
 
 
 def test_the_reader_role_reads_every_table_and_view_and_writes_nothing(limits):
