@@ -225,7 +225,8 @@ def relation_bytes(con: psycopg.Connection[Any], table: str) -> int:
 
 def git_commit() -> dict[str, Any]:
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--", "agent", "benchmarks/fleet.py"], cwd=ROOT,
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "agent", "benchmarks/fleet.py",
+                            "benchmarks/fleet_steady.py"], cwd=ROOT,
                            capture_output=True, text=True).stdout.strip()
     return {"commit": head or None, "dirty": bool(dirty)}
 
@@ -956,6 +957,14 @@ def run_queries(args: argparse.Namespace) -> dict[str, Any]:
 TARGET_S = 1.0  # every dashboard query, p95
 
 
+def dashboard_verdict(per_query: dict[str, dict[str, Any]]) -> bool:
+    """Whether every dashboard query meets :data:`TARGET_S` at p95 as db.yml's reader role runs
+    it: the rollup, device_status and report queries (not the raw-row comparisons), each in its
+    ``jit off`` variant where one was timed (the role's sessions have ``jit = off``)."""
+    return all(q.get("meets_target") for k, q in per_query.items()
+               if q.get("source") != "raw" and "p95_s" in q and f"{k}, jit off" not in per_query)
+
+
 def summarise_queries(args: argparse.Namespace, clock: Clock, devices: list[str], layouts: dict[str, Any],
                       widths: list[str], mach: dict[str, Any], wall: float) -> dict[str, Any]:
     first = layouts[widths[0]]
@@ -968,7 +977,6 @@ def summarise_queries(args: argparse.Namespace, clock: Clock, devices: list[str]
         if "p95_s" in q:
             entry["meets_target"] = q["p95_s"] < TARGET_S
         per_query[key] = entry
-    dashboard = [k for k, q in per_query.items() if q.get("source") != "raw" and "p95_s" in q]
     common = {**git_commit(), "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "machine": mach}
     queries_section = {
@@ -999,7 +1007,7 @@ def summarise_queries(args: argparse.Namespace, clock: Clock, devices: list[str]
         "maintain_hourly_run": first["maintain"],
         "queries": per_query,
         "target_p95_s": TARGET_S,
-        "dashboard_queries_meet_target": all(per_query[k].get("meets_target") for k in dashboard),
+        "dashboard_queries_meet_target": dashboard_verdict(per_query),
     }
     width_section: dict[str, Any] = {**common, "widths": {}}
     for w, fig in layouts.items():
@@ -1126,7 +1134,8 @@ def query_lines(q: dict[str, Any]) -> list[str]:
         lines.append(f"| {x['what']} | {x['source']} | {fmt_s(x['p50_s'])} | {fmt_s(x['p95_s'])} "
                      f"| {fmt_s(x['max_s'])} | {x['rows']} | {({True: 'yes', False: 'no'}).get(x.get('jit'), '-')} "
                      f"| {'yes' if x['meets_target'] else 'no'} |")
-    lines += ["", "Every dashboard query (rollups, device_status, the report) under the target at p95: "
+    lines += ["", "Every dashboard query (rollups, device_status, the report) as db.yml's reader role runs it "
+              "(`jit = off`; the rows with JIT are the server's default, for comparison) under the target at p95: "
               f"{'yes' if q['dashboard_queries_meet_target'] else 'no'}.", ""]
     return lines
 
@@ -1201,7 +1210,8 @@ def main(argv: list[str] | None = None) -> int:
                         "the top-level keys")
     p.add_argument("--steady", metavar="INTERVALS", default=None,
                    help="the steady-load phase instead of the ingest: --devices syncing every INTERVAL s\n"
-                        "(comma-separated list, e.g. 300,30), in real time, open loop (benchmarks/fleet_steady.py)")
+                        "(comma-separated list, e.g. 300,30), in real time, open loop (benchmarks/fleet_steady.py);\n"
+                        "INTERVAL:CONNECTIONS runs that interval with its own --connections (e.g. 300,300:128)")
     p.add_argument("--steady-seconds", type=float, default=300.0,
                    help="longest observed span of a steady run (default 300 s; the run lasts one interval)")
     p.add_argument("--queries", action="store_true",
@@ -1242,6 +1252,8 @@ def main(argv: list[str] | None = None) -> int:
             result = {**existing, args.store_as: run_result}
         else:
             result = {**run_result, **{k: existing[k] for k in SECTIONS if k in existing}}
+    if "queries" in result:  # the verdict is derived from the figures: kept current with its definition
+        result["queries"]["dashboard_queries_meet_target"] = dashboard_verdict(result["queries"]["queries"])
     args.out.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n")
     (args.out / "fleet.md").write_text(markdown(result))

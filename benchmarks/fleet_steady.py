@@ -183,18 +183,39 @@ def sustained(s: dict[str, Any]) -> bool:
                 and o["last_third_mean"] <= o["first_third_mean"] + 1)
 
 
+def parse_runs(spec: str, connections: int) -> list[tuple[float, int]]:
+    """``--steady``'s list, ``INTERVAL[:CONNECTIONS],...`` (e.g. ``300,300:128,60``), as
+    (interval s, connections) pairs; ``connections`` where a run names none.
+
+    Raises:
+        SystemExit: an item is not a positive interval with an optional positive connection count.
+    """
+    runs = []
+    for item in spec.split(","):
+        interval, _, conns = item.partition(":")
+        try:
+            run = (float(interval), int(conns) if conns else connections)
+        except ValueError:
+            run = (0.0, 0)
+        if run[0] <= 0 or run[1] <= 0:
+            raise SystemExit(f"fleet.py: --steady item {item!r} is not INTERVAL[:CONNECTIONS] "
+                             "(seconds > 0, connections > 0), e.g. --steady 300,300:128,60")
+        runs.append(run)
+    return runs
+
+
 def run_steady(args: Any) -> dict[str, Any]:
     """The ``--steady`` runs, one per interval, each in a fresh cluster; fleet.json's ``steady``."""
     runs = []
-    for interval in (float(x) for x in args.steady.split(",")):
+    for interval, connections in parse_runs(args.steady, args.connections):
         work = Path(tempfile.mkdtemp(prefix="fleet-steady-", dir=args.queue_dir))
-        server = PgServer(settings={**base.DURABLE, "max_connections": str(args.connections + 20)})
+        server = PgServer(settings={**base.DURABLE, "max_connections": str(connections + 20)})
         try:
             server.start()
             admin = server.create_database("fleet")
             base.migrate(admin)
             s = steady_run(server, "fleet", admin, devices=args.devices, interval=interval,
-                           seconds=args.steady_seconds, k=args.k, connections=args.connections,
+                           seconds=args.steady_seconds, k=args.k, connections=connections,
                            batch_size=args.batch_size, work=work)
         finally:
             server.cleanup()
@@ -210,10 +231,11 @@ def steady_lines(st: dict[str, Any]) -> list[str]:
         f"Measured at commit `{(st['commit'] or '?')[:12]}`{' (dirty tree)' if st['dirty'] else ''} on "
         f"{st['measured_at']}, {st['machine']['cpus']} CPUs, PostgreSQL {st['machine']['postgresql']}; "
         "clients and server on the same machine.", "",
-        "| fleet | interval (s) | devices synced | rows/round | rounds/s needed / reached | rows/s needed / reached "
+        "| fleet | interval (s) | connections | devices synced | rows/round | rounds/s needed / reached "
+        "| rows/s needed / reached "
         "| commit p50 / p95 / p99 | round p95 | late p95 first / last quarter | outstanding first / last third "
         "(max) | server CPU (ms/round) | client CPU (ms/round) | sustained |",
-        "|---:|---:|---:|---:|---|---|---|---:|---|---|---:|---:|---|",
+        "|---:|---:|---:|---:|---:|---|---|---|---:|---|---|---:|---:|---|",
     ]
     for s in st["runs"]:
         p, pr, lat, late, o = (s["parameters"], s["per_round"], s["commit_latency_s"], s["start_lateness_s"],
@@ -221,7 +243,8 @@ def steady_lines(st: dict[str, Any]) -> list[str]:
         incomplete = "" if s["complete"] else f" (incomplete: {s['failures']} failed rounds)"
         rows_round = pr["windows"] + pr["detections"] + pr["heartbeats_mean"]
         lines.append(
-            f"| {p['fleet_devices']:,} | {p['interval_s']:g} | {s['devices_synced']:,} | {rows_round:g} "
+            f"| {p['fleet_devices']:,} | {p['interval_s']:g} | {p['connections']} | {s['devices_synced']:,} "
+            f"| {rows_round:g} "
             f"| {s['rounds_per_s_needed']} / {s['rounds_per_s_reached']} "
             f"| {s['rows_per_s_needed']} / {s['rows_per_s']} "
             f"| {base.fmt_s(lat['p50'])} / {base.fmt_s(lat['p95'])} / {base.fmt_s(lat['p99'])} "
